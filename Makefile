@@ -1,0 +1,32 @@
+# ctguard: build, test, benchmark, demo.
+GO      ?= go
+BIN     := bin/ctguard
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: build test test-unit lint fuzz bench clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ctguard
+
+# The one test command (README and .ci/run): unit tests everywhere, plus the
+# root-only integration tests, which skip without root and fail under CI=true.
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Short fuzz runs of every parser (the corpus lives in testdata/fuzz).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test ./internal/conntrack -run '^$$' -fuzz '^FuzzParseMessage$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/conntrack -run '^$$' -fuzz '^FuzzParseProcLine$$' -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin
