@@ -2,6 +2,17 @@ module github.com/ctguard/ctguard
 
 go 1.26.0
 
-require github.com/vishvananda/netns v0.0.5
+require (
+	github.com/google/nftables v0.3.0
+	github.com/mdlayher/netlink v1.11.2
+	github.com/vishvananda/netns v0.0.5
+	go.etcd.io/bbolt v1.4.3
+)
 
-require golang.org/x/sys v0.50.0 // indirect
+require (
+	github.com/google/go-cmp v0.7.0 // indirect
+	github.com/mdlayher/socket v0.6.0 // indirect
+	golang.org/x/net v0.53.0 // indirect
+	golang.org/x/sync v0.20.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+)

@@ -1,0 +1,417 @@
+// Package store keeps ctguard's bans and runtime allowlist entries in an
+// embedded bbolt database, so that bans survive restarts and can be restored
+// in one batch.
+//
+// It is a plain record keeper: it never touches the kernel, and it decides
+// nothing (the enforce package does). Only one process may hold the database
+// at a time; a second one gets ErrLocked quickly instead of hanging.
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// DefaultDir is where the database lives unless --state-dir or
+// CTGUARD_STATE_DIR say otherwise.
+const DefaultDir = "/var/lib/ctguard"
+
+// FileName is the database file inside the state directory.
+const FileName = "ctguard.db"
+
+var (
+	bucketBans  = []byte("bans")
+	bucketAllow = []byte("allow")
+	bucketMeta  = []byte("meta")
+)
+
+const schemaVersion = "1"
+
+// ErrLocked means another process (normally the running daemon) holds the
+// database. Callers should talk to that process instead.
+var ErrLocked = errors.New("store is locked by a running ctguard")
+
+// ErrNotFound is returned for a prefix that has no record.
+var ErrNotFound = errors.New("not found")
+
+// Ban is one ban record. A single address is stored as a /32 or /128 prefix.
+// Records outlive their expiry (for history and repeat-offender counts) until
+// Prune removes them.
+type Ban struct {
+	Prefix   netip.Prefix `json:"prefix"`
+	Reason   string       `json:"reason,omitempty"`
+	Evidence string       `json:"evidence,omitempty"` // free text or JSON from the policy
+	First    time.Time    `json:"first"`              // first time this prefix was banned
+	Last     time.Time    `json:"last"`               // latest (re-)ban
+	Count    int          `json:"count"`              // how many times banned
+	Expires  time.Time    `json:"expires"`
+	// Ended is set when the ban was lifted before its expiry (unban, or
+	// replaced by an enclosing prefix ban); EndReason says which.
+	Ended     time.Time `json:"ended,omitzero"`
+	EndReason string    `json:"end_reason,omitempty"`
+	// Outcome of the last ban: entries purged and entries still counted after.
+	Purged    int    `json:"purged"`
+	Remaining int    `json:"remaining"`
+	PurgeErr  string `json:"purge_error,omitempty"`
+}
+
+// Active reports whether the ban is in force at now.
+func (b Ban) Active(now time.Time) bool {
+	return b.Ended.IsZero() && b.Expires.After(now)
+}
+
+// Allow is a runtime allowlist entry (added by `ctguard allow`). A zero
+// Expires means it never expires.
+type Allow struct {
+	Prefix  netip.Prefix `json:"prefix"`
+	Note    string       `json:"note,omitempty"`
+	Added   time.Time    `json:"added"`
+	Expires time.Time    `json:"expires,omitzero"`
+}
+
+// Active reports whether the entry applies at now.
+func (a Allow) Active(now time.Time) bool {
+	return a.Expires.IsZero() || a.Expires.After(now)
+}
+
+// Store is an open database. Methods are safe for concurrent use.
+type Store struct {
+	db      *bolt.DB
+	path    string
+	pidPath string
+}
+
+// Options tunes Open.
+type Options struct {
+	// LockTimeout is how long to wait for another process to release the
+	// database (default 500 ms).
+	LockTimeout time.Duration
+	// NoSync skips fsync per commit; only for benchmarks and tests.
+	NoSync bool
+}
+
+// Dir resolves the state directory: flag value, then CTGUARD_STATE_DIR, then
+// DefaultDir.
+func Dir(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if v := os.Getenv("CTGUARD_STATE_DIR"); v != "" {
+		return v
+	}
+	return DefaultDir
+}
+
+// Open opens (creating if needed) the database in dir.
+func Open(dir string, opt Options) (*Store, error) {
+	if opt.LockTimeout <= 0 {
+		opt.LockTimeout = 500 * time.Millisecond
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	pidPath := path + ".pid"
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.LockTimeout, NoSync: opt.NoSync})
+	if errors.Is(err, bolt.ErrTimeout) {
+		who := ""
+		if b, rerr := os.ReadFile(pidPath); rerr == nil {
+			if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
+				who = fmt.Sprintf(" (pid %d)", pid)
+			}
+		}
+		return nil, fmt.Errorf("open store %s: %w%s", path, ErrLocked, who)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketBans, bucketAllow, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get([]byte("schema")); v != nil && string(v) != schemaVersion {
+			return fmt.Errorf("schema version %q, this ctguard understands %q", v, schemaVersion)
+		}
+		return meta.Put([]byte("schema"), []byte(schemaVersion))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	// The pid file only serves the "locked by pid N" message; the flock is
+	// the real lock, so a failure here is not fatal.
+	_ = os.WriteFile(pidPath, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+	return &Store{db: db, path: path, pidPath: pidPath}, nil
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Close releases the database and its lock.
+func (s *Store) Close() error {
+	_ = os.Remove(s.pidPath)
+	return s.db.Close()
+}
+
+func key(p netip.Prefix) []byte { return []byte(p.Masked().String()) }
+
+// BanRequest describes a (re-)ban to record.
+type BanRequest struct {
+	Prefix   netip.Prefix
+	Reason   string
+	Evidence string
+	TTL      time.Duration
+	Now      time.Time
+}
+
+// RecordBan creates or refreshes the record for r.Prefix: the count goes up,
+// First is kept, Last and Expires move, an earlier end is cleared.
+func (s *Store) RecordBan(r BanRequest) (Ban, error) {
+	var out Ban
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBans)
+		var rec Ban
+		if v := b.Get(key(r.Prefix)); v != nil {
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode %s: %w", r.Prefix, err)
+			}
+		} else {
+			rec = Ban{Prefix: r.Prefix.Masked(), First: r.Now}
+		}
+		rec.Count++
+		rec.Last = r.Now
+		rec.Expires = r.Now.Add(r.TTL)
+		rec.Reason = r.Reason
+		rec.Evidence = r.Evidence
+		rec.Ended, rec.EndReason = time.Time{}, ""
+		rec.Purged, rec.Remaining, rec.PurgeErr = 0, 0, ""
+		out = rec
+		return put(b, rec.Prefix, rec)
+	})
+	if err != nil {
+		return Ban{}, fmt.Errorf("record ban %s: %w", r.Prefix, err)
+	}
+	return out, nil
+}
+
+// PutBans writes records as they are, in one transaction (bulk import,
+// benchmarks, tests).
+func (s *Store) PutBans(bans []Ban) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBans)
+		for _, rec := range bans {
+			if err := put(b, rec.Prefix, rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// UpdateBan applies fn to the record of p and stores the result.
+func (s *Store) UpdateBan(p netip.Prefix, fn func(*Ban)) (Ban, error) {
+	var out Ban
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBans)
+		v := b.Get(key(p))
+		if v == nil {
+			return ErrNotFound
+		}
+		if err := json.Unmarshal(v, &out); err != nil {
+			return fmt.Errorf("decode: %w", err)
+		}
+		fn(&out)
+		return put(b, p, out)
+	})
+	if err != nil {
+		return Ban{}, fmt.Errorf("update ban %s: %w", p, err)
+	}
+	return out, nil
+}
+
+// EndBan marks the ban of p as lifted at now, for reason.
+func (s *Store) EndBan(p netip.Prefix, now time.Time, reason string) (Ban, error) {
+	return s.UpdateBan(p, func(b *Ban) { b.Ended, b.EndReason = now, reason })
+}
+
+// GetBan returns the record for p.
+func (s *Store) GetBan(p netip.Prefix) (Ban, error) {
+	var out Ban
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketBans).Get(key(p))
+		if v == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(v, &out)
+	})
+	if err != nil {
+		return Ban{}, fmt.Errorf("get ban %s: %w", p, err)
+	}
+	return out, nil
+}
+
+// Bans returns all records (active or not) sorted by prefix.
+func (s *Store) Bans() ([]Ban, error) {
+	var out []Ban
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBans).ForEach(func(k, v []byte) error {
+			var rec Ban
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			out = append(out, rec)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list bans: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool { return lessPrefix(out[i].Prefix, out[j].Prefix) })
+	return out, nil
+}
+
+// ActiveBans returns the records in force at now.
+func (s *Store) ActiveBans(now time.Time) ([]Ban, error) {
+	all, err := s.Bans()
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, b := range all {
+		if b.Active(now) {
+			out = append(out, b)
+		}
+	}
+	return out, nil
+}
+
+// Prune deletes ban records that ended or expired before cutoff, and
+// expired allow entries, and returns how many ban records it removed.
+func (s *Store) Prune(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBans)
+		var dead [][]byte
+		if err := b.ForEach(func(k, v []byte) error {
+			var rec Ban
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			end := rec.Expires
+			if !rec.Ended.IsZero() && rec.Ended.Before(end) {
+				end = rec.Ended
+			}
+			if end.Before(cutoff) {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range dead {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(dead)
+		a := tx.Bucket(bucketAllow)
+		dead = dead[:0]
+		if err := a.ForEach(func(k, v []byte) error {
+			var rec Allow
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			if !rec.Expires.IsZero() && rec.Expires.Before(cutoff) {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range dead {
+			if err := a.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune: %w", err)
+	}
+	return n, nil
+}
+
+// PutAllow creates or replaces a runtime allowlist entry.
+func (s *Store) PutAllow(a Allow) error {
+	a.Prefix = a.Prefix.Masked()
+	err := s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketAllow), a.Prefix, a) })
+	if err != nil {
+		return fmt.Errorf("allow %s: %w", a.Prefix, err)
+	}
+	return nil
+}
+
+// DeleteAllow removes a runtime allowlist entry.
+func (s *Store) DeleteAllow(p netip.Prefix) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAllow)
+		if b.Get(key(p)) == nil {
+			return ErrNotFound
+		}
+		return b.Delete(key(p))
+	})
+	if err != nil {
+		return fmt.Errorf("remove allow %s: %w", p, err)
+	}
+	return nil
+}
+
+// Allows returns the runtime allowlist entries active at now.
+func (s *Store) Allows(now time.Time) ([]Allow, error) {
+	var out []Allow
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAllow).ForEach(func(k, v []byte) error {
+			var rec Allow
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode %s: %w", k, err)
+			}
+			if rec.Active(now) {
+				out = append(out, rec)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list allow: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool { return lessPrefix(out[i].Prefix, out[j].Prefix) })
+	return out, nil
+}
+
+func put(b *bolt.Bucket, p netip.Prefix, v any) error {
+	buf, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(key(p), buf)
+}
+
+func lessPrefix(a, b netip.Prefix) bool {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c < 0
+	}
+	return a.Bits() < b.Bits()
+}

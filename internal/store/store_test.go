@@ -1,0 +1,147 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func open(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{LockTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func TestRecordBanCountsAndRefreshes(t *testing.T) {
+	s := open(t, t.TempDir())
+	p := netip.MustParsePrefix("192.0.2.7/32")
+	b, err := s.RecordBan(BanRequest{Prefix: p, Reason: "first", TTL: time.Hour, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Count != 1 || !b.First.Equal(t0) || !b.Expires.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("first ban: %+v", b)
+	}
+	if _, err := s.EndBan(p, t0.Add(time.Minute), "unban"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetBan(p); got.Active(t0.Add(2 * time.Minute)) {
+		t.Fatalf("ended ban still active: %+v", got)
+	}
+	b, err = s.RecordBan(BanRequest{Prefix: p, Reason: "again", TTL: 2 * time.Hour, Now: t0.Add(10 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Count != 2 || !b.First.Equal(t0) || !b.Last.Equal(t0.Add(10*time.Minute)) ||
+		!b.Expires.Equal(t0.Add(130*time.Minute)) || b.Reason != "again" || !b.Ended.IsZero() {
+		t.Fatalf("re-ban: %+v", b)
+	}
+}
+
+func TestActivePruneAndPersistence(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		p   string
+		ttl time.Duration
+	}{
+		{"192.0.2.1/32", time.Hour},
+		{"198.51.100.0/24", time.Second},
+		{"2001:db8::1/128", time.Hour},
+		{"2001:db8:1::/48", 30 * time.Second},
+	}
+	for _, c := range cases {
+		if _, err := s.RecordBan(BanRequest{Prefix: netip.MustParsePrefix(c.p), TTL: c.ttl, Now: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir) // reopen: records survive
+	act, err := s.ActiveBans(t0.Add(10 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range act {
+		got = append(got, b.Prefix.String())
+	}
+	if want := "192.0.2.1/32 2001:db8::1/128 2001:db8:1::/48"; strings.Join(got, " ") != want {
+		t.Fatalf("active = %v, want %s", got, want)
+	}
+	n, err := s.Prune(t0.Add(time.Minute))
+	if err != nil || n != 2 {
+		t.Fatalf("prune = %d, %v; want 2", n, err)
+	}
+	all, _ := s.Bans()
+	if len(all) != 2 {
+		t.Fatalf("after prune %d records, want 2", len(all))
+	}
+}
+
+func TestAllowEntries(t *testing.T) {
+	s := open(t, t.TempDir())
+	perm := Allow{Prefix: netip.MustParsePrefix("203.0.113.0/24"), Note: "office", Added: t0}
+	tmp := Allow{Prefix: netip.MustParsePrefix("2001:db8::5/128"), Added: t0, Expires: t0.Add(time.Minute)}
+	for _, a := range []Allow{perm, tmp} {
+		if err := s.PutAllow(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := s.Allows(t0); len(got) != 2 {
+		t.Fatalf("allows at t0 = %v", got)
+	}
+	got, _ := s.Allows(t0.Add(2 * time.Minute))
+	if len(got) != 1 || got[0].Note != "office" {
+		t.Fatalf("allows after expiry = %v", got)
+	}
+	if err := s.DeleteAllow(perm.Prefix); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAllow(perm.Prefix); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+}
+
+func TestSecondOpenIsLockedNotHung(t *testing.T) {
+	dir := t.TempDir()
+	open(t, dir)
+	start := time.Now()
+	_, err := Open(dir, Options{LockTimeout: 200 * time.Millisecond})
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Errorf("error does not name the holder: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("second open took %v", d)
+	}
+}
+
+func TestDir(t *testing.T) {
+	t.Setenv("CTGUARD_STATE_DIR", "/env/dir")
+	for _, c := range []struct{ flag, want string }{{"/flag", "/flag"}, {"", "/env/dir"}} {
+		if got := Dir(c.flag); got != c.want {
+			t.Errorf("Dir(%q) = %q, want %q", c.flag, got, c.want)
+		}
+	}
+	t.Setenv("CTGUARD_STATE_DIR", "")
+	if got := Dir(""); got != DefaultDir {
+		t.Errorf("Dir default = %q", got)
+	}
+}
