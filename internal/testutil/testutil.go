@@ -85,6 +85,18 @@ func (ns *NS) Run(args ...string) (string, error) {
 	return buf.String(), nil
 }
 
+// Output runs a command inside the namespace and returns its standard output
+// alone (tools such as conntrack print summaries on stderr).
+func (ns *NS) Output(args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("in netns %s: %s: %w: %s", ns.Name, strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
 // MustRun is Run that fails the test on error.
 func (ns *NS) MustRun(t testing.TB, args ...string) string {
 	t.Helper()

@@ -1,0 +1,176 @@
+package conntrack
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/ctguard/ctguard/internal/testutil"
+)
+
+// synthetic returns n ESTABLISHED+ASSURED TCP entries from src to dst:443.
+func synthetic(src, dst netip.Addr, n int, basePort uint16, timeout uint32) []Entry {
+	es := make([]Entry, n)
+	for i := range es {
+		sp := basePort + uint16(i)
+		es[i] = Entry{
+			Proto:       ProtoTCP,
+			Orig:        Tuple{Src: src, Dst: dst, SrcPort: sp, DstPort: 443},
+			Reply:       Tuple{Src: dst, Dst: src, SrcPort: 443, DstPort: sp},
+			Status:      StatusConfirmed | StatusSeenReply | StatusAssured,
+			Timeout:     timeout,
+			TCPState:    TCPEstablished,
+			HasTCPState: true,
+		}
+	}
+	return es
+}
+
+func openIn(t *testing.T, ns *testutil.NS) *Conn {
+	t.Helper()
+	var c *Conn
+	var err error
+	ns.Do(t, func() { c, err = Open() })
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// conntrackL counts `conntrack -L` lines per original source in the namespace.
+func conntrackL(t *testing.T, ns *testutil.NS, family string) map[string]int {
+	t.Helper()
+	out, err := ns.Output("conntrack", "-L", "-f", family)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]int{}
+	for _, line := range strings.Split(out, "\n") {
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "src="); ok {
+				a := netip.MustParseAddr(v)
+				m[a.String()]++
+				break
+			}
+		}
+	}
+	return m
+}
+
+func TestRootCreateDumpStatsPurge(t *testing.T) {
+	testutil.RequireRoot(t, "conntrack")
+	ns := testutil.NewNS(t)
+	c := openIn(t, ns)
+	ctx := context.Background()
+	dst4 := netip.MustParseAddr("192.0.2.10")
+	dst6 := netip.MustParseAddr("2001:db8::10")
+	var all []Entry
+	want := map[string]int{}
+	for i := range 5 {
+		src := netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i)})
+		n := 10 * (i + 1)
+		all = append(all, synthetic(src, dst4, n, 10000, 431000)...)
+		want[src.String()] = n
+		src6 := netip.MustParseAddr(fmt.Sprintf("2001:db8:1::%d", i+1))
+		all = append(all, synthetic(src6, dst6, n, 20000, 1000)...)
+		want[src6.String()] = n
+	}
+	created, err := c.Create(ctx, all)
+	if err != nil || created != len(all) {
+		t.Fatalf("create: %d of %d: %v", created, len(all), err)
+	}
+	// Creating the same entries again must fail per entry (EEXIST), not silently.
+	if n, err := c.Create(ctx, all[:3]); err == nil || n != 0 {
+		t.Fatalf("duplicate create: n=%d err=%v, want 0 and an error", n, err)
+	}
+
+	got := map[string]int{}
+	total := 0
+	err = c.Dump(ctx, DumpOptions{}, func(e *Entry) error {
+		total++
+		got[e.Orig.Src.String()]++
+		if e.Proto != ProtoTCP || !e.HasTCPState || e.TCPState != TCPEstablished || !e.Status.Has(StatusAssured) {
+			return fmt.Errorf("unexpected entry %v", e)
+		}
+		if e.Orig.Dst != dst4 && e.Orig.Dst != dst6 || e.Orig.DstPort != 443 || e.Reply.SrcPort != 443 {
+			return fmt.Errorf("bad tuple %v reply %+v", e, e.Reply)
+		}
+		if e.Timeout == 0 || e.Timeout > 431000 {
+			return fmt.Errorf("bad timeout %v", e)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total != len(all) {
+		t.Fatalf("dump saw %d entries, want %d", total, len(all))
+	}
+	ref := conntrackL(t, ns, "ipv4")
+	for k, v := range conntrackL(t, ns, "ipv6") {
+		ref[k] = v
+	}
+	for k, v := range want {
+		if got[k] != v || ref[k] != v {
+			t.Errorf("source %s: reader %d, conntrack -L %d, want %d", k, got[k], ref[k], v)
+		}
+	}
+
+	st, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(st.Count) != len(all) || st.Max == 0 || st.CPUs == 0 {
+		t.Fatalf("stats = %+v, want count %d, max > 0, cpus > 0", st, len(all))
+	}
+	if b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max"); err == nil && strings.TrimSpace(string(b)) != fmt.Sprint(st.Max) {
+		t.Errorf("stats max %d, sysctl %s", st.Max, b)
+	}
+
+	// Kernel-side filters: one IPv4 source, status, mark.
+	n := 0
+	src3 := netip.MustParseAddr("198.51.100.3")
+	if err := c.Dump(ctx, DumpOptions{Source: src3}, func(e *Entry) error { n++; return nil }); err != nil || n != 30 {
+		t.Fatalf("filtered dump of %s: %d entries, err %v; want 30", src3, n, err)
+	}
+	n = 0
+	if err := c.Dump(ctx, DumpOptions{Status: StatusAssured, StatusMask: StatusAssured, Family: FamilyIPv6}, func(e *Entry) error { n++; return nil }); err != nil || n != 150 {
+		t.Fatalf("status-filtered v6 dump: %d, err %v; want 150", n, err)
+	}
+
+	// An IPv6 purge must delete only that source's entries (the kernel's
+	// IPv6 filter is inverted: this catches a regression either way).
+	src6 := netip.MustParseAddr("2001:db8:1::2")
+	del, err := c.PurgeSource(ctx, netip.PrefixFrom(src6, 128))
+	if err != nil || del != 20 {
+		t.Fatalf("purge %s: %d, %v; want 20", src6, del, err)
+	}
+	if cnt, _ := c.CountSource(ctx, netip.MustParsePrefix("2001:db8:1::/64")); cnt != 150-20 {
+		t.Fatalf("after v6 purge the /64 holds %d, want 130", cnt)
+	}
+	// A single IPv4 source (filtered flush where supported), then a prefix.
+	del, err = c.PurgeSource(ctx, netip.PrefixFrom(src3, 32))
+	if err != nil || del != 30 {
+		t.Fatalf("purge %s: %d, %v; want 30", src3, del, err)
+	}
+	sup, known := c.FilteredFlushSupported()
+	t.Logf("filtered flush supported=%v known=%v", sup, known)
+	if cnt, _ := c.CountSource(ctx, netip.PrefixFrom(src3, 32)); cnt != 0 {
+		t.Fatalf("after purge %s still holds %d", src3, cnt)
+	}
+	if cnt, _ := c.CountSource(ctx, netip.MustParsePrefix("198.51.100.0/24")); cnt != 150-30 {
+		t.Fatalf("other IPv4 sources hold %d, want 120", cnt)
+	}
+	del, err = c.PurgeSource(ctx, netip.MustParsePrefix("198.51.100.0/30"))
+	if err != nil || del != 10+20 {
+		t.Fatalf("purge /30: %d, %v; want 30 (.1 and .2)", del, err)
+	}
+	ref = conntrackL(t, ns, "ipv4")
+	if ref["198.51.100.4"] != 40 || ref["198.51.100.5"] != 50 || len(ref) != 2 {
+		t.Fatalf("conntrack -L after purges: %v", ref)
+	}
+}
