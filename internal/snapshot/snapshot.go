@@ -1,0 +1,398 @@
+// Package snapshot aggregates a scan of the conntrack table into plain data:
+// totals per state and protocol, and per remote source and per prefix the
+// entries split into classes (idle, active, stalled, half-open, closing,
+// other), plus an idle-time histogram.
+//
+// Only inbound entries (original destination is a local address) are
+// attributed to a remote source: the host's own outbound flows never count
+// against the peer. Aggregation is pure: it never talks to the kernel.
+package snapshot
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
+)
+
+// Class is what an entry means for the table's health.
+type Class uint8
+
+// Entry classes (design.md "Entry classes").
+const (
+	Idle     Class = iota // ESTABLISHED, idle at least the idle threshold
+	Active                // ESTABLISHED, seen within the idle threshold
+	Stalled               // ESTABLISHED, timeout capped by unacked data or retransmits
+	HalfOpen              // SYN_SENT/SYN_SENT2/SYN_RECV, or never replied (any protocol)
+	Closing               // FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE
+	Other                 // replied non-TCP entries
+	NumClasses
+)
+
+var classNames = [NumClasses]string{"idle", "active", "stalled", "half_open", "closing", "other"}
+
+func (c Class) String() string {
+	if c < NumClasses {
+		return classNames[c]
+	}
+	return "unknown"
+}
+
+// Defaults for Config.
+const (
+	DefaultIdleThreshold      = 60
+	DefaultStallCap           = 300
+	DefaultEstablishedTimeout = 432000
+	DefaultV4Bits             = 24
+	DefaultV6Bits             = 64
+)
+
+// Config says how entries are classified and grouped.
+type Config struct {
+	// IdleThreshold (seconds): an ESTABLISHED entry quiet this long is idle.
+	IdleThreshold uint32
+	// StallCap (seconds): nf_conntrack_tcp_timeout_unacknowledged and
+	// max_retrans. A remaining timeout at or below it is the kernel's cap for
+	// busy or dead connections, never "idle for days".
+	StallCap uint32
+	// EstablishedTimeout (seconds): nf_conntrack_tcp_timeout_established,
+	// the reference that remaining timeouts count down from.
+	EstablishedTimeout uint32
+	// V4Bits and V6Bits are the prefix lengths sources are grouped by.
+	V4Bits, V6Bits int
+	// Local holds the host's own addresses; nil attributes every entry to
+	// its original source.
+	Local *LocalSet
+}
+
+// WithDefaults fills zero fields with the defaults.
+func (c Config) WithDefaults() Config {
+	if c.IdleThreshold == 0 {
+		c.IdleThreshold = DefaultIdleThreshold
+	}
+	if c.StallCap == 0 {
+		c.StallCap = DefaultStallCap
+	}
+	if c.EstablishedTimeout == 0 {
+		c.EstablishedTimeout = DefaultEstablishedTimeout
+	}
+	if c.V4Bits == 0 {
+		c.V4Bits = DefaultV4Bits
+	}
+	if c.V6Bits == 0 {
+		c.V6Bits = DefaultV6Bits
+	}
+	return c
+}
+
+// LocalSet is the set of the host's own addresses.
+type LocalSet struct{ m map[netip.Addr]struct{} }
+
+// NewLocalSet builds a set from addresses (IPv4-mapped forms are unmapped).
+func NewLocalSet(addrs ...netip.Addr) *LocalSet {
+	s := &LocalSet{m: make(map[netip.Addr]struct{}, len(addrs))}
+	for _, a := range addrs {
+		s.m[a.Unmap().WithZone("")] = struct{}{}
+	}
+	return s
+}
+
+// Contains reports whether a is one of the host's addresses.
+func (s *LocalSet) Contains(a netip.Addr) bool {
+	if s == nil {
+		return false
+	}
+	_, ok := s.m[a]
+	return ok
+}
+
+// Len is the number of addresses.
+func (s *LocalSet) Len() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.m)
+}
+
+// Classify returns the class of e and, for ESTABLISHED entries that are not
+// stalled, the idle time in seconds.
+func Classify(e *conntrack.Entry, c *Config) (Class, uint32) {
+	if e.Proto != conntrack.ProtoTCP {
+		if !e.Status.Has(conntrack.StatusSeenReply) {
+			return HalfOpen, 0
+		}
+		return Other, 0
+	}
+	switch e.TCPState {
+	case conntrack.TCPSynSent, conntrack.TCPSynSent2, conntrack.TCPSynRecv:
+		return HalfOpen, 0
+	case conntrack.TCPFinWait, conntrack.TCPCloseWait, conntrack.TCPLastAck, conntrack.TCPTimeWait, conntrack.TCPClose:
+		return Closing, 0
+	case conntrack.TCPEstablished:
+		if !e.Status.Has(conntrack.StatusSeenReply) {
+			return HalfOpen, 0
+		}
+		if e.Timeout <= c.StallCap && c.EstablishedTimeout > c.StallCap {
+			return Stalled, 0
+		}
+		var idle uint32
+		if e.Timeout < c.EstablishedTimeout {
+			idle = c.EstablishedTimeout - e.Timeout
+		}
+		if idle >= c.IdleThreshold {
+			return Idle, idle
+		}
+		return Active, idle
+	}
+	if !e.Status.Has(conntrack.StatusSeenReply) {
+		return HalfOpen, 0
+	}
+	return Other, 0
+}
+
+// Counts are the entries one source or prefix holds, by class.
+type Counts struct {
+	Entries       uint32 `json:"entries"`
+	Idle          uint32 `json:"idle"`
+	IdleAssured   uint32 `json:"idle_assured"`
+	Active        uint32 `json:"active"`
+	ActiveAssured uint32 `json:"active_assured"`
+	Stalled       uint32 `json:"stalled"`
+	HalfOpen      uint32 `json:"half_open"`
+	Closing       uint32 `json:"closing"`
+	Other         uint32 `json:"other"`
+	// MaxIdle is the oldest idle time (seconds) among its ESTABLISHED entries.
+	MaxIdle uint32 `json:"max_idle_seconds"`
+}
+
+func (c *Counts) add(cl Class, assured bool, idle uint32) {
+	c.Entries++
+	switch cl {
+	case Idle:
+		c.Idle++
+		if assured {
+			c.IdleAssured++
+		}
+	case Active:
+		c.Active++
+		if assured {
+			c.ActiveAssured++
+		}
+	case Stalled:
+		c.Stalled++
+	case HalfOpen:
+		c.HalfOpen++
+	case Closing:
+		c.Closing++
+	case Other:
+		c.Other++
+	}
+	if idle > c.MaxIdle {
+		c.MaxIdle = idle
+	}
+}
+
+// Class returns the count of one class.
+func (c *Counts) Class(cl Class) uint32 {
+	switch cl {
+	case Idle:
+		return c.Idle
+	case Active:
+		return c.Active
+	case Stalled:
+		return c.Stalled
+	case HalfOpen:
+		return c.HalfOpen
+	case Closing:
+		return c.Closing
+	case Other:
+		return c.Other
+	}
+	return 0
+}
+
+// Holder is one source address (a /32 or /128) or one prefix, with what it
+// holds.
+type Holder struct {
+	Key netip.Prefix
+	Counts
+	// Members is the number of distinct sources (prefixes only).
+	Members uint32
+}
+
+// IdleBucketBounds are the upper bounds (seconds, exclusive) of the idle
+// histogram buckets; the last bucket is open-ended.
+var IdleBucketBounds = [...]uint32{60, 300, 900, 3600, 6 * 3600, 24 * 3600}
+
+// NumIdleBuckets is the number of histogram buckets.
+const NumIdleBuckets = len(IdleBucketBounds) + 1
+
+// Snapshot is the aggregate of one scan.
+type Snapshot struct {
+	Time     time.Time
+	Duration time.Duration
+	Reader   string
+	Config   Config
+
+	Total     int
+	Inbound   int // attributed to a remote source
+	Outbound  int // original source is local
+	Forwarded int // neither end local (routed, or DNAT elsewhere)
+	States    [conntrack.NumTCPStates]int
+	Protos    [256]int
+	Classes   [NumClasses]int // over all entries
+	Assured   int
+	// IdleHist counts non-stalled ESTABLISHED entries by idle time.
+	IdleHist [NumIdleBuckets]int
+
+	Sources  []Holder // sorted by entries, descending
+	Prefixes []Holder
+}
+
+// Aggregator folds entries into a Snapshot. Reuse one across scans: its
+// maps keep their capacity, so a steady-state scan does not allocate per
+// entry.
+type Aggregator struct {
+	cfg  Config
+	snap Snapshot
+	src  map[netip.Addr]int32
+	pfx  map[netip.Prefix]int32
+	srcs []Holder
+	pfxs []Holder
+}
+
+// NewAggregator returns an aggregator for cfg (zero fields take defaults).
+func NewAggregator(cfg Config) *Aggregator {
+	a := &Aggregator{cfg: cfg.WithDefaults(), src: map[netip.Addr]int32{}, pfx: map[netip.Prefix]int32{}}
+	a.Reset()
+	return a
+}
+
+// Config returns the effective configuration.
+func (a *Aggregator) Config() Config { return a.cfg }
+
+// Reset starts a new scan.
+func (a *Aggregator) Reset() {
+	clear(a.src)
+	clear(a.pfx)
+	a.srcs, a.pfxs = a.srcs[:0], a.pfxs[:0]
+	a.snap = Snapshot{Config: a.cfg}
+}
+
+// Add folds one entry in.
+func (a *Aggregator) Add(e *conntrack.Entry) {
+	s := &a.snap
+	s.Total++
+	s.Protos[e.Proto]++
+	if e.Proto == conntrack.ProtoTCP && e.TCPState < conntrack.NumTCPStates {
+		s.States[e.TCPState]++
+	}
+	assured := e.Status.Has(conntrack.StatusAssured)
+	if assured {
+		s.Assured++
+	}
+	cl, idle := Classify(e, &a.cfg)
+	s.Classes[cl]++
+	if cl == Idle || cl == Active {
+		b := 0
+		for b < len(IdleBucketBounds) && idle >= IdleBucketBounds[b] {
+			b++
+		}
+		s.IdleHist[b]++
+	}
+	src := e.Orig.Src
+	if a.cfg.Local != nil {
+		if a.cfg.Local.Contains(src) {
+			s.Outbound++
+			return
+		}
+		if !a.cfg.Local.Contains(e.Orig.Dst) && !a.cfg.Local.Contains(e.Reply.Src) {
+			s.Forwarded++
+			return
+		}
+	}
+	s.Inbound++
+	i, ok := a.src[src]
+	if !ok {
+		i = int32(len(a.srcs))
+		a.src[src] = i
+		a.srcs = append(a.srcs, Holder{Key: netip.PrefixFrom(src, src.BitLen())})
+	}
+	a.srcs[i].add(cl, assured, idle)
+
+	bits := a.cfg.V4Bits
+	if src.Is6() {
+		bits = a.cfg.V6Bits
+	}
+	p, _ := src.Prefix(bits)
+	j, ok := a.pfx[p]
+	if !ok {
+		j = int32(len(a.pfxs))
+		a.pfx[p] = j
+		a.pfxs = append(a.pfxs, Holder{Key: p})
+	}
+	a.pfxs[j].add(cl, assured, idle)
+}
+
+// Snapshot returns the aggregate so far, with sources and prefixes sorted
+// by entries held. The result does not alias the aggregator.
+func (a *Aggregator) Snapshot() *Snapshot {
+	s := a.snap
+	s.Sources = slices.Clone(a.srcs)
+	s.Prefixes = slices.Clone(a.pfxs)
+	for _, h := range a.srcs {
+		bits := a.cfg.V4Bits
+		if h.Key.Addr().Is6() {
+			bits = a.cfg.V6Bits
+		}
+		p, _ := h.Key.Addr().Prefix(bits)
+		s.Prefixes[a.pfx[p]].Members++
+	}
+	for _, hs := range [][]Holder{s.Sources, s.Prefixes} {
+		for i := range hs {
+			if hs[i].Key.IsSingleIP() {
+				hs[i].Members = 0
+			}
+		}
+		SortBy(hs, ByHeld)
+	}
+	return &s
+}
+
+// Order is how holders are ranked.
+type Order int
+
+// Orders for SortBy.
+const (
+	ByHeld     Order = iota // entries held
+	ByIdle                  // idle entries
+	ByHalfOpen              // half-open entries
+)
+
+// SortBy sorts holders descending by the order's count, then by entries,
+// then by key, so output is stable.
+func SortBy(hs []Holder, o Order) {
+	key := func(h *Holder) uint32 {
+		switch o {
+		case ByIdle:
+			return h.Idle
+		case ByHalfOpen:
+			return h.HalfOpen
+		}
+		return h.Entries
+	}
+	slices.SortFunc(hs, func(x, y Holder) int {
+		if c := cmp.Compare(key(&y), key(&x)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(y.Entries, x.Entries); c != 0 {
+			return c
+		}
+		if c := x.Key.Addr().Compare(y.Key.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.Key.Bits(), y.Key.Bits())
+	})
+}
