@@ -369,4 +369,3 @@ func unhex(c byte) (byte, bool) {
 	}
 	return 0, false
 }
-
