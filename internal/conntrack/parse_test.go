@@ -181,3 +181,19 @@ func BenchmarkParseRecorded(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(msgs)), "ns/entry")
 }
+
+func TestAppendMessageRoundTrip(t *testing.T) {
+	var e Entry
+	for _, m := range recorded(t, "netlink-mixed.bin") {
+		if err := ParseMessage(m, &e); err != nil {
+			t.Fatal(err)
+		}
+		var out Entry
+		if err := ParseMessage(AppendMessage(nil, &e), &out); err != nil {
+			t.Fatal(err)
+		}
+		if out != e {
+			t.Errorf("round trip of %v:\n got %+v\nwant %+v", &e, out, e)
+		}
+	}
+}

@@ -87,14 +87,18 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// LocalSet is the set of the host's own addresses.
-type LocalSet struct{ m map[netip.Addr]struct{} }
+// LocalSet is the set of the host's own addresses. Hosts have a handful, so
+// it is a slice: a linear scan beats hashing at that size.
+type LocalSet struct{ addrs []netip.Addr }
 
 // NewLocalSet builds a set from addresses (IPv4-mapped forms are unmapped).
 func NewLocalSet(addrs ...netip.Addr) *LocalSet {
-	s := &LocalSet{m: make(map[netip.Addr]struct{}, len(addrs))}
+	s := &LocalSet{}
 	for _, a := range addrs {
-		s.m[a.Unmap().WithZone("")] = struct{}{}
+		a = a.Unmap().WithZone("")
+		if a.IsValid() && !s.Contains(a) {
+			s.addrs = append(s.addrs, a)
+		}
 	}
 	return s
 }
@@ -104,8 +108,20 @@ func (s *LocalSet) Contains(a netip.Addr) bool {
 	if s == nil {
 		return false
 	}
-	_, ok := s.m[a]
-	return ok
+	for _, l := range s.addrs {
+		if l == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Addrs returns the addresses.
+func (s *LocalSet) Addrs() []netip.Addr {
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.addrs)
 }
 
 // Len is the number of addresses.
@@ -113,7 +129,7 @@ func (s *LocalSet) Len() int {
 	if s == nil {
 		return 0
 	}
-	return len(s.m)
+	return len(s.addrs)
 }
 
 // Classify returns the class of e and, for ESTABLISHED entries that are not
@@ -257,15 +273,17 @@ type Snapshot struct {
 type Aggregator struct {
 	cfg  Config
 	snap Snapshot
-	src  map[netip.Addr]int32
-	pfx  map[netip.Prefix]int32
+	// Keyed by the 16-byte form: hashing it is cheaper than netip values.
+	// Prefix keys are the masked address (the length is fixed per family).
+	src  map[[16]byte]int32
+	pfx  map[[16]byte]int32
 	srcs []Holder
 	pfxs []Holder
 }
 
 // NewAggregator returns an aggregator for cfg (zero fields take defaults).
 func NewAggregator(cfg Config) *Aggregator {
-	a := &Aggregator{cfg: cfg.WithDefaults(), src: map[netip.Addr]int32{}, pfx: map[netip.Prefix]int32{}}
+	a := &Aggregator{cfg: cfg.WithDefaults(), src: map[[16]byte]int32{}, pfx: map[[16]byte]int32{}}
 	a.Reset()
 	return a
 }
@@ -314,26 +332,32 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 		}
 	}
 	s.Inbound++
-	i, ok := a.src[src]
+	k := src.As16()
+	i, ok := a.src[k]
 	if !ok {
 		i = int32(len(a.srcs))
-		a.src[src] = i
+		a.src[k] = i
 		a.srcs = append(a.srcs, Holder{Key: netip.PrefixFrom(src, src.BitLen())})
 	}
 	a.srcs[i].add(cl, assured, idle)
 
+	p := a.prefixOf(src)
+	j, ok := a.pfx[p.Addr().As16()]
+	if !ok {
+		j = int32(len(a.pfxs))
+		a.pfx[p.Addr().As16()] = j
+		a.pfxs = append(a.pfxs, Holder{Key: p})
+	}
+	a.pfxs[j].add(cl, assured, idle)
+}
+
+func (a *Aggregator) prefixOf(src netip.Addr) netip.Prefix {
 	bits := a.cfg.V4Bits
 	if src.Is6() {
 		bits = a.cfg.V6Bits
 	}
 	p, _ := src.Prefix(bits)
-	j, ok := a.pfx[p]
-	if !ok {
-		j = int32(len(a.pfxs))
-		a.pfx[p] = j
-		a.pfxs = append(a.pfxs, Holder{Key: p})
-	}
-	a.pfxs[j].add(cl, assured, idle)
+	return p
 }
 
 // Snapshot returns the aggregate so far, with sources and prefixes sorted
@@ -343,12 +367,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 	s.Sources = slices.Clone(a.srcs)
 	s.Prefixes = slices.Clone(a.pfxs)
 	for _, h := range a.srcs {
-		bits := a.cfg.V4Bits
-		if h.Key.Addr().Is6() {
-			bits = a.cfg.V6Bits
-		}
-		p, _ := h.Key.Addr().Prefix(bits)
-		s.Prefixes[a.pfx[p]].Members++
+		s.Prefixes[a.pfx[a.prefixOf(h.Key.Addr()).Addr().As16()]].Members++
 	}
 	for _, hs := range [][]Holder{s.Sources, s.Prefixes} {
 		for i := range hs {

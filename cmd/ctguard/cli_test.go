@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// runCLI runs one command line in-process and returns stdout, stderr and
+// the exit status.
+func runCLI(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), &env{stdout: &out, stderr: &errb}, args)
+	return out.String(), errb.String(), code
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string // in stderr
+	}{
+		{[]string{"nosuch"}, `unknown command "nosuch"`},
+		{[]string{"status", "--sample", "-1s"}, "--sample -1s"},
+		{[]string{"status", "--sample", "soon"}, "invalid value \"soon\" for flag -sample"},
+		{[]string{"status", "--reader", "magic"}, `--reader "magic"`},
+		{[]string{"status", "extra"}, `unexpected argument "extra"`},
+		{[]string{"top", "-n", "0"}, "-n 0"},
+		{[]string{"top", "--by", "bytes"}, `--by "bytes"`},
+		{[]string{"top", "--watch", "1ms"}, "--watch 1ms"},
+		{[]string{"top", "--v4-prefix", "33"}, "--v4-prefix 33"},
+		{[]string{"top", "--v6-prefix", "8"}, "--v6-prefix 8"},
+		{[]string{"top", "--idle-threshold", "0"}, "--idle-threshold 0"},
+	}
+	for _, c := range cases {
+		out, errs, code := runCLI(t, c.args...)
+		if code != 2 || !strings.Contains(errs, c.want) || out != "" {
+			t.Errorf("%v: exit %d, stderr %q, stdout %q; want exit 2 and %q", c.args, code, errs, out, c.want)
+		}
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	if _, errs, code := runCLI(t); code != 2 || !strings.Contains(errs, "commands:") {
+		t.Errorf("no args: exit %d, %q", code, errs)
+	}
+	if _, errs, code := runCLI(t, "help"); code != 0 || !strings.Contains(errs, "status") || !strings.Contains(errs, "top") {
+		t.Errorf("help: exit %d, %q", code, errs)
+	}
+	if out, _, code := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "ctguard ") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+	if _, errs, code := runCLI(t, "top", "-h"); code != 0 || !strings.Contains(errs, "--by") && !strings.Contains(errs, "-by") {
+		t.Errorf("top -h: exit %d, %q", code, errs)
+	}
+}
+
+func TestNoConntrack(t *testing.T) {
+	// A procfs root without conntrack sysctls: conntrack is not loaded.
+	_, errs, code := runCLI(t, "status", "--procfs", t.TempDir(), "--sample", "0")
+	if code != 1 || !strings.Contains(errs, "conntrack is not available") {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+}

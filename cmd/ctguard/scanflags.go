@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/scan"
+	"github.com/ctguard/ctguard/internal/snapshot"
+)
+
+// scanFlags are the flags of every command that reads the table.
+type scanFlags struct {
+	reader   string
+	procfs   string
+	v4Bits   int
+	v6Bits   int
+	idleSecs uint
+}
+
+func (f *scanFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.reader, "reader", scan.Auto, "how to read the table: auto (netlink, else /proc), netlink, or proc")
+	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root (for sysctls and the /proc reader)")
+	fs.IntVar(&f.v4Bits, "v4-prefix", snapshot.DefaultV4Bits, "IPv4 prefix length that sources are grouped by")
+	fs.IntVar(&f.v6Bits, "v6-prefix", snapshot.DefaultV6Bits, "IPv6 prefix length that sources are grouped by")
+	fs.UintVar(&f.idleSecs, "idle-threshold", snapshot.DefaultIdleThreshold, "seconds without traffic after which an ESTABLISHED entry counts as idle")
+}
+
+func (f *scanFlags) validate() error {
+	switch f.reader {
+	case scan.Auto, scan.Netlink, scan.Proc:
+	default:
+		return usagef("--reader %q: want auto, netlink or proc", f.reader)
+	}
+	if f.v4Bits < 8 || f.v4Bits > 32 {
+		return usagef("--v4-prefix %d: want 8 to 32", f.v4Bits)
+	}
+	if f.v6Bits < 16 || f.v6Bits > 128 {
+		return usagef("--v6-prefix %d: want 16 to 128", f.v6Bits)
+	}
+	if f.idleSecs == 0 || f.idleSecs > 432000 {
+		return usagef("--idle-threshold %d: want 1 to 432000 seconds", f.idleSecs)
+	}
+	return nil
+}
+
+// scanner is an open table reader plus the aggregator configured for this
+// host: its local addresses and its timeouts.
+type scanner struct {
+	src  *scan.Source
+	agg  *snapshot.Aggregator
+	sys  scan.Sysctls
+	flag *scanFlags
+}
+
+func (f *scanFlags) open(ctx context.Context) (*scanner, error) {
+	sys, err := scan.ReadSysctls(f.procfs)
+	if err != nil {
+		return nil, explain(err)
+	}
+	src, err := scan.Open(ctx, f.reader, f.procfs)
+	if err != nil {
+		return nil, explain(err)
+	}
+	local, err := scan.LocalAddrs()
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	cfg := sys.SnapshotConfig(snapshot.Config{
+		IdleThreshold: uint32(f.idleSecs),
+		V4Bits:        f.v4Bits,
+		V6Bits:        f.v6Bits,
+		Local:         local,
+	})
+	return &scanner{src: src, agg: snapshot.NewAggregator(cfg), sys: sys, flag: f}, nil
+}
+
+func (s *scanner) close() { s.src.Close() }
+
+func (s *scanner) scan(ctx context.Context) (*snapshot.Snapshot, error) {
+	snap, err := s.src.Scan(ctx, s.agg)
+	return snap, explain(err)
+}
+
+// explain adds the action a user can take to the errors they meet first.
+func explain(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, conntrack.ErrPermission):
+		return fmt.Errorf("%w (not root, or no CAP_NET_ADMIN)", err)
+	case errors.Is(err, conntrack.ErrNotLoaded):
+		return fmt.Errorf("%w: this host tracks no connections, so its table cannot fill; nothing to do (modprobe nf_conntrack to enable tracking)", err)
+	case errors.Is(err, conntrack.ErrNoProcFile):
+		return fmt.Errorf("--reader proc: %w", err)
+	}
+	return err
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/snapshot"
+)
+
+func init() {
+	register(&command{
+		name:    "status",
+		args:    "[--json] [--sample DURATION] [--reader auto|netlink|proc]",
+		summary: "show how full the conntrack table is, how fast it grows and when it will be full",
+		run:     runStatus,
+	})
+}
+
+// statusReport is `status --json`; field names are a contract for scripts.
+type statusReport struct {
+	Count         uint32          `json:"count"`
+	Max           uint32          `json:"max"`
+	FillRatio     float64         `json:"fill_ratio"`
+	Buckets       int             `json:"buckets"`
+	Kernel        string          `json:"kernel"`
+	RatePerMin    *float64        `json:"rate_per_min"`
+	SampleSeconds float64         `json:"sample_seconds"`
+	ETASeconds    *float64        `json:"eta_seconds"`
+	ETA           *string         `json:"eta"`
+	States        map[string]int  `json:"states"`
+	Protocols     map[string]int  `json:"protocols"`
+	Classes       map[string]int  `json:"classes"`
+	Assured       int             `json:"assured"`
+	Inbound       int             `json:"inbound"`
+	Outbound      int             `json:"outbound"`
+	Forwarded     int             `json:"forwarded"`
+	Sources       int             `json:"sources"`
+	IdleHistogram []histBucket    `json:"idle_histogram"`
+	KernelStats   conntrack.Stats `json:"kernel_counters"`
+	Scan          scanCost        `json:"scan"`
+	Timeouts      map[string]int  `json:"timeouts"`
+	Fallback      string          `json:"reader_fallback,omitempty"`
+}
+
+type histBucket struct {
+	Below   *uint32 `json:"below_seconds"` // nil: open-ended
+	Entries int     `json:"entries"`
+}
+
+type scanCost struct {
+	Entries    int     `json:"entries"`
+	DurationMS float64 `json:"duration_ms"`
+	Reader     string  `json:"reader"`
+}
+
+func runStatus(ctx context.Context, e *env, args []string) error {
+	c := commands["status"]
+	fs := newFlags(c, e)
+	var sf scanFlags
+	sf.register(fs)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	sample := fs.Duration("sample", 5*time.Second, "how long to sample the entry count for the growth rate (0: no rate)")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if err := sf.validate(); err != nil {
+		return err
+	}
+	if *sample < 0 || *sample > time.Hour {
+		return usagef("--sample %v: want 0 to 1h", *sample)
+	}
+	s, err := sf.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+
+	// Sample the count first (cheap), then scan once.
+	var samples []forecast.Sample
+	first, err := s.src.Stats(ctx)
+	if err != nil {
+		return explain(err)
+	}
+	samples = append(samples, forecast.Sample{Time: time.Now(), Count: float64(first.Count)})
+	if *sample > 0 {
+		if !*asJSON {
+			fmt.Fprintf(e.stderr, "sampling the entry count for %v...\n", *sample)
+		}
+		step := min(*sample/10, time.Second)
+		end := time.Now().Add(*sample)
+		for time.Now().Before(end) {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(min(step, time.Until(end)+time.Millisecond)):
+			}
+			st, err := s.src.Stats(ctx)
+			if err != nil {
+				return explain(err)
+			}
+			samples = append(samples, forecast.Sample{Time: time.Now(), Count: float64(st.Count)})
+		}
+	}
+	st, err := s.src.Stats(ctx)
+	if err != nil {
+		return explain(err)
+	}
+	snap, err := s.scan(ctx)
+	if err != nil {
+		return err
+	}
+	r := buildStatus(st, snap, samples, s)
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	printStatus(e.stdout, r)
+	return nil
+}
+
+func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast.Sample, s *scanner) *statusReport {
+	r := &statusReport{
+		Count: st.Count, Max: st.Max, Buckets: s.sys.Buckets, Kernel: s.sys.Kernel,
+		States: map[string]int{}, Protocols: map[string]int{}, Classes: map[string]int{},
+		Assured: snap.Assured, Inbound: snap.Inbound, Outbound: snap.Outbound, Forwarded: snap.Forwarded,
+		Sources: len(snap.Sources), KernelStats: st, Timeouts: s.sys.Timeouts, Fallback: s.src.Fallback,
+		Scan: scanCost{Entries: snap.Total, DurationMS: float64(snap.Duration.Microseconds()) / 1000, Reader: snap.Reader},
+	}
+	if st.Max > 0 {
+		r.FillRatio = math.Round(float64(st.Count)/float64(st.Max)*1e6) / 1e6
+	}
+	if len(samples) > 1 {
+		r.SampleSeconds = samples[len(samples)-1].Time.Sub(samples[0].Time).Seconds()
+		if rate, ok := forecast.Rate(samples); ok {
+			perMin := math.Round(rate*60*100) / 100
+			r.RatePerMin = &perMin
+			if d, ok := forecast.ETA(float64(st.Count), float64(st.Max), rate); ok {
+				secs := math.Round(d.Seconds())
+				txt := forecast.Format(d)
+				r.ETASeconds, r.ETA = &secs, &txt
+			}
+		}
+	}
+	for i, n := range snap.States {
+		if n > 0 {
+			r.States[conntrack.TCPState(i).String()] = n
+		}
+	}
+	for p, n := range snap.Protos {
+		if n > 0 {
+			r.Protocols[conntrack.ProtoName(uint8(p))] += n
+		}
+	}
+	for i, n := range snap.Classes {
+		r.Classes[snapshot.Class(i).String()] = n
+	}
+	for i, n := range snap.IdleHist {
+		b := histBucket{Entries: n}
+		if i < len(snapshot.IdleBucketBounds) {
+			v := snapshot.IdleBucketBounds[i]
+			b.Below = &v
+		}
+		r.IdleHistogram = append(r.IdleHistogram, b)
+	}
+	return r
+}
+
+func printStatus(w io.Writer, r *statusReport) {
+	pct := 100 * r.FillRatio
+	fmt.Fprintf(w, "table      %d / %d entries (%.1f %% full), %d buckets, kernel %s\n", r.Count, r.Max, pct, r.Buckets, r.Kernel)
+	switch {
+	case r.RatePerMin == nil:
+		fmt.Fprintf(w, "growth     not sampled (use --sample)\n")
+	case r.ETA != nil && *r.ETASeconds == 0:
+		fmt.Fprintf(w, "growth     %+.1f entries/min over %.0fs: the table is FULL\n", *r.RatePerMin, r.SampleSeconds)
+	case r.ETA != nil:
+		fmt.Fprintf(w, "growth     %+.1f entries/min over %.0fs: full in %s\n", *r.RatePerMin, r.SampleSeconds, *r.ETA)
+	default:
+		fmt.Fprintf(w, "growth     %+.1f entries/min over %.0fs: not growing\n", *r.RatePerMin, r.SampleSeconds)
+	}
+	fmt.Fprintf(w, "states     %s\n", joinCounts(r.States, "none"))
+	fmt.Fprintf(w, "protocols  %s\n", joinCounts(r.Protocols, "none"))
+	var cl []string
+	for i := range snapshot.NumClasses {
+		n := snapshot.Class(i).String()
+		cl = append(cl, fmt.Sprintf("%s %d", n, r.Classes[n]))
+	}
+	fmt.Fprintf(w, "classes    %s (assured %d)\n", strings.Join(cl, "  "), r.Assured)
+	fmt.Fprintf(w, "sources    %d inbound entries from %d sources; %d outbound, %d forwarded\n", r.Inbound, r.Sources, r.Outbound, r.Forwarded)
+	var hist []string
+	lo := "0s"
+	for _, b := range r.IdleHistogram {
+		if b.Below == nil {
+			hist = append(hist, fmt.Sprintf(">=%s %d", lo, b.Entries))
+			continue
+		}
+		hi := forecast.Format(time.Duration(*b.Below) * time.Second)
+		hist = append(hist, fmt.Sprintf("<%s %d", hi, b.Entries))
+		lo = hi
+	}
+	fmt.Fprintf(w, "idle time  %s (ESTABLISHED, not stalled)\n", strings.Join(hist, "  "))
+	k := r.KernelStats
+	fmt.Fprintf(w, "kernel     drop %d  early_drop %d  insert_failed %d  (all CPUs, since boot)\n", k.Drop, k.EarlyDrop, k.InsertFailed)
+	fmt.Fprintf(w, "scan       %d entries in %.1f ms via %s\n", r.Scan.Entries, r.Scan.DurationMS, r.Scan.Reader)
+	if r.Fallback != "" {
+		fmt.Fprintf(w, "note       netlink unavailable (%s): read /proc instead\n", r.Fallback)
+	}
+}
+
+// joinCounts renders a map as "K n  K n" sorted by count, descending.
+func joinCounts(m map[string]int, empty string) string {
+	type kv struct {
+		k string
+		n int
+	}
+	var kvs []kv
+	for k, n := range m {
+		kvs = append(kvs, kv{k, n})
+	}
+	if len(kvs) == 0 {
+		return empty
+	}
+	slices.SortFunc(kvs, func(a, b kv) int {
+		if a.n != b.n {
+			return b.n - a.n
+		}
+		return strings.Compare(a.k, b.k)
+	})
+	parts := make([]string, len(kvs))
+	for i, x := range kvs {
+		parts[i] = fmt.Sprintf("%s %d", x.k, x.n)
+	}
+	return strings.Join(parts, "  ")
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/snapshot"
+)
+
+func init() {
+	register(&command{
+		name:    "top",
+		args:    "[-n N] [--by held|idle|halfopen] [--prefix] [--watch DURATION] [--json]",
+		summary: "show the sources (or prefixes) holding the most conntrack entries",
+		run:     runTop,
+	})
+}
+
+// topRow is one element of `top --json`; field names are a contract.
+type topRow struct {
+	Source         string  `json:"source"`
+	Entries        uint32  `json:"entries"`
+	Idle           uint32  `json:"idle"`
+	IdleAssured    uint32  `json:"idle_assured"`
+	Active         uint32  `json:"active"`
+	ActiveAssured  uint32  `json:"active_assured"`
+	Stalled        uint32  `json:"stalled"`
+	HalfOpen       uint32  `json:"half_open"`
+	Closing        uint32  `json:"closing"`
+	Other          uint32  `json:"other"`
+	MaxIdleSeconds uint32  `json:"max_idle_seconds"`
+	Members        *uint32 `json:"members,omitempty"`
+}
+
+func runTop(ctx context.Context, e *env, args []string) error {
+	c := commands["top"]
+	fs := newFlags(c, e)
+	var sf scanFlags
+	sf.register(fs)
+	n := fs.Int("n", 20, "how many rows")
+	by := fs.String("by", "held", "rank by: held (all entries), idle (idle ESTABLISHED entries) or halfopen")
+	prefix := fs.Bool("prefix", false, "group sources by prefix (--v4-prefix, --v6-prefix)")
+	watch := fs.Duration("watch", 0, "refresh every DURATION until interrupted (0: once)")
+	asJSON := fs.Bool("json", false, "print a JSON array (one per line with --watch)")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if err := sf.validate(); err != nil {
+		return err
+	}
+	order, ok := map[string]snapshot.Order{"held": snapshot.ByHeld, "idle": snapshot.ByIdle, "halfopen": snapshot.ByHalfOpen}[*by]
+	if !ok {
+		return usagef("--by %q: want held, idle or halfopen", *by)
+	}
+	if *n <= 0 {
+		return usagef("-n %d: want at least 1", *n)
+	}
+	if *watch < 0 || (*watch > 0 && *watch < 100*time.Millisecond) {
+		return usagef("--watch %v: want 0 (once) or at least 100ms", *watch)
+	}
+	s, err := sf.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	for {
+		snap, err := s.scan(ctx)
+		if err != nil {
+			if ctx.Err() != nil && *watch > 0 {
+				return nil
+			}
+			return err
+		}
+		hs := snap.Sources
+		if *prefix {
+			hs = snap.Prefixes
+		}
+		snapshot.SortBy(hs, order)
+		hs = hs[:min(*n, len(hs))]
+		rows := make([]topRow, len(hs))
+		for i, h := range hs {
+			rows[i] = toRow(h, *prefix)
+		}
+		if *asJSON {
+			b, err := json.Marshal(rows)
+			if err != nil {
+				return err
+			}
+			if *watch == 0 {
+				var out any
+				_ = json.Unmarshal(b, &out)
+				b, _ = json.MarshalIndent(out, "", "  ")
+			}
+			fmt.Fprintf(e.stdout, "%s\n", b)
+		} else {
+			if *watch > 0 {
+				fmt.Fprint(e.stdout, "\033[H\033[2J") // home + clear: refresh in place
+			}
+			printTop(e.stdout, snap, rows, *prefix, *by)
+		}
+		if *watch == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*watch):
+		}
+	}
+}
+
+func toRow(h snapshot.Holder, prefix bool) topRow {
+	r := topRow{
+		Entries: h.Entries, Idle: h.Idle, IdleAssured: h.IdleAssured, Active: h.Active,
+		ActiveAssured: h.ActiveAssured, Stalled: h.Stalled, HalfOpen: h.HalfOpen,
+		Closing: h.Closing, Other: h.Other, MaxIdleSeconds: h.MaxIdle,
+	}
+	if prefix {
+		r.Source = h.Key.String()
+		m := h.Members
+		r.Members = &m
+	} else {
+		r.Source = h.Key.Addr().String()
+	}
+	return r
+}
+
+func printTop(w io.Writer, snap *snapshot.Snapshot, rows []topRow, prefix bool, by string) {
+	what, n := "sources", len(snap.Sources)
+	if prefix {
+		what, n = "prefixes", len(snap.Prefixes)
+	}
+	fmt.Fprintf(w, "%s  %d entries, %d inbound from %d %s (%d outbound); top %d by %s; scan %.1f ms via %s\n",
+		snap.Time.Format("15:04:05"), snap.Total, snap.Inbound, n, what, snap.Outbound, len(rows), by,
+		float64(snap.Duration.Microseconds())/1000, snap.Reader)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	head := "SOURCE\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tOLDEST IDLE\t"
+	if prefix {
+		head = "PREFIX\tMEMBERS\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tOLDEST IDLE\t"
+	}
+	fmt.Fprintln(tw, head)
+	for _, r := range rows {
+		oldest := "-"
+		if r.MaxIdleSeconds > 0 {
+			oldest = forecast.Format(time.Duration(r.MaxIdleSeconds) * time.Second)
+		}
+		lead := r.Source + "\t"
+		if prefix {
+			lead += fmt.Sprintf("%d\t", *r.Members)
+		}
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", lead, r.Entries, r.Idle, r.Active, r.Stalled, r.HalfOpen, r.Closing, r.Other, oldest)
+	}
+	tw.Flush()
+	if len(rows) == 0 {
+		fmt.Fprintln(w, "(no inbound entries)")
+	}
+}
