@@ -180,29 +180,43 @@ type BanRequest struct {
 // RecordBan creates or refreshes the record for r.Prefix: the count goes up,
 // First is kept, Last and Expires move, an earlier end is cleared.
 func (s *Store) RecordBan(r BanRequest) (Ban, error) {
-	var out Ban
+	out, err := s.RecordBans([]BanRequest{r})
+	if err != nil {
+		return Ban{}, err
+	}
+	return out[0], nil
+}
+
+// RecordBans is RecordBan for many requests in one transaction (one fsync).
+func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
+	out := make([]Ban, 0, len(rs))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBans)
-		var rec Ban
-		if v := b.Get(key(r.Prefix)); v != nil {
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode %s: %w", r.Prefix, err)
+		for _, r := range rs {
+			var rec Ban
+			if v := b.Get(key(r.Prefix)); v != nil {
+				if err := json.Unmarshal(v, &rec); err != nil {
+					return fmt.Errorf("decode %s: %w", r.Prefix, err)
+				}
+			} else {
+				rec = Ban{Prefix: r.Prefix.Masked(), First: r.Now}
 			}
-		} else {
-			rec = Ban{Prefix: r.Prefix.Masked(), First: r.Now}
+			rec.Count++
+			rec.Last = r.Now
+			rec.Expires = r.Now.Add(r.TTL)
+			rec.Reason = r.Reason
+			rec.Evidence = r.Evidence
+			rec.Ended, rec.EndReason = time.Time{}, ""
+			rec.Purged, rec.Remaining, rec.PurgeErr = 0, 0, ""
+			if err := put(b, rec.Prefix, rec); err != nil {
+				return err
+			}
+			out = append(out, rec)
 		}
-		rec.Count++
-		rec.Last = r.Now
-		rec.Expires = r.Now.Add(r.TTL)
-		rec.Reason = r.Reason
-		rec.Evidence = r.Evidence
-		rec.Ended, rec.EndReason = time.Time{}, ""
-		rec.Purged, rec.Remaining, rec.PurgeErr = 0, 0, ""
-		out = rec
-		return put(b, rec.Prefix, rec)
+		return nil
 	})
 	if err != nil {
-		return Ban{}, fmt.Errorf("record ban %s: %w", r.Prefix, err)
+		return nil, fmt.Errorf("record %d bans: %w", len(rs), err)
 	}
 	return out, nil
 }
@@ -223,21 +237,36 @@ func (s *Store) PutBans(bans []Ban) error {
 
 // UpdateBan applies fn to the record of p and stores the result.
 func (s *Store) UpdateBan(p netip.Prefix, fn func(*Ban)) (Ban, error) {
-	var out Ban
+	out, err := s.UpdateBans([]netip.Prefix{p}, func(_ int, b *Ban) { fn(b) })
+	if err != nil {
+		return Ban{}, err
+	}
+	return out[0], nil
+}
+
+// UpdateBans applies fn to the record of each prefix (fn gets the index in
+// ps) in one transaction. A missing record fails the whole update.
+func (s *Store) UpdateBans(ps []netip.Prefix, fn func(int, *Ban)) ([]Ban, error) {
+	out := make([]Ban, len(ps))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBans)
-		v := b.Get(key(p))
-		if v == nil {
-			return ErrNotFound
+		for i, p := range ps {
+			v := b.Get(key(p))
+			if v == nil {
+				return fmt.Errorf("%s: %w", p, ErrNotFound)
+			}
+			if err := json.Unmarshal(v, &out[i]); err != nil {
+				return fmt.Errorf("decode %s: %w", p, err)
+			}
+			fn(i, &out[i])
+			if err := put(b, p, out[i]); err != nil {
+				return err
+			}
 		}
-		if err := json.Unmarshal(v, &out); err != nil {
-			return fmt.Errorf("decode: %w", err)
-		}
-		fn(&out)
-		return put(b, p, out)
+		return nil
 	})
 	if err != nil {
-		return Ban{}, fmt.Errorf("update ban %s: %w", p, err)
+		return nil, fmt.Errorf("update bans: %w", err)
 	}
 	return out, nil
 }
@@ -414,4 +443,29 @@ func lessPrefix(a, b netip.Prefix) bool {
 		return c < 0
 	}
 	return a.Bits() < b.Bits()
+}
+
+// SetMeta stores a small value under key (e.g. the kernel table identity
+// the last Setup produced, so a later process can tell a replaced table).
+func (s *Store) SetMeta(key, value string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put([]byte("x:"+key), []byte(value))
+	})
+	if err != nil {
+		return fmt.Errorf("set meta %s: %w", key, err)
+	}
+	return nil
+}
+
+// Meta returns the value stored by SetMeta, or "".
+func (s *Store) Meta(key string) (string, error) {
+	var v string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v = string(tx.Bucket(bucketMeta).Get([]byte("x:" + key)))
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("get meta %s: %w", key, err)
+	}
+	return v, nil
 }

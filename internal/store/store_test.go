@@ -145,3 +145,16 @@ func TestDir(t *testing.T) {
 		t.Errorf("Dir default = %q", got)
 	}
 }
+
+func TestMeta(t *testing.T) {
+	s := open(t, t.TempDir())
+	if v, err := s.Meta("k"); err != nil || v != "" {
+		t.Fatalf("unset meta = %q, %v", v, err)
+	}
+	if err := s.SetMeta("k", "42"); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.Meta("k"); v != "42" {
+		t.Fatalf("meta = %q", v)
+	}
+}

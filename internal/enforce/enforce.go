@@ -1,0 +1,184 @@
+// Package enforce applies bans: it owns ctguard's nftables table (sets of
+// banned addresses and prefixes with kernel-side timeouts, dropped at raw
+// prerouting priority, before conntrack), purges a banned source's conntrack
+// entries and checks that they are gone, and keeps the kernel in step with
+// the store.
+//
+// It must never touch anything outside its own table ("table inet
+// ctguard"), and it must never ban an allowlisted address or a prefix that
+// covers one.
+//
+// The kernel side sits behind the Firewall and Purger interfaces, with a
+// real nftables implementation (NFT) and fakes beside it, so that the engine
+// logic is tested without root.
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Firewall is the kernel side of bans.
+type Firewall interface {
+	// Setup deletes and recreates the own table with elems in it, in one
+	// atomic change. It returns an identity of the new table for Check.
+	Setup(ctx context.Context, elems []Element) (TableID, error)
+	// Check inspects the own table cheaply (structure, not elements) and
+	// returns a description of what is wrong, or "" when it is as Setup
+	// left it. want is the TableID from Setup, or 0 when unknown.
+	Check(ctx context.Context, want TableID) (problem string, err error)
+	// Apply deletes c.Delete (elements already gone are not an error) and
+	// adds c.Add, atomically when no deleted element had already expired.
+	Apply(ctx context.Context, c Change) error
+	// Counters reads the drop rules' counters.
+	Counters(ctx context.Context) (Counters, error)
+}
+
+// TableID identifies one incarnation of the own table (the kernel's table
+// handle, which a recreated table never reuses). 0 means unknown.
+type TableID uint64
+
+// Element is one set element: an address (full-length prefix) or a prefix,
+// with the time the kernel keeps it.
+type Element struct {
+	Prefix netip.Prefix
+	TTL    time.Duration
+}
+
+// Change is one batch of set operations. Deletes run before adds, so
+// deleting and re-adding a prefix refreshes its timeout.
+type Change struct {
+	Delete []netip.Prefix
+	Add    []Element
+}
+
+// Counter is packets and bytes dropped by one rule.
+type Counter struct {
+	Packets, Bytes uint64
+}
+
+// Counters holds the drop counters per set.
+type Counters struct {
+	Ban4, Net4, Ban6, Net6 Counter
+}
+
+// Total sums all four rules.
+func (c Counters) Total() Counter {
+	return Counter{
+		Packets: c.Ban4.Packets + c.Net4.Packets + c.Ban6.Packets + c.Net6.Packets,
+		Bytes:   c.Ban4.Bytes + c.Net4.Bytes + c.Ban6.Bytes + c.Net6.Bytes,
+	}
+}
+
+// Purger deletes and counts a source's conntrack entries. The real one is
+// *conntrack.Conn; a prefix means every member address.
+type Purger interface {
+	PurgeSource(ctx context.Context, p netip.Prefix) (int, error)
+	CountSource(ctx context.Context, p netip.Prefix) (int, error)
+}
+
+// Limits on what a ban may be.
+const (
+	DefaultTTL = time.Hour
+	MaxTTL     = 30 * 24 * time.Hour
+	MinTTL     = time.Second
+	// Broadest prefixes accepted: anything wider is almost certainly a typo
+	// and would cut off a large part of the Internet.
+	MinBits4 = 8
+	MinBits6 = 16
+)
+
+// ErrBadTarget marks unusable ADDR/CIDR input.
+var ErrBadTarget = errors.New("bad address or prefix")
+
+// ErrBadTTL marks an unusable duration.
+var ErrBadTTL = errors.New("bad ttl")
+
+// ParseTarget turns "ADDR" or "CIDR" into the prefix the kernel will see.
+// An IPv4-mapped IPv6 address is unmapped (packets from that peer are IPv4
+// on the wire) and note says so. A CIDR with host bits set is refused rather
+// than silently widened: "192.0.2.1/24" may be a typo for an address.
+func ParseTarget(s string) (p netip.Prefix, note string, err error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return netip.Prefix{}, "", fmt.Errorf("%w: empty", ErrBadTarget)
+	}
+	if strings.Contains(s, "/") {
+		p, err = netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, "", fmt.Errorf("%w: %q is not a CIDR prefix", ErrBadTarget, s)
+		}
+		if p.Masked() != p {
+			return netip.Prefix{}, "", fmt.Errorf("%w: %q has host bits set; the network is %s (or ban the address %s alone)",
+				ErrBadTarget, s, p.Masked(), p.Addr())
+		}
+	} else {
+		a, perr := netip.ParseAddr(s)
+		if perr != nil {
+			return netip.Prefix{}, "", fmt.Errorf("%w: %q is not an IP address", ErrBadTarget, s)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, "", fmt.Errorf("%w: %q has a zone; link-local scoped addresses cannot be banned", ErrBadTarget, s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, "", fmt.Errorf("%w: %q is wider than the IPv4-mapped range", ErrBadTarget, s)
+		}
+		orig := p
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		note = fmt.Sprintf("%s is IPv4-mapped: using %s", orig, p)
+	}
+	if p.Addr().Is4() && p.Bits() < MinBits4 || p.Addr().Is6() && p.Bits() < MinBits6 {
+		return netip.Prefix{}, "", fmt.Errorf("%w: %q is too broad (at least /%d for IPv4, /%d for IPv6)",
+			ErrBadTarget, s, MinBits4, MinBits6)
+	}
+	return p, note, nil
+}
+
+// ParseTTL parses a Go duration, also accepting a whole number of days
+// ("7d"). It must lie within [MinTTL, MaxTTL].
+func ParseTTL(s string) (time.Duration, error) {
+	var d time.Duration
+	var err error
+	if n, ok := strings.CutSuffix(s, "d"); ok && n != "" && !strings.ContainsAny(n, "hmsuµn.") {
+		var days int
+		days, err = strconv.Atoi(n)
+		if err == nil && days > int(MaxTTL/(24*time.Hour))+1 {
+			return 0, fmt.Errorf("%w: %q exceeds the maximum %s", ErrBadTTL, s, MaxTTL)
+		}
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q is not a duration (e.g. 90s, 30m, 12h, 7d)", ErrBadTTL, s)
+	}
+	if err := CheckTTL(d); err != nil {
+		return 0, fmt.Errorf("%w: %q: %v", ErrBadTTL, s, err)
+	}
+	return d, nil
+}
+
+// CheckTTL validates a ban duration.
+func CheckTTL(d time.Duration) error {
+	switch {
+	case d <= 0:
+		return fmt.Errorf("must be positive")
+	case d < MinTTL:
+		return fmt.Errorf("shorter than the minimum %s", MinTTL)
+	case d > MaxTTL:
+		return fmt.Errorf("exceeds the maximum %s", MaxTTL)
+	}
+	return nil
+}
+
+// isHost reports whether p is a single address (it goes to the address
+// sets, not the interval sets).
+func isHost(p netip.Prefix) bool { return p.Bits() == p.Addr().BitLen() }

@@ -1,0 +1,327 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/allow"
+)
+
+func TestRootBanDropsBeforeConntrackAndPurges(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	l.requireTracking("192.0.2.2", 8080)
+
+	// An existing flow from the source to be banned.
+	held := l.dial("192.0.2.3", 8080, 2)
+	if len(held) != 2 || l.count("192.0.2.3") < 2 {
+		t.Fatalf("setup: %d conns, %d entries from 192.0.2.3", len(held), l.count("192.0.2.3"))
+	}
+	before := l.counters().Ban4.Packets
+
+	r := l.ban("192.0.2.3", time.Hour)
+	if r.Ban.Purged < 2 || r.Ban.Remaining != 0 || r.Ban.PurgeErr != "" {
+		t.Fatalf("ban outcome: purged %d remaining %d err %q", r.Ban.Purged, r.Ban.Remaining, r.Ban.PurgeErr)
+	}
+	if n := l.count("192.0.2.3"); n != 0 {
+		t.Fatalf("existing flow's entries survived the purge: %d", n)
+	}
+	// The held connections keep sending: they must not recreate entries.
+	for _, c := range held {
+		c.Write([]byte("still here"))
+	}
+	if c := l.dial("192.0.2.3", 8080, 5); len(c) != 0 {
+		t.Fatalf("banned source connected %d times", len(c))
+	}
+	if n := l.count("192.0.2.3"); n != 0 {
+		t.Fatalf("banned source created %d entries", n)
+	}
+	if d := l.counters().Ban4.Packets - before; d < 5 {
+		t.Fatalf("drop counter rose by %d, want >= 5 (one SYN per attempt at least)", d)
+	}
+	// Others are untouched.
+	l.requireTracking("192.0.2.2", 8080)
+
+	// Unban: the source gets through again.
+	if _, err := l.eng.Unban(context.Background(), pfx("192.0.2.3")); err != nil {
+		t.Fatal(err)
+	}
+	l.requireTracking("192.0.2.3", 8080)
+}
+
+func TestRootPrefixBan(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	l.requireTracking("192.0.2.66", 8080)
+	r := l.ban("192.0.2.64/26", time.Hour)
+	if r.Ban.Purged < 3 || r.Ban.Remaining != 0 {
+		t.Fatalf("prefix purge: %+v", r.Ban)
+	}
+	if c := l.dial("192.0.2.66", 8080, 3); len(c) != 0 || l.count("192.0.2.66") != 0 {
+		t.Fatalf("member of banned prefix: %d conns, %d entries", len(c), l.count("192.0.2.66"))
+	}
+	if l.counters().Net4.Packets < 3 {
+		t.Fatalf("net4 counter %d", l.counters().Net4.Packets)
+	}
+	l.requireTracking("192.0.2.2", 8080) // outside the prefix
+	l.requireTracking("192.0.2.130", 8080)
+
+	// Nested prefixes: an inner one is covered, an outer one replaces.
+	in := l.ban("192.0.2.64/28", time.Hour)
+	if in.CoveredBy != pfx("192.0.2.64/26") {
+		t.Fatalf("inner prefix: %+v", in)
+	}
+	// 192.0.2.0/25 would cover the victim's own address: refused.
+	if _, err := l.eng.Ban(context.Background(), BanRequest{Prefix: pfx("192.0.2.0/25"), TTL: time.Hour}); !errors.Is(err, allow.ErrAllowlisted) {
+		t.Fatalf("ban covering the local address: %v", err)
+	}
+	l.ban("192.0.2.128/27", time.Hour)
+	out := l.ban("192.0.2.128/25", 2*time.Hour)
+	if len(out.Replaced) != 1 || out.Replaced[0] != pfx("192.0.2.128/27") {
+		t.Fatalf("outer prefix did not replace the inner: %+v", out)
+	}
+	if c := l.dial("192.0.2.130", 8080, 2); len(c) != 0 {
+		t.Fatal("member of the replacing prefix got through")
+	}
+	set := l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "net4")
+	if !strings.Contains(set, "192.0.2.128/25") || strings.Contains(set, "192.0.2.128/27") {
+		t.Fatalf("net4 after replacement:\n%s", set)
+	}
+	if b, _ := l.st.GetBan(pfx("192.0.2.128/27")); b.Active(time.Now()) || !strings.Contains(b.EndReason, "replaced by 192.0.2.128/25") {
+		t.Fatalf("inner record: %+v", b)
+	}
+}
+
+func TestRootIPv6(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	l.requireTracking("2001:db8::2", 8080)
+	held3 := l.dial("2001:db8::3", 8080, 2)
+	held4 := l.dial("2001:db8::4", 8080, 3)
+	if len(held3) != 2 || len(held4) != 3 {
+		t.Fatal("setup connections failed")
+	}
+	r := l.ban("2001:db8::3", time.Hour)
+	if r.Ban.Purged != 2 || r.Ban.Remaining != 0 {
+		t.Fatalf("v6 purge: %+v", r.Ban)
+	}
+	if n := l.count("2001:db8::3"); n != 0 {
+		t.Fatalf("banned v6 source kept %d entries", n)
+	}
+	// The kernel's IPv6 filter is inverted: a regression would wipe these.
+	if n := l.count("2001:db8::4"); n < 3 {
+		t.Fatalf("other v6 source lost entries: %d left", n)
+	}
+	if n := l.count("2001:db8::2"); n < 3 {
+		t.Fatalf("unbanned v6 source lost entries: %d left", n)
+	}
+	if c := l.dial("2001:db8::3", 8080, 3); len(c) != 0 || l.count("2001:db8::3") != 0 {
+		t.Fatal("banned v6 source got through")
+	}
+	if l.counters().Ban6.Packets < 3 {
+		t.Fatalf("ban6 counter %d", l.counters().Ban6.Packets)
+	}
+	// v6 prefix: catches ::8000:5, spares ::2.
+	l.ban("2001:db8::8000:0/112", time.Hour)
+	if c := l.dial("2001:db8::8000:5", 8080, 3); len(c) != 0 || l.count("2001:db8::8000:5") != 0 {
+		t.Fatal("member of banned v6 prefix got through")
+	}
+	if l.counters().Net6.Packets < 3 {
+		t.Fatalf("net6 counter %d", l.counters().Net6.Packets)
+	}
+	l.requireTracking("2001:db8::2", 8080)
+}
+
+func TestRootTTLExpiry(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	l.requireTracking("192.0.2.3", 8080)
+	l.ban("192.0.2.3", 2*time.Second)
+	l.ban("192.0.2.64/26", 2*time.Second)
+	l.ban("2001:db8::3", 2*time.Second)
+	for _, src := range []string{"192.0.2.3", "192.0.2.66", "2001:db8::3"} {
+		if c := l.dial(src, 8080, 1); len(c) != 0 {
+			t.Fatalf("%s got through during its ban", src)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond)
+	for _, src := range []string{"192.0.2.3", "192.0.2.66", "2001:db8::3"} {
+		l.requireTracking(src, 8080)
+	}
+	if act, _ := l.eng.List(false); len(act) != 0 {
+		t.Fatalf("store still lists %d active bans", len(act))
+	}
+}
+
+func TestRootReconcileAfterFlushRuleset(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	l.ban("192.0.2.3", time.Hour)
+	l.ban("192.0.2.4", 2*time.Second) // will have expired
+	l.ban("192.0.2.64/26", time.Hour)
+	l.ban("2001:db8::3", time.Hour)
+	l.ban("2001:db8::8000:0/112", 2*time.Second) // will have expired
+	ctx := context.Background()
+	if r, err := l.eng.Reconcile(ctx); err != nil || r.Rebuilt {
+		t.Fatalf("healthy table rebuilt: %+v %v", r, err)
+	}
+	time.Sleep(2200 * time.Millisecond)
+
+	l.vic.MustRun(t, "nft", "flush", "ruleset")
+	l.loadStateful()
+	l.requireTracking("192.0.2.3", 8080) // the ban is really gone
+
+	r, err := l.eng.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Rebuilt || r.Restored != 3 || !strings.Contains(r.Problem, "missing") {
+		t.Fatalf("reconcile: %+v", r)
+	}
+	for _, src := range []string{"192.0.2.3", "192.0.2.66", "2001:db8::3"} {
+		if c := l.dial(src, 8080, 2); len(c) != 0 {
+			t.Fatalf("%s not banned again after reconcile", src)
+		}
+	}
+	for _, src := range []string{"192.0.2.4", "2001:db8::8000:5"} {
+		l.requireTracking(src, 8080) // expired: not re-applied
+	}
+
+	// A table deleted and recreated from outside (a ruleset reload) has a
+	// new handle; a rule removed from the chain changes the rule count.
+	l.vic.Script(t, "nft delete table inet ctguard; nft add table inet ctguard")
+	if r, err := l.eng.Reconcile(ctx); err != nil || !r.Rebuilt || r.Restored != 3 {
+		t.Fatalf("reconcile after replace: %+v %v", r, err)
+	}
+	h := l.vic.MustRun(t, "sh", "-c", "nft -a list chain inet ctguard prerouting | awk '/ban6/ {print $NF}'")
+	l.vic.MustRun(t, "nft", "delete", "rule", "inet", "ctguard", "prerouting", "handle", strings.TrimSpace(h))
+	if r, err := l.eng.Reconcile(ctx); err != nil || !r.Rebuilt || !strings.Contains(r.Problem, "3 rules") {
+		t.Fatalf("reconcile after rule delete: %+v %v", r, err)
+	}
+	if c := l.dial("2001:db8::3", 8080, 1); len(c) != 0 {
+		t.Fatal("v6 ban not restored")
+	}
+	// A fresh engine on the same store (a new CLI process) checks against
+	// the stored handle too.
+	e2 := New(Config{Store: l.st, Firewall: l.fw, Purger: l.ct, Allow: l.eng.allowC})
+	if r, err := e2.Reconcile(ctx); err != nil || r.Rebuilt {
+		t.Fatalf("fresh engine rebuilt a healthy table: %+v %v", r, err)
+	}
+}
+
+func TestRootAllowlistedSSHPeerCannotBeBanned(t *testing.T) {
+	l := newLab(t, 2222)
+	l.listen(2222) // stands in for sshd
+	ssh := l.dial("192.0.2.5", 2222, 1)
+	if len(ssh) != 1 {
+		t.Fatal("ssh session not established")
+	}
+	for _, target := range []string{"192.0.2.5", "192.0.2.4/30", "::ffff:192.0.2.5"} {
+		p, _, err := ParseTarget(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = l.eng.Ban(context.Background(), BanRequest{Prefix: p, TTL: time.Hour})
+		var ref *allow.Refusal
+		if !errors.As(err, &ref) || ref.Entry.Source != allow.SSH || !strings.Contains(err.Error(), "192.0.2.5") {
+			t.Fatalf("ban %s: %v, want refusal naming the SSH session", target, err)
+		}
+	}
+	// The victim's own address too.
+	if _, err := l.eng.Ban(context.Background(), BanRequest{Prefix: pfx(vic4), TTL: time.Hour}); !errors.Is(err, allow.ErrAllowlisted) {
+		t.Fatalf("ban of own address: %v", err)
+	}
+	out := l.vic.MustRun(t, "nft", "list", "table", "inet", "ctguard")
+	if strings.Contains(out, "192.0.2.") {
+		t.Fatalf("refused ban reached the kernel:\n%s", out)
+	}
+	if _, err := ssh[0].Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	// A web client on another port is not protected.
+	l.listen(8080)
+	l.dial("192.0.2.5", 8080, 0)
+	if _, err := l.eng.Ban(context.Background(), BanRequest{Prefix: pfx("192.0.2.2"), TTL: time.Hour}); err != nil {
+		t.Fatalf("ban of an ordinary source: %v", err)
+	}
+}
+
+func TestRoot10kIPv6BansInOneChange(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	ctx := context.Background()
+	var elems []Element
+	for i := range 10000 {
+		a := netip.MustParseAddr(fmt.Sprintf("2001:db8:1::%x:%x", i>>16, i&0xffff))
+		elems = append(elems, Element{Prefix: netip.PrefixFrom(a, 128), TTL: time.Hour})
+	}
+	// The lab's attacker address is the last one, so a truncated batch shows.
+	elems = append(elems, Element{Prefix: pfx("2001:db8::4"), TTL: time.Hour})
+	// Also 1,000 v6 prefixes (start + end elements each).
+	for i := range 1000 {
+		p := netip.MustParsePrefix(fmt.Sprintf("2001:db8:2:%x::/64", i))
+		elems = append(elems, Element{Prefix: p, TTL: time.Hour})
+	}
+	if err := l.fw.Apply(ctx, Change{Add: elems}); err != nil {
+		t.Fatalf("apply 11,001 v6 elements: %v", err)
+	}
+	out := l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban6")
+	if n := strings.Count(out, "2001:db8:1::"); n != 10000 {
+		t.Fatalf("ban6 holds %d of 10000 addresses", n)
+	}
+	out = l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "net6")
+	if n := strings.Count(out, "::/64"); n != 1000 {
+		t.Fatalf("net6 holds %d of 1000 prefixes", n)
+	}
+	if c := l.dial("2001:db8::4", 8080, 2); len(c) != 0 {
+		t.Fatal("last element of the batch does not drop")
+	}
+	l.requireTracking("2001:db8::2", 8080)
+	// Re-ban of all of them: delete+add of 11,001 in one batch.
+	var dels []netip.Prefix
+	for _, e := range elems {
+		dels = append(dels, e.Prefix)
+	}
+	if err := l.fw.Apply(ctx, Change{Delete: dels, Add: elems}); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+}
+
+func TestRootUnbanOfExpiredElement(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	// In the kernel with a 1 s timeout, then gone.
+	short := []Element{{Prefix: pfx("198.51.100.1"), TTL: time.Second}, {Prefix: pfx("198.51.100.64/26"), TTL: time.Second}}
+	long := []Element{{Prefix: pfx("198.51.100.2"), TTL: time.Hour}}
+	if err := l.fw.Apply(ctx, Change{Add: append(short, long...)}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	// Deleting expired elements together with a live one: not an error, and
+	// the live one is really deleted.
+	err := l.fw.Apply(ctx, Change{Delete: []netip.Prefix{pfx("198.51.100.1"), pfx("198.51.100.64/26"), pfx("198.51.100.2")},
+		Add: []Element{{Prefix: pfx("198.51.100.3"), TTL: time.Hour}}})
+	if err != nil {
+		t.Fatalf("delete of expired elements: %v", err)
+	}
+	out := l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4")
+	if strings.Contains(out, "198.51.100.2") || !strings.Contains(out, "198.51.100.3") {
+		t.Fatalf("after delete+add:\n%s", out)
+	}
+	// Re-ban refreshes the timeout.
+	if err := l.fw.Apply(ctx, Change{Add: []Element{{Prefix: pfx("198.51.100.9"), TTL: 5 * time.Second}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.fw.Apply(ctx, Change{Delete: []netip.Prefix{pfx("198.51.100.9")}, Add: []Element{{Prefix: pfx("198.51.100.9"), TTL: 2 * time.Hour}}}); err != nil {
+		t.Fatal(err)
+	}
+	out = l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4")
+	if !strings.Contains(out, "198.51.100.9 timeout 2h expires 1h59m") {
+		t.Fatalf("timeout not refreshed:\n%s", out)
+	}
+}

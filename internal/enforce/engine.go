@@ -1,0 +1,480 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/store"
+)
+
+// Engine ties the store, the firewall, the allowlist and the purger
+// together. Its methods are what the commands call: directly today, and
+// through the daemon's control socket once the daemon owns the store (the
+// method set is the control protocol: plain request and result structs).
+type Engine struct {
+	store  *store.Store
+	fw     Firewall
+	purger Purger
+	allowC allow.Config
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu      sync.Mutex // serialises changes: the store and the kernel move together
+	tableID TableID
+}
+
+// Config wires an Engine.
+type Config struct {
+	Store    *store.Store
+	Firewall Firewall
+	Purger   Purger       // nil: bans still apply, purges report an error
+	Allow    allow.Config // sources of the allowlist; runtime entries come from the store
+	Log      *slog.Logger
+	Now      func() time.Time
+}
+
+const metaTableID = "nft_table_id"
+
+// New returns an Engine.
+func New(c Config) *Engine {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, allowC: c.Allow, log: c.Log, now: c.Now}
+	if v, err := c.Store.Meta(metaTableID); err == nil && v != "" {
+		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
+			e.tableID = TableID(id)
+		}
+	}
+	return e
+}
+
+// Allowlist loads the current allowlist (the sources are re-read each time:
+// SSH sessions come and go).
+func (e *Engine) Allowlist() (*allow.List, error) {
+	now := e.now()
+	rt, err := e.store.Allows(now)
+	if err != nil {
+		return nil, err
+	}
+	cfg := e.allowC
+	cfg.Static = slices.Clone(cfg.Static)
+	for _, a := range rt {
+		cfg.Static = append(cfg.Static, allow.Entry{Prefix: a.Prefix, Source: allow.Runtime, Detail: a.Note, Expires: a.Expires})
+	}
+	l, err := allow.Load(cfg, now)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range l.Warnings {
+		e.log.Warn("allowlist source unavailable", "err", w)
+	}
+	return l, nil
+}
+
+// ReconcileResult says what Reconcile or Start did.
+type ReconcileResult struct {
+	Rebuilt  bool
+	Problem  string // why it rebuilt ("" at Start)
+	Restored int    // elements re-applied
+	Took     time.Duration
+}
+
+// Start recreates the own table atomically with every unexpired stored ban.
+// It runs once when ctguard starts.
+func (e *Engine) Start(ctx context.Context) (ReconcileResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.rebuild(ctx, "")
+}
+
+// Reconcile checks the own table cheaply and, when it is missing or wrong,
+// rebuilds it with every unexpired stored ban in one batch. Expired bans are
+// not re-applied. The daemon calls it every loop; commands call it before
+// they change anything.
+func (e *Engine) Reconcile(ctx context.Context) (ReconcileResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	problem, err := e.fw.Check(ctx, e.tableID)
+	if err != nil {
+		return ReconcileResult{}, fmt.Errorf("reconcile: %w", err)
+	}
+	if problem == "" {
+		return ReconcileResult{}, nil
+	}
+	e.log.Warn("ctguard table needs rebuilding", "problem", problem)
+	return e.rebuild(ctx, problem)
+}
+
+func (e *Engine) rebuild(ctx context.Context, problem string) (ReconcileResult, error) {
+	start := time.Now()
+	now := e.now()
+	active, err := e.store.ActiveBans(now)
+	if err != nil {
+		return ReconcileResult{}, err
+	}
+	elems := KernelElements(active, now)
+	id, err := e.fw.Setup(ctx, elems)
+	if err != nil {
+		return ReconcileResult{}, fmt.Errorf("restore %d bans: %w", len(elems), err)
+	}
+	e.tableID = id
+	if err := e.store.SetMeta(metaTableID, strconv.FormatUint(uint64(id), 10)); err != nil {
+		return ReconcileResult{}, err
+	}
+	r := ReconcileResult{Rebuilt: true, Problem: problem, Restored: len(elems), Took: time.Since(start)}
+	e.log.Info("ctguard table rebuilt", "problem", problem, "restored", r.Restored, "took", r.Took)
+	return r, nil
+}
+
+// KernelElements turns active ban records into set elements: remaining
+// time as TTL, and prefixes inside another active prefix left out (interval
+// sets refuse overlaps, and the outer one covers them anyway).
+func KernelElements(active []store.Ban, now time.Time) []Element {
+	var nets []netip.Prefix
+	for _, b := range active {
+		if !isHost(b.Prefix) {
+			nets = append(nets, b.Prefix)
+		}
+	}
+	out := make([]Element, 0, len(active))
+	for _, b := range active {
+		ttl := b.Expires.Sub(now)
+		if ttl <= 0 || !b.Ended.IsZero() {
+			continue
+		}
+		if !isHost(b.Prefix) && coveringPrefix(nets, b.Prefix).IsValid() {
+			continue
+		}
+		out = append(out, Element{Prefix: b.Prefix, TTL: ttl})
+	}
+	return out
+}
+
+// coveringPrefix returns a prefix in nets that strictly contains p.
+func coveringPrefix(nets []netip.Prefix, p netip.Prefix) netip.Prefix {
+	for _, q := range nets {
+		if q.Bits() < p.Bits() && q.Contains(p.Addr()) {
+			return q
+		}
+	}
+	return netip.Prefix{}
+}
+
+// BanRequest is one ban to apply.
+type BanRequest struct {
+	Prefix   netip.Prefix
+	TTL      time.Duration
+	Reason   string
+	Evidence string
+}
+
+// BanResult is what became of one BanRequest.
+type BanResult struct {
+	Prefix    netip.Prefix
+	Err       error        // refused or failed; nothing was changed for it
+	CoveredBy netip.Prefix // valid when skipped: an active prefix ban already covers it
+	Refreshed bool         // it was already banned; the timeout was renewed
+	Replaced  []netip.Prefix
+	Ban       store.Ban // the record after the ban, with the purge outcome
+}
+
+// Ban applies one ban; see BanMany.
+func (e *Engine) Ban(ctx context.Context, r BanRequest) (BanResult, error) {
+	rs, err := e.BanMany(ctx, []BanRequest{r})
+	if err != nil {
+		return BanResult{Prefix: r.Prefix, Err: err}, err
+	}
+	return rs[0], rs[0].Err
+}
+
+// BanMany applies bans in one kernel change: each is checked against the
+// allowlist, skipped if an active prefix ban covers it, replaces active
+// prefix bans inside it, and refreshes its own timeout if already banned.
+// Then every newly banned source's conntrack entries are purged and
+// re-counted, and the outcome is recorded. The returned error is for the
+// whole batch (kernel or store failure); per-request refusals are in the
+// results.
+func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	results := make([]BanResult, len(reqs))
+	list, err := e.Allowlist()
+	if err != nil {
+		return nil, fmt.Errorf("ban: allowlist: %w", err)
+	}
+	activeList, err := e.store.ActiveBans(now)
+	if err != nil {
+		return nil, err
+	}
+	active := make(map[netip.Prefix]bool, len(activeList)+len(reqs))
+	var nets []netip.Prefix
+	for _, b := range activeList {
+		active[b.Prefix] = true
+		if !isHost(b.Prefix) {
+			nets = append(nets, b.Prefix)
+		}
+	}
+	// Outer prefixes first, so that an inner request in the same batch is
+	// seen as covered.
+	order := make([]int, len(reqs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return reqs[a].Prefix.Bits() - reqs[b].Prefix.Bits() })
+
+	var ch Change
+	var accepted []int
+	for _, i := range order {
+		r := &reqs[i]
+		res := &results[i]
+		p := r.Prefix
+		res.Prefix = p
+		switch {
+		case !p.IsValid() || p.Masked() != p || p.Addr().Is4In6() || p.Addr().Zone() != "":
+			res.Err = fmt.Errorf("ban %s: %w: not a canonical address or prefix", p, ErrBadTarget)
+			continue
+		case CheckTTL(r.TTL) != nil:
+			res.Err = fmt.Errorf("ban %s: %w: %s %v", p, ErrBadTTL, r.TTL, CheckTTL(r.TTL))
+			continue
+		}
+		if hit, ok := list.Check(p); ok {
+			res.Err = &allow.Refusal{Target: p, Entry: hit}
+			continue
+		}
+		if q := coveringPrefix(nets, p); q.IsValid() {
+			res.CoveredBy = q
+			continue
+		}
+		if !isHost(p) {
+			kept := nets[:0]
+			for _, q := range nets {
+				if q != p && p.Contains(q.Addr()) && q.Bits() > p.Bits() {
+					res.Replaced = append(res.Replaced, q)
+					ch.Delete = append(ch.Delete, q)
+					delete(active, q)
+					continue
+				}
+				kept = append(kept, q)
+			}
+			nets = kept
+		}
+		if active[p] {
+			// Delete and re-add in the same batch: older kernels keep the
+			// old timeout when an element is merely re-added.
+			res.Refreshed = true
+			ch.Delete = append(ch.Delete, p)
+		}
+		ch.Add = append(ch.Add, Element{Prefix: p, TTL: r.TTL})
+		active[p] = true
+		if !isHost(p) {
+			nets = append(nets, p)
+		}
+		accepted = append(accepted, i)
+	}
+	if len(ch.Add) == 0 {
+		return results, nil
+	}
+	if err := e.fw.Apply(ctx, ch); err != nil {
+		err = fmt.Errorf("ban: kernel change: %w", err)
+		for _, i := range accepted {
+			results[i].Err = err
+		}
+		return results, err
+	}
+	// Store writes are batched: one transaction each for the ends, the
+	// records and the outcomes, whatever the batch size.
+	var ended []netip.Prefix
+	var endReasons []string
+	recs := make([]store.BanRequest, 0, len(accepted))
+	for _, i := range accepted {
+		r := reqs[i]
+		for _, q := range results[i].Replaced {
+			ended = append(ended, q)
+			endReasons = append(endReasons, "replaced by "+r.Prefix.String())
+		}
+		recs = append(recs, store.BanRequest{Prefix: r.Prefix, Reason: r.Reason, Evidence: r.Evidence, TTL: r.TTL, Now: now})
+	}
+	if len(ended) > 0 {
+		if _, err := e.store.UpdateBans(ended, func(j int, b *store.Ban) { b.Ended, b.EndReason = now, endReasons[j] }); err != nil {
+			return results, err
+		}
+	}
+	if _, err := e.store.RecordBans(recs); err != nil {
+		return results, err
+	}
+	// Purge after the element is in place: from now on the source cannot
+	// create entries, so what the purge deletes stays deleted.
+	type outcome struct {
+		purged, remaining int
+		err               error
+	}
+	outs := make([]outcome, len(accepted))
+	ps := make([]netip.Prefix, len(accepted))
+	for k, i := range accepted {
+		ps[k] = reqs[i].Prefix
+		outs[k].purged, outs[k].remaining, outs[k].err = e.purge(ctx, reqs[i].Prefix)
+	}
+	recorded, err := e.store.UpdateBans(ps, func(k int, b *store.Ban) {
+		b.Purged, b.Remaining = outs[k].purged, outs[k].remaining
+		if outs[k].err != nil {
+			b.PurgeErr = outs[k].err.Error()
+		}
+	})
+	if err != nil {
+		return results, err
+	}
+	for k, i := range accepted {
+		results[i].Ban = recorded[k]
+		e.log.Info("banned", "prefix", ps[k], "ttl", reqs[i].TTL, "reason", reqs[i].Reason,
+			"refreshed", results[i].Refreshed, "replaced", len(results[i].Replaced),
+			"purged", outs[k].purged, "remaining", outs[k].remaining, "purge_err", outs[k].err)
+	}
+	return results, nil
+}
+
+// ErrNoPurger is returned when no conntrack access was configured.
+var ErrNoPurger = errors.New("no conntrack access: entries were not purged")
+
+func (e *Engine) purge(ctx context.Context, p netip.Prefix) (purged, remaining int, err error) {
+	if e.purger == nil {
+		return 0, 0, ErrNoPurger
+	}
+	purged, err = e.purger.PurgeSource(ctx, p)
+	if err != nil {
+		return purged, 0, fmt.Errorf("purge %s: %w", p, err)
+	}
+	remaining, err = e.purger.CountSource(ctx, p)
+	if err != nil {
+		return purged, 0, fmt.Errorf("re-count %s: %w", p, err)
+	}
+	return purged, remaining, nil
+}
+
+// ErrNotBanned is returned by Unban for a prefix without an active ban.
+var ErrNotBanned = errors.New("not banned")
+
+// Unban lifts the active ban of exactly p. An element the kernel already
+// expired is not an error.
+func (e *Engine) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	b, err := e.store.GetBan(p)
+	if err != nil || !b.Active(now) {
+		if errors.Is(err, store.ErrNotFound) || err == nil {
+			active, lerr := e.store.ActiveBans(now)
+			if lerr != nil {
+				return store.Ban{}, lerr
+			}
+			for _, a := range active {
+				if a.Prefix.Bits() < p.Bits() && a.Prefix.Contains(p.Addr()) {
+					return store.Ban{}, fmt.Errorf("unban %s: %w itself, but covered by the ban of %s (unban that)", p, ErrNotBanned, a.Prefix)
+				}
+			}
+			return store.Ban{}, fmt.Errorf("unban %s: %w", p, ErrNotBanned)
+		}
+		return store.Ban{}, err
+	}
+	if err := e.fw.Apply(ctx, Change{Delete: []netip.Prefix{p}}); err != nil {
+		return store.Ban{}, fmt.Errorf("unban %s: %w", p, err)
+	}
+	b, err = e.store.EndBan(p, now, "unban")
+	if err != nil {
+		return store.Ban{}, err
+	}
+	e.log.Info("unbanned", "prefix", p)
+	return b, nil
+}
+
+// List returns the active bans, or every record when all is set.
+func (e *Engine) List(all bool) ([]store.Ban, error) {
+	if all {
+		return e.store.Bans()
+	}
+	return e.store.ActiveBans(e.now())
+}
+
+// AllowResult is what Allow did.
+type AllowResult struct {
+	Entry  store.Allow
+	Lifted []netip.Prefix // active bans that overlapped the new entry and were lifted
+}
+
+// Allow adds a runtime allowlist entry (ttl 0: permanent) and lifts every
+// active ban that overlaps it, since no ban may cover an allowlisted
+// address.
+func (e *Engine) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, note string) (AllowResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	if ttl < 0 {
+		return AllowResult{}, fmt.Errorf("allow %s: %w: negative", p, ErrBadTTL)
+	}
+	a := store.Allow{Prefix: p, Note: note, Added: now}
+	if ttl > 0 {
+		a.Expires = now.Add(ttl)
+	}
+	active, err := e.store.ActiveBans(now)
+	if err != nil {
+		return AllowResult{}, err
+	}
+	var lift []netip.Prefix
+	for _, b := range active {
+		if b.Prefix.Overlaps(p) {
+			lift = append(lift, b.Prefix)
+		}
+	}
+	if err := e.fw.Apply(ctx, Change{Delete: lift}); err != nil {
+		return AllowResult{}, fmt.Errorf("allow %s: lift overlapping bans: %w", p, err)
+	}
+	for _, q := range lift {
+		if _, err := e.store.EndBan(q, now, "allowlisted "+p.String()); err != nil {
+			return AllowResult{}, err
+		}
+	}
+	if err := e.store.PutAllow(a); err != nil {
+		return AllowResult{}, err
+	}
+	e.log.Info("allowlisted", "prefix", p, "ttl", ttl, "lifted", len(lift))
+	return AllowResult{Entry: a, Lifted: lift}, nil
+}
+
+// PurgeResult is what Purge did.
+type PurgeResult struct {
+	Prefix    netip.Prefix
+	Purged    int
+	Remaining int
+	Took      time.Duration
+}
+
+// Purge deletes the conntrack entries of p now, without banning it, and
+// re-counts. Allowlisted sources are refused: purging the operator's own
+// SSH session's entries is never what was meant.
+func (e *Engine) Purge(ctx context.Context, p netip.Prefix) (PurgeResult, error) {
+	list, err := e.Allowlist()
+	if err != nil {
+		return PurgeResult{}, err
+	}
+	if hit, ok := list.Check(p); ok {
+		return PurgeResult{}, &allow.Refusal{Target: p, Entry: hit}
+	}
+	start := time.Now()
+	purged, remaining, err := e.purge(ctx, p)
+	return PurgeResult{Prefix: p, Purged: purged, Remaining: remaining, Took: time.Since(start)}, err
+}
+
+// Counters reads the kernel drop counters.
+func (e *Engine) Counters(ctx context.Context) (Counters, error) { return e.fw.Counters(ctx) }

@@ -1,0 +1,393 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/store"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type fixture struct {
+	clk *clock
+	fw  *Fake
+	ct  *FakePurger
+	st  *store.Store
+	eng *Engine
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{clk: &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
+	f.fw = NewFake(f.clk.now)
+	f.ct = &FakePurger{Entries: map[netip.Addr]int{
+		netip.MustParseAddr("198.51.100.7"):   300,
+		netip.MustParseAddr("198.51.100.8"):   5,
+		netip.MustParseAddr("203.0.113.9"):    40,
+		netip.MustParseAddr("2001:db8:5::1"):  12,
+		netip.MustParseAddr("2001:db8:5::2"):  3,
+		netip.MustParseAddr("2001:db8:99::1"): 7,
+	}}
+	var err error
+	f.st, err = store.Open(t.TempDir(), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.st.Close() })
+	f.eng = New(Config{
+		Store: f.st, Firewall: f.fw, Purger: f.ct, Now: f.clk.now,
+		Allow: allow.Config{
+			ProcRoot: "../allow/testdata/proc", ResolvConf: "../allow/testdata/resolv.conf",
+			InterfaceAddrs: func() ([]netip.Prefix, error) {
+				return []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24")}, nil
+			},
+		},
+	})
+	if _, err := f.eng.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *fixture) ban(t *testing.T, p string, ttl time.Duration) BanResult {
+	t.Helper()
+	r, err := f.eng.Ban(context.Background(), BanRequest{Prefix: pfx(p), TTL: ttl, Reason: "unit"})
+	if err != nil {
+		t.Fatalf("ban %s: %v", p, err)
+	}
+	return r
+}
+
+func elemList(f *Fake) string {
+	var s []string
+	for _, e := range f.Elements() {
+		s = append(s, e.Prefix.String())
+	}
+	return strings.Join(s, " ")
+}
+
+func TestBanPipeline(t *testing.T) {
+	f := newFixture(t)
+	r := f.ban(t, "198.51.100.7", time.Hour)
+	if r.Ban.Purged != 300 || r.Ban.Remaining != 0 || r.Ban.Count != 1 || r.Refreshed {
+		t.Fatalf("result %+v", r)
+	}
+	if !f.fw.Drops(netip.MustParseAddr("198.51.100.7")) || f.fw.Drops(netip.MustParseAddr("198.51.100.8")) {
+		t.Fatal("kernel state wrong")
+	}
+	// Re-ban: refreshed, counted, new expiry.
+	f.clk.add(30 * time.Minute)
+	r = f.ban(t, "198.51.100.7", 2*time.Hour)
+	if !r.Refreshed || r.Ban.Count != 2 || !r.Ban.Expires.Equal(f.clk.now().Add(2*time.Hour)) {
+		t.Fatalf("re-ban %+v", r)
+	}
+	if els := f.fw.Elements(); len(els) != 1 || els[0].TTL != 2*time.Hour {
+		t.Fatalf("kernel timeout not refreshed: %+v", els)
+	}
+	// A source that comes back despite the ban shows in Remaining.
+	f.ct.Refill = 4
+	r = f.ban(t, "203.0.113.9", time.Hour)
+	if r.Ban.Purged != 40 || r.Ban.Remaining != 4 {
+		t.Fatalf("re-count not recorded: %+v", r.Ban)
+	}
+	// A purge failure does not undo the ban; it is recorded.
+	f.ct.Err = errors.New("ctnetlink down")
+	r = f.ban(t, "198.51.100.8", time.Hour)
+	if !strings.Contains(r.Ban.PurgeErr, "ctnetlink down") || !f.fw.Drops(netip.MustParseAddr("198.51.100.8")) {
+		t.Fatalf("purge failure: %+v", r.Ban)
+	}
+}
+
+func TestBanRefusesAllowlisted(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct{ p, want string }{
+		{"192.0.2.1", "local address"},
+		{"192.0.2.254", "default gateway"},
+		{"198.51.100.23", "open SSH session"},
+		{"198.51.100.0/24", "198.51.100.23/32 (open SSH session"},
+		{"203.0.113.53", "resolver"},
+		{"127.0.0.1", "loopback"},
+	} {
+		_, err := f.eng.Ban(context.Background(), BanRequest{Prefix: pfx(c.p), TTL: time.Hour})
+		if !errors.Is(err, allow.ErrAllowlisted) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ban %s: %v, want refusal naming %q", c.p, err, c.want)
+		}
+	}
+	if n := len(f.fw.Elements()); n != 0 {
+		t.Fatalf("%d elements after refusals", n)
+	}
+	if bans, _ := f.st.Bans(); len(bans) != 0 {
+		t.Fatalf("refused bans recorded: %v", bans)
+	}
+	// Runtime allow: lifts an overlapping ban and blocks future ones.
+	f.ban(t, "2001:db8:5::/64", time.Hour)
+	res, err := f.eng.Allow(context.Background(), pfx("2001:db8:5::2"), time.Hour, "customer")
+	if err != nil || len(res.Lifted) != 1 {
+		t.Fatalf("allow: %+v %v", res, err)
+	}
+	if f.fw.Drops(netip.MustParseAddr("2001:db8:5::1")) {
+		t.Fatal("ban covering a newly allowed address still in the kernel")
+	}
+	if _, err := f.eng.Ban(context.Background(), BanRequest{Prefix: pfx("2001:db8:5::/64"), TTL: time.Hour}); !errors.Is(err, allow.ErrAllowlisted) ||
+		!strings.Contains(err.Error(), "runtime allow: customer") {
+		t.Fatalf("ban over runtime allow: %v", err)
+	}
+	f.clk.add(2 * time.Hour) // the allow entry expired
+	f.ban(t, "2001:db8:5::/64", time.Hour)
+}
+
+func TestNestedPrefixes(t *testing.T) {
+	f := newFixture(t)
+	f.ban(t, "203.0.113.128/26", time.Hour)
+	f.ban(t, "203.0.113.200", time.Hour)
+	// Inner prefix and an address under an active prefix: covered, skipped.
+	for _, p := range []string{"203.0.113.128/28", "203.0.113.130"} {
+		r := f.ban(t, p, time.Hour)
+		if r.CoveredBy != pfx("203.0.113.128/26") {
+			t.Fatalf("%s: %+v", p, r)
+		}
+	}
+	// Outer prefix replaces the inner prefix; the address ban stays.
+	r := f.ban(t, "203.0.113.128/25", time.Hour)
+	if len(r.Replaced) != 1 || r.Replaced[0] != pfx("203.0.113.128/26") {
+		t.Fatalf("outer: %+v", r)
+	}
+	if got, want := elemList(f.fw), "203.0.113.128/25 203.0.113.200/32"; got != want {
+		t.Fatalf("kernel %q, want %q", got, want)
+	}
+	b, _ := f.st.GetBan(pfx("203.0.113.128/26"))
+	if b.Active(f.clk.now()) || b.EndReason != "replaced by 203.0.113.128/25" {
+		t.Fatalf("inner record %+v", b)
+	}
+	// Same in one batch, given inner first: outer wins, inner is covered.
+	rs, err := f.eng.BanMany(context.Background(), []BanRequest{
+		{Prefix: pfx("2001:db8:99:1::/64"), TTL: time.Hour},
+		{Prefix: pfx("2001:db8:99::/48"), TTL: time.Hour},
+	})
+	if err != nil || rs[0].CoveredBy != pfx("2001:db8:99::/48") || rs[1].Err != nil {
+		t.Fatalf("batch: %+v %v", rs, err)
+	}
+	if rs[1].Ban.Purged != 7 {
+		t.Fatalf("prefix purge counted %d, want 7", rs[1].Ban.Purged)
+	}
+}
+
+func TestReconcileRestoresOnlyUnexpired(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.ban(t, "198.51.100.7", time.Hour)
+	f.ban(t, "198.51.100.8", time.Minute)
+	f.ban(t, "2001:db8:99::/48", time.Hour)
+	f.ban(t, "203.0.113.0/28", 10*time.Second)
+	f.ban(t, "203.0.113.96/28", time.Hour)
+	if _, err := f.eng.Unban(ctx, pfx("203.0.113.96/28")); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := f.eng.Reconcile(ctx); err != nil || r.Rebuilt {
+		t.Fatalf("healthy: %+v %v", r, err)
+	}
+	f.clk.add(2 * time.Minute)
+	f.fw.Flush()
+	r, err := f.eng.Reconcile(ctx)
+	if err != nil || !r.Rebuilt || r.Restored != 2 {
+		t.Fatalf("reconcile: %+v %v", r, err)
+	}
+	if got, want := elemList(f.fw), "198.51.100.7/32 2001:db8:99::/48"; got != want {
+		t.Fatalf("restored %q, want %q", got, want)
+	}
+	for _, e := range f.fw.Elements() {
+		if e.TTL != 58*time.Minute {
+			t.Errorf("%s restored with %v, want the remaining 58m", e.Prefix, e.TTL)
+		}
+	}
+	// Replaced table (same name, new identity) is caught by a fresh engine
+	// reading the stored identity.
+	if _, err := f.fw.Setup(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	e2 := New(Config{Store: f.st, Firewall: f.fw, Now: f.clk.now, Allow: f.eng.allowC})
+	if r, err := e2.Reconcile(ctx); err != nil || !r.Rebuilt || r.Restored != 2 {
+		t.Fatalf("replaced table: %+v %v", r, err)
+	}
+}
+
+func TestUnban(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.ban(t, "198.51.100.0/28", time.Hour)
+	if _, err := f.eng.Unban(ctx, pfx("198.51.100.7")); !errors.Is(err, ErrNotBanned) || !strings.Contains(err.Error(), "covered by the ban of 198.51.100.0/28") {
+		t.Fatalf("unban of a covered address: %v", err)
+	}
+	if _, err := f.eng.Unban(ctx, pfx("203.0.113.1")); !errors.Is(err, ErrNotBanned) {
+		t.Fatalf("unban of unknown: %v", err)
+	}
+	// Expired in the kernel already: still fine.
+	f.ban(t, "203.0.113.9", time.Second)
+	f.clk.add(500 * time.Millisecond)
+	f.fw.Flush()
+	f.eng.Reconcile(ctx)
+	f.clk.add(time.Second) // kernel expired it, the store record is past expiry too
+	if _, err := f.eng.Unban(ctx, pfx("203.0.113.9")); !errors.Is(err, ErrNotBanned) {
+		t.Fatalf("unban after expiry: %v", err)
+	}
+	b, err := f.eng.Unban(ctx, pfx("198.51.100.0/28"))
+	if err != nil || b.EndReason != "unban" || len(f.fw.Elements()) != 0 {
+		t.Fatalf("unban: %+v %v", b, err)
+	}
+	if act, _ := f.eng.List(false); len(act) != 0 {
+		t.Fatalf("still listed: %v", act)
+	}
+	if all, _ := f.eng.List(true); len(all) != 2 {
+		t.Fatalf("history: %v", all)
+	}
+}
+
+func TestKernelFailureChangesNothing(t *testing.T) {
+	f := newFixture(t)
+	f.fw.FailApply = errors.New("EMSGSIZE")
+	_, err := f.eng.Ban(context.Background(), BanRequest{Prefix: pfx("198.51.100.7"), TTL: time.Hour})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if bans, _ := f.st.Bans(); len(bans) != 0 {
+		t.Fatalf("failed ban recorded: %v", bans)
+	}
+	if f.ct.Entries[netip.MustParseAddr("198.51.100.7")] != 300 {
+		t.Fatal("entries purged although the ban failed")
+	}
+}
+
+func TestPurge(t *testing.T) {
+	f := newFixture(t)
+	r, err := f.eng.Purge(context.Background(), pfx("2001:db8:5::/64"))
+	if err != nil || r.Purged != 15 || r.Remaining != 0 {
+		t.Fatalf("purge: %+v %v", r, err)
+	}
+	if _, err := f.eng.Purge(context.Background(), pfx("198.51.100.23")); !errors.Is(err, allow.ErrAllowlisted) {
+		t.Fatalf("purge of ssh peer: %v", err)
+	}
+	e := New(Config{Store: f.st, Firewall: f.fw, Allow: f.eng.allowC})
+	if _, err := e.Purge(context.Background(), pfx("203.0.113.9")); !errors.Is(err, ErrNoPurger) {
+		t.Fatalf("no purger: %v", err)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	f := newFixture(t)
+	for _, r := range []BanRequest{
+		{Prefix: netip.MustParsePrefix("198.51.100.7/24"), TTL: time.Hour}, // not masked
+		{Prefix: pfx("198.51.100.7"), TTL: 0},
+		{Prefix: pfx("198.51.100.7"), TTL: -time.Second},
+		{Prefix: pfx("198.51.100.7"), TTL: MaxTTL + time.Second},
+		{Prefix: pfx("::ffff:198.51.100.7"), TTL: time.Hour},
+		{TTL: time.Hour},
+	} {
+		if _, err := f.eng.Ban(context.Background(), r); err == nil {
+			t.Errorf("ban %+v accepted", r)
+		}
+	}
+	if n := len(f.fw.Elements()); n != 0 || f.fw.Applies != 0 {
+		t.Fatalf("bad requests reached the kernel: %d elements, %d applies", n, f.fw.Applies)
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	for _, c := range []struct {
+		in, want, note, err string
+	}{
+		{in: "192.0.2.1", want: "192.0.2.1/32"},
+		{in: " 192.0.2.0/24 ", want: "192.0.2.0/24"},
+		{in: "2001:db8::1", want: "2001:db8::1/128"},
+		{in: "2001:db8::/32", want: "2001:db8::/32"},
+		{in: "::ffff:192.0.2.1", want: "192.0.2.1/32", note: "IPv4-mapped"},
+		{in: "::ffff:192.0.2.0/120", want: "192.0.2.0/24", note: "IPv4-mapped"},
+		{in: "192.0.2.1/24", err: "host bits set; the network is 192.0.2.0/24"},
+		{in: "192.0.2.256", err: "not an IP address"},
+		{in: "192.0.2.0/33", err: "not a CIDR"},
+		{in: "example.com", err: "not an IP address"},
+		{in: "", err: "empty"},
+		{in: "fe80::1%eth0", err: "zone"},
+		{in: "10.0.0.0/7", err: "too broad"},
+		{in: "2000::/3", err: "too broad"},
+		{in: "::ffff:0:0/96", err: "too broad"},
+	} {
+		p, note, err := ParseTarget(c.in)
+		switch {
+		case c.err != "":
+			if err == nil || !strings.Contains(err.Error(), c.err) || !errors.Is(err, ErrBadTarget) {
+				t.Errorf("ParseTarget(%q) err = %v, want %q", c.in, err, c.err)
+			}
+		case err != nil || p.String() != c.want || !strings.Contains(note, c.note):
+			t.Errorf("ParseTarget(%q) = %v %q %v, want %s", c.in, p, note, err, c.want)
+		}
+	}
+}
+
+func TestParseTTL(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{in: "90s", want: 90 * time.Second},
+		{in: "1h30m", want: 90 * time.Minute},
+		{in: "7d", want: 7 * 24 * time.Hour},
+		{in: "30d", want: MaxTTL},
+		{in: "31d", err: "exceeds"},
+		{in: "99999999999d", err: "exceeds"},
+		{in: "0", err: "positive"},
+		{in: "0s", err: "positive"},
+		{in: "-5m", err: "positive"},
+		{in: "500ms", err: "minimum"},
+		{in: "forever", err: "not a duration"},
+		{in: "d", err: "not a duration"},
+		{in: "1.5d", err: "not a duration"},
+		{in: "", err: "not a duration"},
+	} {
+		d, err := ParseTTL(c.in)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), "\""+c.in+"\"") {
+				t.Errorf("ParseTTL(%q) = %v, %v; want error %q naming the input", c.in, d, err, c.err)
+			}
+			continue
+		}
+		if err != nil || d != c.want {
+			t.Errorf("ParseTTL(%q) = %v, %v; want %v", c.in, d, err, c.want)
+		}
+	}
+}
+
+func TestKernelElements(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	mk := func(p string, exp time.Duration) store.Ban { return store.Ban{Prefix: pfx(p), Expires: now.Add(exp)} }
+	got := KernelElements([]store.Ban{
+		mk("198.51.100.0/24", time.Hour),
+		mk("198.51.100.128/25", time.Hour), // overlapping (stored before the rule existed): left out
+		mk("198.51.100.7", time.Minute),    // address under a prefix: kept, separate set
+		mk("203.0.113.1", -time.Second),    // expired
+	}, now)
+	var s []string
+	for _, e := range got {
+		s = append(s, e.Prefix.String()+"="+e.TTL.String())
+	}
+	if strings.Join(s, " ") != "198.51.100.0/24=1h0m0s 198.51.100.7/32=1m0s" {
+		t.Fatalf("got %v", s)
+	}
+}

@@ -1,0 +1,202 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Fake is an in-memory Firewall for tests and dry runs. It models what the
+// engine relies on: per-element expiry, interval sets refusing overlapping
+// prefixes, deletes of expired elements, and a table that can vanish.
+type Fake struct {
+	mu    sync.Mutex
+	now   func() time.Time
+	elems map[netip.Prefix]time.Time // prefix -> expiry
+	id    TableID
+	seq   TableID
+	ok    bool
+	// Calls counts Setup and Apply calls, to show what the engine did.
+	Setups, Applies int
+	// FailApply, when set, is returned by the next Apply (and cleared).
+	FailApply error
+}
+
+// NewFake returns a fake whose table does not exist yet. now may be nil.
+func NewFake(now func() time.Time) *Fake {
+	if now == nil {
+		now = time.Now
+	}
+	return &Fake{now: now, elems: map[netip.Prefix]time.Time{}}
+}
+
+func (f *Fake) expire() {
+	now := f.now()
+	for p, exp := range f.elems {
+		if !exp.After(now) {
+			delete(f.elems, p)
+		}
+	}
+}
+
+func (f *Fake) add(e Element) error {
+	if e.TTL <= 0 {
+		return fmt.Errorf("add %s: no timeout", e.Prefix)
+	}
+	if !isHost(e.Prefix) {
+		for q := range f.elems {
+			if !isHost(q) && q != e.Prefix && q.Overlaps(e.Prefix) {
+				return fmt.Errorf("add %s: interval overlaps with %s", e.Prefix, q)
+			}
+		}
+	}
+	f.elems[e.Prefix] = f.now().Add(e.TTL)
+	return nil
+}
+
+// Setup implements Firewall.
+func (f *Fake) Setup(ctx context.Context, elems []Element) (TableID, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Setups++
+	old := f.elems
+	f.elems = map[netip.Prefix]time.Time{}
+	for _, e := range elems {
+		if err := f.add(e); err != nil {
+			f.elems = old // atomic: all or nothing
+			return 0, fmt.Errorf("setup: %w", err)
+		}
+	}
+	f.seq++
+	f.id, f.ok = f.seq, true
+	return f.id, nil
+}
+
+// Check implements Firewall.
+func (f *Fake) Check(ctx context.Context, want TableID) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case !f.ok:
+		return "table inet " + TableName + " is missing", nil
+	case want != 0 && want != f.id:
+		return "table inet " + TableName + " was replaced", nil
+	}
+	return "", nil
+}
+
+// Apply implements Firewall.
+func (f *Fake) Apply(ctx context.Context, c Change) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Applies++
+	if err := f.FailApply; err != nil {
+		f.FailApply = nil
+		return err
+	}
+	if !f.ok {
+		return errors.New("apply: table inet ctguard does not exist")
+	}
+	f.expire()
+	old := make(map[netip.Prefix]time.Time, len(f.elems))
+	for k, v := range f.elems {
+		old[k] = v
+	}
+	for _, p := range c.Delete {
+		delete(f.elems, p) // an element that already expired is not an error
+	}
+	for _, e := range c.Add {
+		if err := f.add(e); err != nil {
+			f.elems = old
+			return fmt.Errorf("apply: %w", err)
+		}
+	}
+	return nil
+}
+
+// Counters implements Firewall; the fake drops nothing, so they stay zero.
+func (f *Fake) Counters(ctx context.Context) (Counters, error) { return Counters{}, nil }
+
+// Flush simulates `nft flush ruleset`: the table and all elements vanish.
+func (f *Fake) Flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ok = false
+	f.elems = map[netip.Prefix]time.Time{}
+}
+
+// Elements returns the unexpired elements and their remaining time, sorted.
+func (f *Fake) Elements() []Element {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expire()
+	out := make([]Element, 0, len(f.elems))
+	for p, exp := range f.elems {
+		out = append(out, Element{Prefix: p, TTL: exp.Sub(f.now())})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Prefix.String() < out[j].Prefix.String() })
+	return out
+}
+
+// Drops reports whether a packet from a would be dropped.
+func (f *Fake) Drops(a netip.Addr) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expire()
+	for p := range f.elems {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+var _ Firewall = (*Fake)(nil)
+
+// FakePurger is an in-memory conntrack table: a count of entries per source
+// address.
+type FakePurger struct {
+	mu      sync.Mutex
+	Entries map[netip.Addr]int
+	// Refill, when set, is how many entries a source regains right after a
+	// purge (a source the ban did not stop), to exercise the re-count.
+	Refill int
+	Err    error
+}
+
+// PurgeSource implements Purger.
+func (p *FakePurger) PurgeSource(ctx context.Context, pfx netip.Prefix) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.Err != nil {
+		return 0, p.Err
+	}
+	n := 0
+	for a, c := range p.Entries {
+		if pfx.Contains(a) {
+			n += c
+			p.Entries[a] = p.Refill
+		}
+	}
+	return n, nil
+}
+
+// CountSource implements Purger.
+func (p *FakePurger) CountSource(ctx context.Context, pfx netip.Prefix) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.Err != nil {
+		return 0, p.Err
+	}
+	n := 0
+	for a, c := range p.Entries {
+		if pfx.Contains(a) {
+			n += c
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,553 @@
+package enforce
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Names of everything ctguard owns in the kernel. Nothing else is touched.
+const (
+	TableName = "ctguard"
+	ChainName = "prerouting"
+	SetBan4   = "ban4"
+	SetBan6   = "ban6"
+	SetNet4   = "net4"
+	SetNet6   = "net6"
+	// chainPriority is "raw": before conntrack (-200), so banned packets
+	// neither create nor refresh entries.
+	chainPriority = -300
+)
+
+// Message limits (kernel-facts section 5): the element list of one
+// NEWSETELEM is a netlink attribute with a 16-bit length, so one message
+// must stay under 64 KiB; the whole batch must fit the socket send buffer.
+const (
+	maxElemListBytes = 56 << 10
+	sendBufferBytes  = 32 << 20
+	recvBufferBytes  = 8 << 20
+)
+
+// NFT is the nftables Firewall. The zero value is not usable; use NewNFT.
+type NFT struct {
+	log   *slog.Logger
+	netns int // fd of the target network namespace, 0 for the caller's
+	mu    sync.Mutex
+
+	table                  *nftables.Table
+	ban4, ban6, net4, net6 *nftables.Set
+	chain                  *nftables.Chain
+}
+
+// NFTOptions configures NewNFT.
+type NFTOptions struct {
+	// NetNSFd, when non-zero, is an open network namespace fd; the table is
+	// managed there instead of in the caller's namespace (tests).
+	NetNSFd int
+}
+
+// setIDs are batch-local set IDs. Fixed values (instead of the library's
+// global counter, which is not goroutine-safe) are fine: they only link a
+// rule to a set created in the same batch.
+const (
+	idBan4 = 0x6374_0001 + iota
+	idBan6
+	idNet4
+	idNet6
+)
+
+// NewNFT returns the nftables backend.
+func NewNFT(log *slog.Logger, opt NFTOptions) *NFT {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	mk := func(name string, id uint32, key nftables.SetDatatype, interval bool) *nftables.Set {
+		return &nftables.Set{
+			Table: t, Name: name, ID: id, KeyType: key,
+			HasTimeout: true, Interval: interval,
+			// A default timeout means that even an element added without
+			// one (a bug) can never become a permanent ban.
+			Timeout: DefaultTTL,
+		}
+	}
+	return &NFT{
+		log:   log,
+		netns: opt.NetNSFd,
+		table: t,
+		ban4:  mk(SetBan4, idBan4, nftables.TypeIPAddr, false),
+		ban6:  mk(SetBan6, idBan6, nftables.TypeIP6Addr, false),
+		net4:  mk(SetNet4, idNet4, nftables.TypeIPAddr, true),
+		net6:  mk(SetNet6, idNet6, nftables.TypeIP6Addr, true),
+		chain: &nftables.Chain{
+			Name: ChainName, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(chainPriority),
+		},
+	}
+}
+
+func (n *NFT) conn() (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if err := c.SetWriteBuffer(sendBufferBytes); err != nil {
+			return fmt.Errorf("raise netlink send buffer: %w", err)
+		}
+		// Errors echo the failed message; leave room for several.
+		return c.SetReadBuffer(recvBufferBytes)
+	})}
+	if n.netns != 0 {
+		opts = append(opts, nftables.WithNetNSFd(n.netns))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, nil
+}
+
+// setFor picks the set an element belongs to.
+func (n *NFT) setFor(p netip.Prefix) *nftables.Set {
+	switch {
+	case p.Addr().Is4() && isHost(p):
+		return n.ban4
+	case p.Addr().Is4():
+		return n.net4
+	case isHost(p):
+		return n.ban6
+	default:
+		return n.net6
+	}
+}
+
+// encode returns the set elements for p: one key for an address, a start
+// and an interval end (first address after the prefix) for a prefix. A
+// prefix that runs to the top of the address space has no end element.
+func encode(p netip.Prefix, ttl time.Duration) []nftables.SetElement {
+	if ttl > 0 && ttl < time.Millisecond {
+		ttl = time.Millisecond // the kernel counts milliseconds; 0 would mean "no timeout"
+	}
+	start := p.Masked().Addr()
+	out := []nftables.SetElement{{Key: start.AsSlice(), Timeout: ttl}}
+	if isHost(p) {
+		return out
+	}
+	// The kernel refuses a timeout on an interval end (EINVAL): the start
+	// element's timeout governs the whole interval.
+	if end := lastAddr(p).Next(); end.IsValid() {
+		out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+	}
+	return out
+}
+
+// elemBytes is the encoded size of one element in a NEWSETELEM list
+// (nested attr + key + optional flags + optional timeout), as
+// nftables.Set.makeElemList marshals it.
+func elemBytes(e nftables.SetElement) int {
+	n := 4 + 4 + 4 + align4(len(e.Key))
+	if e.IntervalEnd {
+		n += 8
+	}
+	if e.Timeout != 0 {
+		n += 12
+	}
+	return n
+}
+
+func align4(n int) int { return (n + 3) &^ 3 }
+
+// lastAddr is the highest address in p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+type setOp int
+
+const (
+	opAdd setOp = iota
+	opDel
+)
+
+// queue appends the elements to the batch, one message per set and chunk,
+// each under maxElemListBytes. Returns the number of messages queued.
+func (n *NFT) queue(c *nftables.Conn, op setOp, elems []Element, withTTL bool) (int, error) {
+	bySet := map[*nftables.Set][]nftables.SetElement{}
+	order := []*nftables.Set{n.ban4, n.ban6, n.net4, n.net6}
+	for _, e := range elems {
+		ttl := e.TTL
+		if !withTTL {
+			ttl = 0
+		}
+		s := n.setFor(e.Prefix)
+		bySet[s] = append(bySet[s], encode(e.Prefix, ttl)...)
+	}
+	msgs := 0
+	for _, s := range order {
+		all := bySet[s]
+		for len(all) > 0 {
+			size, i := 0, 0
+			for i < len(all) {
+				sz := elemBytes(all[i])
+				// Keep a start and its interval end in the same message.
+				pair := s.Interval && i+1 < len(all) && all[i+1].IntervalEnd
+				if pair {
+					sz += elemBytes(all[i+1])
+				}
+				if size+sz > maxElemListBytes && i > 0 {
+					break
+				}
+				size += sz
+				i++
+				if pair {
+					i++
+				}
+			}
+			chunk := all[:i]
+			all = all[i:]
+			var err error
+			if op == opAdd {
+				err = c.SetAddElements(s, chunk)
+			} else {
+				err = c.SetDeleteElements(s, chunk)
+			}
+			if err != nil {
+				return msgs, err
+			}
+			msgs++
+		}
+	}
+	return msgs, nil
+}
+
+func (n *NFT) rules() []*nftables.Rule {
+	mk := func(proto byte, off, l uint32, s *nftables.Set) *nftables.Rule {
+		return &nftables.Rule{Table: n.table, Chain: n.chain, Exprs: []expr.Any{
+			// In an inet table the network header may be either family:
+			// check it before reading the address out of it.
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: l},
+			&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}}
+	}
+	return []*nftables.Rule{
+		mk(unix.NFPROTO_IPV4, 12, 4, n.ban4),
+		mk(unix.NFPROTO_IPV4, 12, 4, n.net4),
+		mk(unix.NFPROTO_IPV6, 8, 16, n.ban6),
+		mk(unix.NFPROTO_IPV6, 8, 16, n.net6),
+	}
+}
+
+// Setup implements Firewall: in one batch, create the table if missing (so
+// that the delete cannot fail), delete it with everything in it, and build
+// it again with elems.
+func (n *NFT) Setup(ctx context.Context, elems []Element) (TableID, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return 0, err
+	}
+	c.AddTable(n.table)
+	c.DelTable(n.table)
+	c.AddTable(n.table)
+	for _, s := range []*nftables.Set{n.ban4, n.ban6, n.net4, n.net6} {
+		if err := c.AddSet(s, nil); err != nil {
+			return 0, fmt.Errorf("setup: set %s: %w", s.Name, err)
+		}
+	}
+	c.AddChain(n.chain)
+	for _, r := range n.rules() {
+		c.AddRule(r)
+	}
+	msgs, err := n.queue(c, opAdd, elems, true)
+	if err != nil {
+		return 0, fmt.Errorf("setup: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := c.Flush(); err != nil {
+		return 0, fmt.Errorf("setup table inet %s with %d bans (%d element messages): %w", TableName, len(elems), msgs, err)
+	}
+	id, _, err := n.tableInfo()
+	if err != nil {
+		return 0, fmt.Errorf("setup: read back table: %w", err)
+	}
+	n.log.Info("nftables table ready", "table", "inet "+TableName, "bans", len(elems), "messages", msgs)
+	return id, nil
+}
+
+// Apply implements Firewall.
+func (n *NFT) Apply(ctx context.Context, ch Change) error {
+	if len(ch.Delete) == 0 && len(ch.Add) == 0 {
+		return nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return err
+	}
+	dels := make([]Element, len(ch.Delete))
+	for i, p := range ch.Delete {
+		dels[i] = Element{Prefix: p}
+	}
+	if _, err := n.queue(c, opDel, dels, false); err != nil {
+		return err
+	}
+	if _, err := n.queue(c, opAdd, ch.Add, true); err != nil {
+		return err
+	}
+	err = c.Flush()
+	if err == nil || len(dels) == 0 || !errors.Is(err, syscall.ENOENT) {
+		if err != nil {
+			return fmt.Errorf("apply %d deletes, %d adds: %w", len(dels), len(ch.Add), err)
+		}
+		return nil
+	}
+	// Some element to delete had already expired and the kernel refused the
+	// whole batch: delete one by one, treating ENOENT as done, then add
+	// everything in one batch.
+	gone := 0
+	for _, d := range dels {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		c, err := n.conn()
+		if err != nil {
+			return err
+		}
+		if _, err := n.queue(c, opDel, []Element{d}, false); err != nil {
+			return err
+		}
+		if err := c.Flush(); err != nil {
+			if !errors.Is(err, syscall.ENOENT) {
+				return fmt.Errorf("delete %s: %w", d.Prefix, err)
+			}
+			gone++
+		}
+	}
+	n.log.Debug("deleted elements one by one", "total", len(dels), "already_expired", gone)
+	if len(ch.Add) == 0 {
+		return nil
+	}
+	c, err = n.conn()
+	if err != nil {
+		return err
+	}
+	if _, err := n.queue(c, opAdd, ch.Add, true); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("apply %d adds: %w", len(ch.Add), err)
+	}
+	return nil
+}
+
+// Check implements Firewall. It reads the table, its sets, the chain and
+// its four rules: a handful of small messages however many bans there are.
+// It cannot see elements deleted one by one from outside (listing 100k
+// elements takes seconds); the table handle catches a table that was
+// deleted and recreated, e.g. by a ruleset reload.
+func (n *NFT) Check(ctx context.Context, want TableID) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	id, exists, err := n.tableInfo()
+	if err != nil {
+		return "", fmt.Errorf("check table: %w", err)
+	}
+	if !exists {
+		return "table inet " + TableName + " is missing", nil
+	}
+	if want != 0 && id != want {
+		return fmt.Sprintf("table inet %s was replaced (handle %d, expected %d)", TableName, id, want), nil
+	}
+	c, err := n.conn()
+	if err != nil {
+		return "", err
+	}
+	sets, err := c.GetSets(n.table)
+	if err != nil {
+		return "", fmt.Errorf("check sets: %w", err)
+	}
+	found := map[string]*nftables.Set{}
+	for _, s := range sets {
+		found[s.Name] = s
+	}
+	for _, w := range []*nftables.Set{n.ban4, n.ban6, n.net4, n.net6} {
+		s, ok := found[w.Name]
+		switch {
+		case !ok:
+			return "set " + w.Name + " is missing", nil
+		case s.KeyType.Name != w.KeyType.Name || s.Interval != w.Interval || !s.HasTimeout:
+			return fmt.Sprintf("set %s has type %s interval=%v timeout=%v", w.Name, s.KeyType.Name, s.Interval, s.HasTimeout), nil
+		}
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return "", fmt.Errorf("check chain: %w", err)
+	}
+	var ch *nftables.Chain
+	for _, x := range chains {
+		if x.Table.Name == TableName && x.Name == ChainName {
+			ch = x
+		}
+	}
+	if ch == nil {
+		return "chain " + ChainName + " is missing", nil
+	}
+	if ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookPrerouting || ch.Priority == nil ||
+		*ch.Priority != chainPriority || ch.Type != nftables.ChainTypeFilter {
+		return "chain " + ChainName + " has the wrong hook, priority or type", nil
+	}
+	rules, err := c.GetRules(n.table, n.chain)
+	if err != nil {
+		return "", fmt.Errorf("check rules: %w", err)
+	}
+	if len(rules) != 4 {
+		return fmt.Sprintf("chain %s has %d rules, want 4", ChainName, len(rules)), nil
+	}
+	want4 := n.rules()
+	for i, r := range rules {
+		if p := ruleProblem(r, want4[i]); p != "" {
+			return fmt.Sprintf("rule %d: %s", i+1, p), nil
+		}
+	}
+	return "", ctx.Err()
+}
+
+// ruleProblem compares a rule read back with the one Setup wrote.
+func ruleProblem(got, want *nftables.Rule) string {
+	if len(got.Exprs) != len(want.Exprs) {
+		return fmt.Sprintf("%d expressions, want %d", len(got.Exprs), len(want.Exprs))
+	}
+	for i, w := range want.Exprs {
+		g := got.Exprs[i]
+		switch w := w.(type) {
+		case *expr.Lookup:
+			if g, ok := g.(*expr.Lookup); !ok || g.SetName != w.SetName || g.Invert {
+				return "lookup is not @" + w.SetName
+			}
+		case *expr.Verdict:
+			if g, ok := g.(*expr.Verdict); !ok || g.Kind != w.Kind {
+				return "verdict is not drop"
+			}
+		case *expr.Cmp:
+			if g, ok := g.(*expr.Cmp); !ok || string(g.Data) != string(w.Data) || g.Op != w.Op {
+				return "family match changed"
+			}
+		case *expr.Payload:
+			if g, ok := g.(*expr.Payload); !ok || g.Offset != w.Offset || g.Len != w.Len || g.Base != w.Base {
+				return "address match changed"
+			}
+		default:
+			if fmt.Sprintf("%T", g) != fmt.Sprintf("%T", w) {
+				return fmt.Sprintf("expression %d is %T, want %T", i, g, w)
+			}
+		}
+	}
+	return ""
+}
+
+// Counters implements Firewall.
+func (n *NFT) Counters(ctx context.Context) (Counters, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return Counters{}, err
+	}
+	rules, err := c.GetRules(n.table, n.chain)
+	if err != nil {
+		return Counters{}, fmt.Errorf("read counters: %w", err)
+	}
+	var out Counters
+	for _, r := range rules {
+		var set string
+		var cnt Counter
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Lookup:
+				set = e.SetName
+			case *expr.Counter:
+				cnt = Counter{Packets: e.Packets, Bytes: e.Bytes}
+			}
+		}
+		switch set {
+		case SetBan4:
+			out.Ban4 = cnt
+		case SetBan6:
+			out.Ban6 = cnt
+		case SetNet4:
+			out.Net4 = cnt
+		case SetNet6:
+			out.Net6 = cnt
+		}
+	}
+	return out, ctx.Err()
+}
+
+// tableInfo reads the own table's kernel handle with one GETTABLE request
+// (the library's Table type does not carry the handle).
+func (n *NFT) tableInfo() (TableID, bool, error) {
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: n.netns})
+	if err != nil {
+		return 0, false, fmt.Errorf("netlink: %w", err)
+	}
+	defer nl.Close()
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: []byte(TableName + "\x00")}})
+	if err != nil {
+		return 0, false, err
+	}
+	msgs, err := nl.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE),
+			Flags: netlink.Request | netlink.Acknowledge,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if errors.Is(err, syscall.ENOENT) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, false, err
+		}
+		for ad.Next() {
+			if ad.Type() == nftaTableHandle && len(ad.Bytes()) == 8 {
+				return TableID(binary.BigEndian.Uint64(ad.Bytes())), true, nil
+			}
+		}
+	}
+	return 0, true, nil
+}
+
+var _ Firewall = (*NFT)(nil)
+
+// nftaTableHandle is NFTA_TABLE_HANDLE (linux/netfilter/nf_tables.h), which
+// x/sys/unix does not define.
+const nftaTableHandle = 4
