@@ -4,7 +4,7 @@ BIN     := bin/ctguard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build test test-unit lint fuzz bench clean
+.PHONY: build test test-unit lint fuzz bench-scan clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ctguard
@@ -30,3 +30,9 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Full-table scan benchmark (root): fills a throw-away namespace with 262,144
+# entries and times ctguard top against conntrack -L and the bare dump.
+bench-scan: build
+	$(GO) run ./tools/scanbench -ctguard $(BIN) -runs 7
+	$(GO) test -run '^$$' -bench 'ParseAggregate|ParseRecorded|ParseProcLine' -benchmem ./internal/snapshot ./internal/conntrack
