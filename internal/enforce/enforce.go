@@ -151,7 +151,7 @@ func ParseTTL(s string) (time.Duration, error) {
 		var days int
 		days, err = strconv.Atoi(n)
 		if err == nil && days > int(MaxTTL/(24*time.Hour))+1 {
-			return 0, fmt.Errorf("%w: %q exceeds the maximum %s", ErrBadTTL, s, MaxTTL)
+			return 0, fmt.Errorf("%w: %q: exceeds the maximum %s", ErrBadTTL, s, FormatTTL(MaxTTL))
 		}
 		d = time.Duration(days) * 24 * time.Hour
 	} else {
@@ -174,9 +174,17 @@ func CheckTTL(d time.Duration) error {
 	case d < MinTTL:
 		return fmt.Errorf("shorter than the minimum %s", MinTTL)
 	case d > MaxTTL:
-		return fmt.Errorf("exceeds the maximum %s", MaxTTL)
+		return fmt.Errorf("exceeds the maximum %s", FormatTTL(MaxTTL))
 	}
 	return nil
+}
+
+// FormatTTL prints whole days as "7d" and anything else as Go does.
+func FormatTTL(d time.Duration) string {
+	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
+	}
+	return d.String()
 }
 
 // isHost reports whether p is a single address (it goes to the address

@@ -478,3 +478,10 @@ func (e *Engine) Purge(ctx context.Context, p netip.Prefix) (PurgeResult, error)
 
 // Counters reads the kernel drop counters.
 func (e *Engine) Counters(ctx context.Context) (Counters, error) { return e.fw.Counters(ctx) }
+
+// RemoveAllow deletes a runtime allowlist entry.
+func (e *Engine) RemoveAllow(p netip.Prefix) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.store.DeleteAllow(p)
+}

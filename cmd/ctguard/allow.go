@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+func init() {
+	register(&command{
+		name:    "allow",
+		args:    "ADDR|CIDR [--ttl D] [--note TEXT] [--remove]",
+		summary: "add an address or prefix to the runtime allowlist (never banned; lifts overlapping bans)",
+		run:     runAllow,
+	})
+}
+
+func runAllow(ctx context.Context, e *env, args []string) error {
+	c := commands["allow"]
+	fs := newFlags(c, e)
+	var ef enforceFlags
+	ef.register(fs)
+	ttlS := fs.String("ttl", "", "how long the entry lasts (default: until removed)")
+	note := fs.String("note", "", "why (shown when a ban is refused)")
+	remove := fs.Bool("remove", false, "remove the runtime entry instead")
+	p, pnote, err := parseTargetArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	var ttl time.Duration
+	if *ttlS != "" {
+		if *remove {
+			return usagef("--ttl and --remove exclude each other")
+		}
+		if ttl, err = parseAllowTTL(*ttlS); err != nil {
+			return err
+		}
+	}
+	if err := ef.validate(); err != nil {
+		return err
+	}
+	if err := needRoot(c.name); err != nil {
+		return err
+	}
+	if pnote != "" {
+		fmt.Fprintln(e.stderr, pnote)
+	}
+	s, err := ef.open(ctx, e, true)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if *remove {
+		if err := s.RemoveAllow(p); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "removed %s from the runtime allowlist\n", p)
+		return nil
+	}
+	r, err := s.Allow(ctx, p, ttl, *note)
+	if err != nil {
+		return err
+	}
+	until := "until removed"
+	if !r.Entry.Expires.IsZero() {
+		until = "until " + r.Entry.Expires.Local().Format(time.DateTime)
+	}
+	fmt.Fprintf(e.stdout, "allowlisted %s %s\n", r.Entry.Prefix, until)
+	for _, q := range r.Lifted {
+		fmt.Fprintf(e.stdout, "  lifted the ban of %s (it overlapped)\n", q)
+	}
+	return nil
+}

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/enforce"
+	"github.com/ctguard/ctguard/internal/store"
+)
+
+func init() {
+	register(&command{
+		name:    "ban",
+		args:    "ADDR|CIDR [--ttl D] [--reason TEXT]",
+		summary: "ban an address or prefix before conntrack, then purge its conntrack entries",
+		run:     runBan,
+	})
+}
+
+// enforcer is what the enforcement commands (ban, unban, list, allow,
+// purge) need. Today it is an *enforce.Engine opened in this process on the
+// store and the kernel. Once the daemon owns the store, openEnforcer will
+// first try the daemon's control socket and return a client with the same
+// methods, so the commands do not change and never block on the database
+// lock.
+type enforcer interface {
+	Ban(ctx context.Context, r enforce.BanRequest) (enforce.BanResult, error)
+	Unban(ctx context.Context, p netip.Prefix) (store.Ban, error)
+	List(all bool) ([]store.Ban, error)
+	Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, note string) (enforce.AllowResult, error)
+	RemoveAllow(p netip.Prefix) error
+	Allowlist() (*allow.List, error)
+	Purge(ctx context.Context, p netip.Prefix) (enforce.PurgeResult, error)
+	Counters(ctx context.Context) (enforce.Counters, error)
+}
+
+var _ enforcer = (*enforce.Engine)(nil)
+
+// enforceFlags are the flags shared by the enforcement commands.
+type enforceFlags struct {
+	stateDir   string
+	procfs     string
+	resolvConf string
+	sshPorts   string
+	// parsed
+	ports []uint16
+}
+
+func (f *enforceFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.stateDir, "state-dir", "", "directory of the ban database (default $CTGUARD_STATE_DIR or "+store.DefaultDir+")")
+	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root for the allowlist (routes, SSH sessions)")
+	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers are allowlisted")
+	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "comma-separated sshd ports whose open sessions' peers are allowlisted")
+}
+
+func (f *enforceFlags) validate() error {
+	f.ports = nil
+	for _, s := range strings.Split(f.sshPorts, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
+		if err != nil || n == 0 {
+			return usagef("--ssh-ports %q: want comma-separated port numbers 1-65535", f.sshPorts)
+		}
+		f.ports = append(f.ports, uint16(n))
+	}
+	return nil
+}
+
+// geteuid is replaced in tests.
+var geteuid = os.Geteuid
+
+// needRoot says plainly that a command needs root, instead of a permission
+// error from deep inside netlink or the database.
+func needRoot(name string) error {
+	if geteuid() != 0 {
+		return fmt.Errorf("needs root (it reads and changes the firewall, conntrack table and %s): run with sudo", store.DefaultDir)
+	}
+	return nil
+}
+
+// session is an open enforcer and what to close after.
+type session struct {
+	enforcer
+	close func()
+}
+
+// openEnforcer opens the store and the kernel side. kernel=false (list)
+// skips the firewall reconcile and conntrack, so reading the ban list
+// changes nothing.
+func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session, error) {
+	st, err := store.Open(store.Dir(f.stateDir), store.Options{})
+	if errors.Is(err, store.ErrLocked) {
+		// The control socket belongs to the daemon issue; until it exists,
+		// say who holds the store instead of waiting.
+		return nil, fmt.Errorf("%w: the ctguard daemon owns the ban list; stop it, or use its control socket once available", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg := enforce.Config{
+		Store: st, Firewall: enforce.NewNFT(log, enforce.NFTOptions{}), Log: log,
+		Allow: allow.Config{ProcRoot: f.procfs, ResolvConf: f.resolvConf, SSHPorts: f.ports},
+	}
+	closers := []func(){func() { st.Close() }}
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	if kernel {
+		ct, err := conntrack.Open()
+		if err != nil {
+			// Bans still work without conntrack access; purges report it.
+			fmt.Fprintf(e.stderr, "warning: conntrack unavailable, entries will not be purged: %v\n", explain(err))
+		} else {
+			cfg.Purger = ct
+			closers = append(closers, func() { ct.Close() })
+		}
+	}
+	eng := enforce.New(cfg)
+	if kernel {
+		r, err := eng.Reconcile(ctx)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		if r.Rebuilt {
+			fmt.Fprintf(e.stderr, "restored table inet %s (%s) with %d bans\n", enforce.TableName, r.Problem, r.Restored)
+		}
+	}
+	return &session{enforcer: eng, close: closeAll}, nil
+}
+
+// parseTargetArgs parses flags that may come before or after the single
+// ADDR|CIDR argument ("ban 192.0.2.7 --ttl 5m" and "ban --ttl 5m 192.0.2.7").
+func parseTargetArgs(fs *flag.FlagSet, args []string) (netip.Prefix, string, error) {
+	if err := parseFlags(fs, args, true); err != nil {
+		return netip.Prefix{}, "", err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return netip.Prefix{}, "", usagef("missing ADDR|CIDR")
+	}
+	target := rest[0]
+	if err := parseFlags(fs, rest[1:], false); err != nil {
+		return netip.Prefix{}, "", err
+	}
+	p, note, err := enforce.ParseTarget(target)
+	if err != nil {
+		return netip.Prefix{}, "", usagef("%v", err)
+	}
+	return p, note, nil
+}
+
+func runBan(ctx context.Context, e *env, args []string) error {
+	c := commands["ban"]
+	fs := newFlags(c, e)
+	var ef enforceFlags
+	ef.register(fs)
+	ttlS := fs.String("ttl", enforce.DefaultTTL.String(), fmt.Sprintf("how long the ban lasts (%s to %s; e.g. 90s, 30m, 12h, 7d)", enforce.MinTTL, enforce.FormatTTL(enforce.MaxTTL)))
+	reason := fs.String("reason", "manual", "why (recorded with the ban)")
+	p, note, err := parseTargetArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	ttl, err := enforce.ParseTTL(*ttlS)
+	if err != nil {
+		return usagef("--ttl: %v", err)
+	}
+	if err := ef.validate(); err != nil {
+		return err
+	}
+	if err := needRoot(c.name); err != nil {
+		return err
+	}
+	if note != "" {
+		fmt.Fprintln(e.stderr, note)
+	}
+	s, err := ef.open(ctx, e, true)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	r, err := s.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: ttl, Reason: *reason, Evidence: "manual ban from the command line"})
+	if err != nil {
+		return err
+	}
+	printBan(e, r, ttl)
+	return nil
+}
+
+func printBan(e *env, r enforce.BanResult, ttl time.Duration) {
+	if r.CoveredBy.IsValid() {
+		fmt.Fprintf(e.stdout, "%s is already covered by the active ban of %s: nothing changed\n", r.Prefix, r.CoveredBy)
+		return
+	}
+	verb := "banned"
+	if r.Refreshed {
+		verb = "re-banned (timeout renewed)"
+	}
+	fmt.Fprintf(e.stdout, "%s %s for %s, until %s (ban #%d)\n", verb, r.Prefix, enforce.FormatTTL(ttl), r.Ban.Expires.Local().Format(time.DateTime), r.Ban.Count)
+	for _, q := range r.Replaced {
+		fmt.Fprintf(e.stdout, "  replaces the ban of %s (inside it)\n", q)
+	}
+	if r.Ban.PurgeErr != "" {
+		fmt.Fprintf(e.stdout, "  conntrack entries not purged: %s\n", r.Ban.PurgeErr)
+		return
+	}
+	fmt.Fprintf(e.stdout, "  purged %d conntrack entries, %d remain\n", r.Ban.Purged, r.Ban.Remaining)
+}
+
+// parseAllowTTL is ParseTTL for allow entries, as a usage error.
+func parseAllowTTL(s string) (time.Duration, error) {
+	d, err := enforce.ParseTTL(s)
+	if err != nil {
+		return 0, usagef("--ttl: %v", err)
+	}
+	return d, nil
+}

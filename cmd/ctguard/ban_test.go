@@ -1,0 +1,207 @@
+package main
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/store"
+	"github.com/ctguard/ctguard/internal/testutil"
+)
+
+// TestEnforceUsageErrors: bad input is named, exits 2, and changes nothing
+// (the state directory is not even created).
+func TestEnforceUsageErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	sd := []string{"--state-dir", dir}
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ban"}, "missing ADDR|CIDR"},
+		{[]string{"ban", "192.0.2.300"}, `"192.0.2.300" is not an IP address`},
+		{[]string{"ban", "example.com"}, `"example.com" is not an IP address`},
+		{[]string{"ban", "192.0.2.1/24"}, `"192.0.2.1/24" has host bits set; the network is 192.0.2.0/24`},
+		{[]string{"ban", "192.0.2.0/33"}, `"192.0.2.0/33" is not a CIDR`},
+		{[]string{"ban", "10.0.0.0/7"}, "too broad"},
+		{[]string{"ban", "fe80::1%eth0"}, "zone"},
+		{[]string{"ban", "192.0.2.7", "--ttl", "-5m"}, `"-5m": must be positive`},
+		{[]string{"ban", "192.0.2.7", "--ttl", "0"}, `"0": must be positive`},
+		{[]string{"ban", "192.0.2.7", "--ttl", "soon"}, `"soon" is not a duration`},
+		{[]string{"ban", "192.0.2.7", "--ttl", "31d"}, `"31d": exceeds the maximum 30d`},
+		{[]string{"ban", "192.0.2.7", "--ttl", "100ms"}, "minimum"},
+		{[]string{"ban", "192.0.2.7", "192.0.2.8"}, `unexpected argument "192.0.2.8"`},
+		{[]string{"ban", "--ttl", "5m", "192.0.2.7", "--ssh-ports", "22,x"}, `--ssh-ports "22,x"`},
+		{[]string{"ban", "192.0.2.7", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"unban"}, "missing ADDR|CIDR"},
+		{[]string{"unban", "2001:db8::/129"}, "not a CIDR"},
+		{[]string{"purge", "nonsense"}, `"nonsense" is not an IP address`},
+		{[]string{"allow", "192.0.2.7", "--ttl", "0s"}, `"0s": must be positive`},
+		{[]string{"allow", "192.0.2.7", "--ttl", "1h", "--remove"}, "exclude each other"},
+		{[]string{"allow", "192.0.2.1/31"}, "host bits set"},
+		{[]string{"list", "extra"}, `unexpected argument "extra"`},
+	}
+	for _, c := range cases {
+		out, errs, code := runCLI(t, append(c.args, sd...)...)
+		if code != 2 || !strings.Contains(errs, c.want) || out != "" {
+			t.Errorf("%v: exit %d, stderr %q, stdout %q; want exit 2 and %q", c.args, code, errs, out, c.want)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("bad input created the state directory: %v", err)
+	}
+}
+
+func TestEnforceNeedsRoot(t *testing.T) {
+	old := geteuid
+	geteuid = func() int { return 1000 }
+	t.Cleanup(func() { geteuid = old })
+	dir := filepath.Join(t.TempDir(), "state")
+	for _, args := range [][]string{{"ban", "192.0.2.7"}, {"unban", "192.0.2.7"}, {"list"}, {"purge", "192.0.2.7"}, {"allow", "192.0.2.7"}} {
+		_, errs, code := runCLI(t, append(args, "--state-dir", dir)...)
+		if code != 1 || !strings.Contains(errs, "needs root") || !strings.Contains(errs, "sudo") {
+			t.Errorf("%v as non-root: exit %d, %q", args, code, errs)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatal("non-root run created the state directory")
+	}
+}
+
+func TestEnforceStoreLocked(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	st, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	start := time.Now()
+	_, errs, code := runCLI(t, "list", "--state-dir", dir)
+	if code != 1 || !strings.Contains(errs, "locked by a running ctguard (pid") {
+		t.Fatalf("exit %d, %q", code, errs)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Fatal("waited too long for the lock")
+	}
+}
+
+// TestRootEnforceCommands drives the commands end to end inside a fresh
+// namespace (the CLI acts on its current namespace's firewall and
+// conntrack table, so it runs on a thread switched into it).
+func TestRootEnforceCommands(t *testing.T) {
+	testutil.RequireRoot(t, "nft", "ip")
+	vic, att := testutil.NewNS(t), testutil.NewNS(t)
+	testutil.Veth(t, att, "a0", "203.0.113.2/24 203.0.113.3/24", vic, "v0", "203.0.113.1/24")
+	vic.Script(t, `nft add table inet t
+nft add chain inet t c '{ type filter hook input priority 0; }'
+nft add rule inet t c ct state established,related accept`)
+	var ln net.Listener
+	vic.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp", "203.0.113.1:8443"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	dial := func(src string) bool {
+		ok := false
+		att.Do(t, func() {
+			d := net.Dialer{Timeout: 500 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+			if c, err := d.Dial("tcp", "203.0.113.1:8443"); err == nil {
+				ok = true
+				t.Cleanup(func() { c.Close() })
+			}
+		})
+		return ok
+	}
+	dir := t.TempDir()
+	cli := func(args ...string) (string, string, int) {
+		var out, errs string
+		var code int
+		vic.Do(t, func() {
+			out, errs, code = runCLI(t, append(args, "--state-dir", dir, "--procfs", "/proc/thread-self", "--resolv-conf", "/nonexistent")...)
+		})
+		return out, errs, code
+	}
+
+	if !dial("203.0.113.2") || !dial("203.0.113.2") {
+		t.Fatal("setup: cannot connect")
+	}
+	out, errs, code := cli("ban", "203.0.113.2", "--ttl", "10m", "--reason", "test")
+	if code != 0 || !strings.Contains(out, "banned 203.0.113.2/32 for 10m0s") || !strings.Contains(out, "purged 2 conntrack entries, 0 remain") {
+		t.Fatalf("ban: exit %d\n%s\n%s", code, out, errs)
+	}
+	if dial("203.0.113.2") {
+		t.Fatal("banned source connected")
+	}
+	if !dial("203.0.113.3") {
+		t.Fatal("other source blocked")
+	}
+	if set := vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); !strings.Contains(set, "203.0.113.2 timeout 10m") {
+		t.Fatalf("kernel set:\n%s", set)
+	}
+	// Own address: refused, exit 1, names the entry.
+	if _, errs, code := cli("ban", "203.0.113.0/24"); code != 1 || !strings.Contains(errs, "covers allowlisted 203.0.113.1/32 (local address") {
+		t.Fatalf("ban own subnet: exit %d %q", code, errs)
+	}
+	out, _, code = cli("list", "--json")
+	var rows []listBan
+	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 || rows[0].Prefix.String() != "203.0.113.2/32" ||
+		rows[0].Reason != "test" || rows[0].Purged != 2 || rows[0].ExpiresInSeconds < 590 {
+		t.Fatalf("list --json: exit %d\n%s", code, out)
+	}
+	// After `nft flush ruleset`, the next command restores the table.
+	vic.MustRun(t, "nft", "flush", "ruleset")
+	if out, errs, code := cli("purge", "203.0.113.3"); code != 0 || !strings.Contains(errs, "restored table inet ctguard") || !strings.Contains(out, "purged") {
+		t.Fatalf("purge after flush: exit %d\n%s\n%s", code, out, errs)
+	}
+	if dial("203.0.113.2") {
+		t.Fatal("ban not restored after flush ruleset")
+	}
+	// allow lifts the overlapping ban.
+	out, errs, code = cli("allow", "203.0.113.2", "--ttl", "1h", "--note", "partner")
+	if code != 0 || !strings.Contains(out, "lifted the ban of 203.0.113.2/32") {
+		t.Fatalf("allow: exit %d\n%s\n%s", code, out, errs)
+	}
+	if !dial("203.0.113.2") {
+		t.Fatal("allowed source still blocked")
+	}
+	if _, errs, code := cli("ban", "203.0.113.2"); code != 1 || !strings.Contains(errs, "runtime allow: partner") {
+		t.Fatalf("ban of allowed: exit %d %q", code, errs)
+	}
+	if out, _, code := cli("allow", "203.0.113.2", "--remove"); code != 0 || !strings.Contains(out, "removed") {
+		t.Fatalf("allow --remove: %d %s", code, out)
+	}
+	if out, errs, code := cli("ban", "203.0.113.2", "--ttl", "5m"); code != 0 || !strings.Contains(out, "(ban #2)") {
+		t.Fatalf("second ban: exit %d\n%s\n%s", code, out, errs)
+	}
+	if out, errs, code := cli("unban", "203.0.113.2"); code != 0 || !strings.Contains(out, "unbanned 203.0.113.2/32 (banned 2 times") {
+		t.Fatalf("unban: exit %d\n%s\n%s", code, out, errs)
+	}
+	if _, errs, code := cli("unban", "203.0.113.2"); code != 1 || !strings.Contains(errs, "not banned") {
+		t.Fatalf("second unban: exit %d %q", code, errs)
+	}
+	if !dial("203.0.113.2") {
+		t.Fatal("unbanned source still blocked")
+	}
+	if out, _, code := cli("list", "--all"); code != 0 || !strings.Contains(out, "lifted: unban") {
+		t.Fatalf("list --all:\n%s", out)
+	}
+	if out, _, code := cli("list", "--allowlist"); code != 0 || !strings.Contains(out, "203.0.113.1/32") || !strings.Contains(out, "local address") {
+		t.Fatalf("list --allowlist:\n%s", out)
+	}
+}

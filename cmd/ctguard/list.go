@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/store"
+)
+
+func init() {
+	register(&command{
+		name:    "list",
+		args:    "[--json] [--all] [--allowlist]",
+		summary: "list active bans (or the whole ban history, or the effective allowlist)",
+		run:     runList,
+	})
+}
+
+// listBan is one row of `list --json`; field names are a contract.
+type listBan struct {
+	store.Ban
+	Active           bool    `json:"active"`
+	ExpiresInSeconds float64 `json:"expires_in_seconds"`
+}
+
+type listAllow struct {
+	Prefix  string     `json:"prefix"`
+	Source  string     `json:"source"`
+	Detail  string     `json:"detail,omitempty"`
+	Expires *time.Time `json:"expires,omitempty"`
+}
+
+func runList(ctx context.Context, e *env, args []string) error {
+	c := commands["list"]
+	fs := newFlags(c, e)
+	var ef enforceFlags
+	ef.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	all := fs.Bool("all", false, "include expired and lifted bans (history)")
+	allowlist := fs.Bool("allowlist", false, "print the effective allowlist instead")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if err := ef.validate(); err != nil {
+		return err
+	}
+	if err := needRoot(c.name); err != nil {
+		return err
+	}
+	s, err := ef.open(ctx, e, false)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if *allowlist {
+		return printAllowlist(e, s, *asJSON)
+	}
+	bans, err := s.List(*all)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	rows := make([]listBan, 0, len(bans))
+	for _, b := range bans {
+		rows = append(rows, listBan{Ban: b, Active: b.Active(now), ExpiresInSeconds: max(0, b.Expires.Sub(now).Seconds())})
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	if len(rows) == 0 {
+		fmt.Fprintln(e.stdout, "no active bans")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PREFIX\tSTATE\tEXPIRES IN\tCOUNT\tPURGED\tREMAINING\tREASON")
+	for _, r := range rows {
+		state := "active"
+		if !r.Active {
+			state = "expired"
+			if !r.Ended.IsZero() {
+				state = "lifted: " + r.EndReason
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Prefix, state,
+			time.Duration(r.ExpiresInSeconds*float64(time.Second)).Round(time.Second), r.Count, r.Purged, r.Remaining, r.Reason)
+	}
+	return tw.Flush()
+}
+
+func printAllowlist(e *env, s *session, asJSON bool) error {
+	l, err := s.Allowlist()
+	if err != nil {
+		return err
+	}
+	var rows []listAllow
+	for _, en := range l.Entries() {
+		r := listAllow{Prefix: en.Prefix.String(), Source: string(en.Source), Detail: en.Detail}
+		if !en.Expires.IsZero() {
+			exp := en.Expires
+			r.Expires = &exp
+		}
+		rows = append(rows, r)
+	}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PREFIX\tSOURCE\tDETAIL")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Prefix, r.Source, r.Detail)
+	}
+	for _, w := range l.Warnings {
+		fmt.Fprintf(e.stderr, "warning: %s\n", w)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"fmt"
+)
+
+func init() {
+	register(&command{
+		name:    "purge",
+		args:    "ADDR|CIDR",
+		summary: "delete the conntrack entries of an address or prefix now (without banning it)",
+		run:     runPurge,
+	})
+}
+
+func runPurge(ctx context.Context, e *env, args []string) error {
+	c := commands["purge"]
+	fs := newFlags(c, e)
+	var ef enforceFlags
+	ef.register(fs)
+	p, note, err := parseTargetArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := ef.validate(); err != nil {
+		return err
+	}
+	if err := needRoot(c.name); err != nil {
+		return err
+	}
+	if note != "" {
+		fmt.Fprintln(e.stderr, note)
+	}
+	s, err := ef.open(ctx, e, true)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	r, err := s.Purge(ctx, p)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "purged %d conntrack entries of %s in %s, %d remain\n", r.Purged, r.Prefix, r.Took.Round(100_000), r.Remaining)
+	if r.Remaining > 0 {
+		fmt.Fprintf(e.stdout, "  %s is not banned and keeps creating entries; 'ctguard ban %s' stops that\n", r.Prefix, r.Prefix)
+	}
+	return nil
+}

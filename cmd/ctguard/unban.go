@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"fmt"
+)
+
+func init() {
+	register(&command{
+		name:    "unban",
+		args:    "ADDR|CIDR",
+		summary: "lift the ban of exactly this address or prefix",
+		run:     runUnban,
+	})
+}
+
+func runUnban(ctx context.Context, e *env, args []string) error {
+	c := commands["unban"]
+	fs := newFlags(c, e)
+	var ef enforceFlags
+	ef.register(fs)
+	p, note, err := parseTargetArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := ef.validate(); err != nil {
+		return err
+	}
+	if err := needRoot(c.name); err != nil {
+		return err
+	}
+	if note != "" {
+		fmt.Fprintln(e.stderr, note)
+	}
+	s, err := ef.open(ctx, e, true)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	b, err := s.Unban(ctx, p)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "unbanned %s (banned %d times, first %s)\n", b.Prefix, b.Count, b.First.Local().Format("2006-01-02 15:04:05"))
+	return nil
+}
