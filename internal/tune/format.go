@@ -20,13 +20,13 @@ func WritePlan(w io.Writer, p Plan) {
 		fmt.Fprintln(w, "observed: no scan of the table (legit idle gaps unknown)")
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%-46s %12s %12s\n", "key", "current", "recommended")
+	fmt.Fprintf(w, "%-52s %10s %12s\n", "key", "current", "recommended")
 	for _, it := range p.Items {
 		rec := fmt.Sprint(it.Recommended)
 		if !it.Change {
 			rec = "(keep)"
 		}
-		fmt.Fprintf(w, "%-46s %12d %12s %s\n", it.Key, it.Current, rec, it.Unit)
+		fmt.Fprintf(w, "%-52s %10d %12s %s\n", it.Key, it.Current, rec, it.Unit)
 	}
 	for _, it := range p.Items {
 		fmt.Fprintf(w, "\n%s:\n", it.Key)

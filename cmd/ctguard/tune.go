@@ -1,0 +1,301 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/tune"
+)
+
+func init() {
+	register(&command{
+		name: "tune",
+		args: "[--json] [--observe DURATION] [--mem-budget PCT] [--apply | --rollback] [--yes] [--procfs DIR] [--sysfs DIR] [--etc DIR]",
+		summary: "sizing and timeout advice for this kernel, RAM and traffic; --apply writes it, --rollback undoes it\n\n" +
+			"Reads the kernel version, RAM, nf_conntrack_max/buckets, the entry size and the timeouts,\n" +
+			"scans the table once (or for --observe DURATION) for idle times of ESTABLISHED entries, and\n" +
+			"prints current vs recommended values with reasons and memory costs. --apply writes\n" +
+			"/etc/sysctl.d/" + tune.SysctlFile + ", /etc/modprobe.d/" + tune.ModprobeFile + " and\n" +
+			"/etc/modules-load.d/" + tune.ModulesLoadFile + ", applies live values, and backs up what it\n" +
+			"replaces under /etc/ctguard/tune-backup; it shows the diff and asks first unless --yes.",
+		run: runTune,
+	})
+}
+
+// tuneStdin returns the reader for the confirmation prompt and whether it is
+// a terminal; tests replace it.
+var tuneStdin = func() (io.Reader, bool) {
+	st, err := os.Stdin.Stat()
+	return os.Stdin, err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+const maxObserve = 24 * time.Hour
+
+func runTune(ctx context.Context, e *env, args []string) error {
+	c := commands["tune"]
+	fs := newFlags(c, e)
+	asJSON := fs.Bool("json", false, "print JSON")
+	observe := fs.Duration("observe", 0, "scan the table repeatedly for this long (e.g. 10m) to see idle gaps end; 0: one scan")
+	budget := fs.Float64("mem-budget", tune.DefaultBudgetPercent, "percent of RAM a full conntrack table may take (0 < PCT <= 50)")
+	apply := fs.Bool("apply", false, "write the recommended values (files and live), after showing the diff")
+	rollback := fs.Bool("rollback", false, "restore what the last --apply replaced")
+	yes := fs.Bool("yes", false, "do not ask before --apply or --rollback")
+	procfs := fs.String("procfs", "/proc", "procfs root")
+	sysfs := fs.String("sysfs", "/sys", "sysfs root")
+	etc := fs.String("etc", "/etc", "etc root")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	switch {
+	case *budget <= 0 || *budget > 50 || *budget != *budget:
+		return usagef("--mem-budget %g: want a percentage of RAM above 0 and at most 50", *budget)
+	case *observe < 0 || *observe > maxObserve:
+		return usagef("--observe %s: want a duration from 0 to %s", *observe, maxObserve)
+	case *apply && *rollback:
+		return usagef("--apply and --rollback exclude each other")
+	case *yes && !*apply && !*rollback:
+		return usagef("--yes only makes sense with --apply or --rollback")
+	}
+	roots := tune.Roots{Procfs: *procfs, Sysfs: *sysfs, Etc: *etc}
+	for flag, dir := range map[string]string{"--procfs": *procfs, "--sysfs": *sysfs, "--etc": *etc} {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return usagef("%s %s: not a directory", flag, dir)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	if *rollback {
+		return tuneRollback(e, roots, *asJSON, *yes, log)
+	}
+
+	host, err := tune.ReadHost(roots)
+	if err != nil {
+		return fmt.Errorf("tune: %w", err)
+	}
+	obs, scanErr := observeTable(ctx, roots, host, *observe, e.stderr)
+	if scanErr != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		fmt.Fprintf(e.stderr, "ctguard tune: no scan of the table (%v): recommending without observed idle times\n", scanErr)
+		obs = nil
+	}
+	plan := tune.Recommend(host, obs, tune.Budget{MemPercent: *budget})
+
+	out := struct {
+		Plan    tune.Plan    `json:"plan"`
+		Change  *tune.Change `json:"change,omitempty"`
+		Applied bool         `json:"applied"`
+		Notes   []string     `json:"host_notes,omitempty"`
+	}{Plan: plan, Notes: host.Notes}
+	if !*asJSON {
+		tune.WritePlan(e.stdout, plan)
+	}
+	if !*apply {
+		if *asJSON {
+			return writeJSON(e.stdout, out)
+		}
+		return nil
+	}
+
+	change, err := tune.Prepare(roots, plan)
+	if err != nil {
+		return fmt.Errorf("tune --apply: %w", err)
+	}
+	out.Change = &change
+	if change.Empty() {
+		fmt.Fprintln(e.stderr, "ctguard tune: nothing to apply: the recommended values are in place")
+		if *asJSON {
+			return writeJSON(e.stdout, out)
+		}
+		return nil
+	}
+	diffTo := e.stdout
+	if *asJSON {
+		diffTo = e.stderr
+	}
+	fmt.Fprintln(diffTo, "\nchanges:")
+	tune.WriteDiff(diffTo, change)
+	if len(plan.Warnings) > 0 {
+		fmt.Fprintf(e.stderr, "ctguard tune: %d warning(s) above: other files or agents may override these values\n", len(plan.Warnings))
+	}
+	if err := confirm(e, *yes, "apply these changes?"); err != nil {
+		return err
+	}
+	done, err := tune.Apply(roots, change, log)
+	out.Change = &done
+	if err != nil {
+		return fmt.Errorf("tune --apply: %w", err)
+	}
+	out.Applied = true
+	var failed []string
+	for _, l := range done.Live {
+		if l.Err != "" {
+			failed = append(failed, fmt.Sprintf("%s (%s)", l.Key, l.Err))
+		}
+	}
+	if *asJSON {
+		if err := writeJSON(e.stdout, out); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(e.stdout, "\napplied: %d file(s) written, %d live value(s) set; undo with: ctguard tune --rollback\n",
+			len(done.Files), len(done.Live)-len(failed))
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("tune --apply: files written, but %d live value(s) not applied (they take effect at the next boot or module load): %s",
+			len(failed), strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+func tuneRollback(e *env, roots tune.Roots, asJSON, yes bool, log *slog.Logger) error {
+	change, err := tune.PrepareRollback(roots)
+	if err != nil {
+		if errors.Is(err, tune.ErrNoBackup) {
+			return fmt.Errorf("tune --rollback: %w", err)
+		}
+		return fmt.Errorf("tune --rollback: %w", err)
+	}
+	diffTo := e.stdout
+	if asJSON {
+		diffTo = e.stderr
+	}
+	fmt.Fprintln(diffTo, "rollback:")
+	tune.WriteDiff(diffTo, change)
+	if err := confirm(e, yes, "roll back these changes?"); err != nil {
+		return err
+	}
+	done, err := tune.Rollback(roots, log)
+	if asJSON {
+		if jerr := writeJSON(e.stdout, struct {
+			Change     tune.Change `json:"change"`
+			RolledBack bool        `json:"rolled_back"`
+		}{done, err == nil}); jerr != nil {
+			return jerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("tune --rollback: %w", err)
+	}
+	if !asJSON {
+		fmt.Fprintf(e.stdout, "rolled back: %d file(s), %d live value(s)\n", len(done.Files), len(done.Live))
+	}
+	return nil
+}
+
+// confirm asks on stdin unless yes; without a terminal it refuses, so that a
+// script never applies by accident.
+func confirm(e *env, yes bool, question string) error {
+	if yes {
+		return nil
+	}
+	in, tty := tuneStdin()
+	if !tty {
+		return errors.New("refusing to change the host without confirmation: stdin is not a terminal (pass --yes)")
+	}
+	fmt.Fprintf(e.stderr, "%s [y/N] ", question)
+	line, err := bufio.NewReader(io.LimitReader(in, 1024)).ReadString('\n')
+	if err != nil && line == "" {
+		return errors.New("no answer: nothing changed")
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return errors.New("not confirmed: nothing changed")
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// observeTable scans the conntrack table once, or repeatedly for d, and
+// feeds TCP ESTABLISHED entries to a tune.Observer. With the real /proc it
+// reads over ctnetlink (falling back to /proc/net/nf_conntrack); with a
+// fixture procfs only the fixture's net/nf_conntrack file is read, never the
+// kernel's table.
+func observeTable(ctx context.Context, roots tune.Roots, h *tune.Host, d time.Duration, stderr io.Writer) (*tune.Observation, error) {
+	var rd conntrack.Reader
+	if filepath.Clean(roots.Procfs) == "/proc" {
+		c, err := conntrack.Open()
+		if err == nil {
+			defer c.Close()
+			rd = c
+		} else {
+			p := conntrack.ProcPath(roots.Procfs)
+			if _, serr := os.Stat(p); serr != nil {
+				return nil, fmt.Errorf("open ctnetlink: %w; and no %s", err, p)
+			}
+			rd = &conntrack.ProcReader{Path: p}
+		}
+	} else {
+		rd = &conntrack.ProcReader{Path: conntrack.ProcPath(roots.Procfs)}
+	}
+	addrs, err := tune.LocalAddrs(roots.Procfs)
+	if err != nil {
+		return nil, fmt.Errorf("tell inbound from outbound: %w", err)
+	}
+	local := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		local[a.Unmap()] = true
+	}
+	ref, ok := h.Sysctl[tune.Established]
+	if !ok {
+		return nil, errors.New("nf_conntrack_tcp_timeout_established unknown: idle times cannot be computed")
+	}
+	unack := h.Sysctl[tune.Unacked]
+	if unack == 0 {
+		unack = 300
+	}
+	o := tune.NewObserver(ref, unack)
+
+	// Scans are spread over d: about 12 of them, 5 s to 60 s apart.
+	interval := min(max(d/12, 5*time.Second), time.Minute)
+	deadline := time.Now().Add(d)
+	for i := 0; i < 10000; i++ { // bounded: 24 h / 5 s = 17280 would be the most; d/interval+1 stops it first
+		start := time.Now()
+		o.BeginScan(start)
+		n := 0
+		err := rd.Dump(ctx, conntrack.DumpOptions{}, func(en *conntrack.Entry) error {
+			n++
+			if en.Proto != conntrack.ProtoTCP || !en.HasTCPState || en.TCPState != conntrack.TCPEstablished {
+				return nil
+			}
+			o.Add(tune.Flow{Proto: en.Proto, Src: en.Orig.Src, Dst: en.Orig.Dst, SrcPort: en.Orig.SrcPort, DstPort: en.Orig.DstPort,
+				Zone: en.Zone, Outbound: local[en.Orig.Src.Unmap()], Remaining: en.Timeout})
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("scan %d (%s): %w", i+1, rd.Name(), err)
+		}
+		count := n
+		if c, err := roots.ReadSysctl(tune.Count); err == nil {
+			count = max(count, int(c))
+		}
+		o.EndScan(count)
+		if d == 0 || time.Now().Add(interval).After(deadline.Add(interval/2)) {
+			break
+		}
+		fmt.Fprintf(stderr, "ctguard tune: scan %d: %d entries in %s\n", i+1, n, time.Since(start).Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+	return o.Observation(), nil
+}
