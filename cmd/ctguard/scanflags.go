@@ -18,6 +18,7 @@ type scanFlags struct {
 	v4Bits   int
 	v6Bits   int
 	idleSecs uint
+	sockets  bool
 }
 
 func (f *scanFlags) register(fs *flag.FlagSet) {
@@ -25,6 +26,7 @@ func (f *scanFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root (for sysctls and the /proc reader)")
 	fs.IntVar(&f.v4Bits, "v4-prefix", snapshot.DefaultV4Bits, "IPv4 prefix length that sources are grouped by")
 	fs.IntVar(&f.v6Bits, "v6-prefix", snapshot.DefaultV6Bits, "IPv6 prefix length that sources are grouped by")
+	fs.BoolVar(&f.sockets, "sockets", true, "list TCP sockets to count orphan entries (ESTABLISHED in conntrack, no socket behind them)")
 	fs.UintVar(&f.idleSecs, "idle-threshold", snapshot.DefaultIdleThreshold, "seconds without traffic after which an ESTABLISHED entry counts as idle")
 }
 
@@ -64,6 +66,7 @@ func (f *scanFlags) open(ctx context.Context) (*scanner, error) {
 	if err != nil {
 		return nil, explain(err)
 	}
+	src.Sockets = f.sockets
 	local, err := scan.LocalAddrs()
 	if err != nil {
 		src.Close()

@@ -43,6 +43,7 @@ type statusReport struct {
 	Outbound      int             `json:"outbound"`
 	Forwarded     int             `json:"forwarded"`
 	Sources       int             `json:"sources"`
+	Orphans       *int            `json:"orphans"` // null when sockets could not be listed
 	IdleHistogram []histBucket    `json:"idle_histogram"`
 	KernelStats   conntrack.Stats `json:"kernel_counters"`
 	Scan          scanCost        `json:"scan"`
@@ -135,6 +136,10 @@ func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast
 		Sources: len(snap.Sources), KernelStats: st, Timeouts: s.sys.Timeouts, Fallback: s.src.Fallback,
 		Scan: scanCost{Entries: snap.Total, DurationMS: float64(snap.Duration.Microseconds()) / 1000, Reader: snap.Reader},
 	}
+	if snap.Sockets {
+		o := snap.Orphans
+		r.Orphans = &o
+	}
 	if st.Max > 0 {
 		r.FillRatio = math.Round(float64(st.Count)/float64(st.Max)*1e6) / 1e6
 	}
@@ -196,6 +201,9 @@ func printStatus(w io.Writer, r *statusReport) {
 	}
 	fmt.Fprintf(w, "classes    %s (assured %d)\n", strings.Join(cl, "  "), r.Assured)
 	fmt.Fprintf(w, "sources    %d inbound entries from %d sources; %d outbound, %d forwarded\n", r.Inbound, r.Sources, r.Outbound, r.Forwarded)
+	if r.Orphans != nil {
+		fmt.Fprintf(w, "orphans    %d inbound ESTABLISHED entries have no socket behind them\n", *r.Orphans)
+	}
 	var hist []string
 	lo := "0s"
 	for _, b := range r.IdleHistogram {

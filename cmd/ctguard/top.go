@@ -34,6 +34,7 @@ type topRow struct {
 	Closing        uint32  `json:"closing"`
 	Other          uint32  `json:"other"`
 	MaxIdleSeconds uint32  `json:"max_idle_seconds"`
+	Orphan         uint32  `json:"orphan"`
 	Members        *uint32 `json:"members,omitempty"`
 }
 
@@ -118,7 +119,7 @@ func toRow(h snapshot.Holder, prefix bool) topRow {
 	r := topRow{
 		Entries: h.Entries, Idle: h.Idle, IdleAssured: h.IdleAssured, Active: h.Active,
 		ActiveAssured: h.ActiveAssured, Stalled: h.Stalled, HalfOpen: h.HalfOpen,
-		Closing: h.Closing, Other: h.Other, MaxIdleSeconds: h.MaxIdle,
+		Closing: h.Closing, Other: h.Other, MaxIdleSeconds: h.MaxIdle, Orphan: h.Orphan,
 	}
 	if prefix {
 		r.Source = h.Key.String()
@@ -139,9 +140,9 @@ func printTop(w io.Writer, snap *snapshot.Snapshot, rows []topRow, prefix bool, 
 		snap.Time.Format("15:04:05"), snap.Total, snap.Inbound, n, what, snap.Outbound, len(rows), by,
 		float64(snap.Duration.Microseconds())/1000, snap.Reader)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	head := "SOURCE\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tOLDEST IDLE\t"
+	head := "SOURCE\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tORPHAN\tOLDEST IDLE\t"
 	if prefix {
-		head = "PREFIX\tMEMBERS\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tOLDEST IDLE\t"
+		head = "PREFIX\tMEMBERS\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tORPHAN\tOLDEST IDLE\t"
 	}
 	fmt.Fprintln(tw, head)
 	for _, r := range rows {
@@ -153,7 +154,11 @@ func printTop(w io.Writer, snap *snapshot.Snapshot, rows []topRow, prefix bool, 
 		if prefix {
 			lead += fmt.Sprintf("%d\t", *r.Members)
 		}
-		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", lead, r.Entries, r.Idle, r.Active, r.Stalled, r.HalfOpen, r.Closing, r.Other, oldest)
+		orphan := "-"
+		if snap.Sockets {
+			orphan = fmt.Sprint(r.Orphan)
+		}
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", lead, r.Entries, r.Idle, r.Active, r.Stalled, r.HalfOpen, r.Closing, r.Other, orphan, oldest)
 	}
 	tw.Flush()
 	if len(rows) == 0 {

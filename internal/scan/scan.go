@@ -18,6 +18,7 @@ import (
 
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/snapshot"
+	"github.com/ctguard/ctguard/internal/sockets"
 )
 
 // Reader kinds accepted by Open.
@@ -34,6 +35,12 @@ type Source struct {
 	reader conntrack.Reader
 	// Fallback says why the /proc reader is used under Auto, if it is.
 	Fallback string
+	// Sockets: list the host's TCP sockets before each scan so that
+	// snapshots count orphan entries. Turned off (and SocketsErr set) when
+	// the kernel cannot list them.
+	Sockets    bool
+	SocketsErr error
+	dumper     sockets.Dumper
 }
 
 // Open opens a reader of the given kind. procfs is the procfs root
@@ -112,6 +119,18 @@ func (s *Source) Stats(ctx context.Context) (conntrack.Stats, error) {
 func (s *Source) Scan(ctx context.Context, a *snapshot.Aggregator) (*snapshot.Snapshot, error) {
 	a.Reset()
 	start := time.Now()
+	a.SetSockets(nil)
+	if s.Sockets {
+		set, err := s.dumper.Dump(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			s.Sockets, s.SocketsErr = false, err
+		} else {
+			a.SetSockets(set)
+		}
+	}
 	err := s.reader.Dump(ctx, conntrack.DumpOptions{}, func(e *conntrack.Entry) error {
 		a.Add(e)
 		return nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/sockets"
 )
 
 // Class is what an entry means for the table's health.
@@ -47,6 +48,7 @@ const (
 	DefaultEstablishedTimeout = 432000
 	DefaultV4Bits             = 24
 	DefaultV6Bits             = 64
+	DefaultOrphanMinAge       = 2
 )
 
 // Config says how entries are classified and grouped.
@@ -60,6 +62,10 @@ type Config struct {
 	// EstablishedTimeout (seconds): nf_conntrack_tcp_timeout_established,
 	// the reference that remaining timeouts count down from.
 	EstablishedTimeout uint32
+	// OrphanMinAge (seconds): entries younger than this are never judged
+	// orphans. Sockets are listed before the table is dumped, so a
+	// connection made during the scan has no socket in the list yet.
+	OrphanMinAge uint32
 	// V4Bits and V6Bits are the prefix lengths sources are grouped by.
 	V4Bits, V6Bits int
 	// Local holds the host's own addresses; nil attributes every entry to
@@ -77,6 +83,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.EstablishedTimeout == 0 {
 		c.EstablishedTimeout = DefaultEstablishedTimeout
+	}
+	if c.OrphanMinAge == 0 {
+		c.OrphanMinAge = DefaultOrphanMinAge
 	}
 	if c.V4Bits == 0 {
 		c.V4Bits = DefaultV4Bits
@@ -181,6 +190,11 @@ type Counts struct {
 	Other         uint32 `json:"other"`
 	// MaxIdle is the oldest idle time (seconds) among its ESTABLISHED entries.
 	MaxIdle uint32 `json:"max_idle_seconds"`
+	// Orphan counts idle or active entries to a local port with no served
+	// socket behind them (only when sockets were listed); OrphanActive is
+	// the active ones among them: fresh entries no application holds.
+	Orphan       uint32 `json:"orphan"`
+	OrphanActive uint32 `json:"orphan_active"`
 }
 
 func (c *Counts) add(cl Class, assured bool, idle uint32) {
@@ -260,6 +274,8 @@ type Snapshot struct {
 	Protos    [256]int
 	Classes   [NumClasses]int // over all entries
 	Assured   int
+	Orphans   int  // inbound idle/active entries with no served socket
+	Sockets   bool // whether sockets were listed (the orphan signal exists)
 	// IdleHist counts non-stalled ESTABLISHED entries by idle time.
 	IdleHist [NumIdleBuckets]int
 
@@ -275,11 +291,16 @@ type Aggregator struct {
 	snap Snapshot
 	// Keyed by the 16-byte form: hashing it is cheaper than netip values.
 	// Prefix keys are the masked address (the length is fixed per family).
-	src  map[[16]byte]int32
-	pfx  map[[16]byte]int32
-	srcs []Holder
-	pfxs []Holder
+	src   map[[16]byte]int32
+	pfx   map[[16]byte]int32
+	srcs  []Holder
+	pfxs  []Holder
+	socks *sockets.Set
 }
+
+// SetSockets gives the next scan the host's served sockets, so that it
+// counts orphan entries; nil turns the signal off.
+func (a *Aggregator) SetSockets(s *sockets.Set) { a.socks = s }
 
 // NewAggregator returns an aggregator for cfg (zero fields take defaults).
 func NewAggregator(cfg Config) *Aggregator {
@@ -339,7 +360,16 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 		a.src[k] = i
 		a.srcs = append(a.srcs, Holder{Key: netip.PrefixFrom(src, src.BitLen())})
 	}
+	orphan := false
+	if a.socks != nil && (cl == Idle || cl == Active) && idle >= a.cfg.OrphanMinAge && a.cfg.Local.Contains(e.Reply.Src) {
+		// The entry ends at a local port (no DNAT elsewhere): a served
+		// socket should exist for it.
+		orphan = !a.socks.Has(sockets.KeyOf(src, e.Orig.SrcPort, e.Reply.SrcPort))
+	}
 	a.srcs[i].add(cl, assured, idle)
+	if orphan {
+		a.srcs[i].addOrphan(cl)
+	}
 
 	p := a.prefixOf(src)
 	j, ok := a.pfx[p.Addr().As16()]
@@ -349,6 +379,16 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 		a.pfxs = append(a.pfxs, Holder{Key: p})
 	}
 	a.pfxs[j].add(cl, assured, idle)
+	if orphan {
+		a.pfxs[j].addOrphan(cl)
+	}
+}
+
+func (c *Counts) addOrphan(cl Class) {
+	c.Orphan++
+	if cl == Active {
+		c.OrphanActive++
+	}
 }
 
 func (a *Aggregator) prefixOf(src netip.Addr) netip.Prefix {
@@ -364,6 +404,10 @@ func (a *Aggregator) prefixOf(src netip.Addr) netip.Prefix {
 // by entries held. The result does not alias the aggregator.
 func (a *Aggregator) Snapshot() *Snapshot {
 	s := a.snap
+	s.Sockets = a.socks != nil
+	for _, h := range a.srcs {
+		s.Orphans += int(h.Orphan)
+	}
 	s.Sources = slices.Clone(a.srcs)
 	s.Prefixes = slices.Clone(a.pfxs)
 	for _, h := range a.srcs {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/sockets"
 )
 
 func fromProc(t testing.TB, name string, cfg Config) *Snapshot {
@@ -169,5 +170,42 @@ func TestSortAndReset(t *testing.T) {
 	}
 	if len(s.Sources) != 3 {
 		t.Errorf("snapshot aliased the aggregator: %d sources after reset", len(s.Sources))
+	}
+}
+
+func TestOrphans(t *testing.T) {
+	local := netip.MustParseAddr("192.0.2.10")
+	a := NewAggregator(Config{Local: NewLocalSet(local)})
+	var socks sockets.Set
+	mk := func(src string, sport uint16, timeout uint32) *conntrack.Entry {
+		s := netip.MustParseAddr(src)
+		return &conntrack.Entry{Proto: conntrack.ProtoTCP, TCPState: conntrack.TCPEstablished, HasTCPState: true,
+			Status: conntrack.StatusSeenReply | conntrack.StatusAssured, Timeout: timeout,
+			Orig:  conntrack.Tuple{Src: s, Dst: local, SrcPort: sport, DstPort: 443},
+			Reply: conntrack.Tuple{Src: local, Dst: s, SrcPort: 443, DstPort: sport}}
+	}
+	// A NAT gateway: every entry has a socket. A bot: none do.
+	for p := uint16(1); p <= 10; p++ {
+		socks.Add(sockets.KeyOf(netip.MustParseAddr("198.51.100.1"), p, 443))
+		a.Add(mk("198.51.100.1", p, 431995))
+		a.Add(mk("203.0.113.9", p, 431995))
+	}
+	a.Add(mk("203.0.113.9", 99, 1000)) // idle and orphan
+	dnat := mk("203.0.113.9", 100, 431995)
+	dnat.Reply.Src = netip.MustParseAddr("198.18.0.2") // DNAT to a container: no verdict
+	a.Add(dnat)
+	a.SetSockets(&socks)
+	a.Reset()
+	for p := uint16(1); p <= 10; p++ {
+		a.Add(mk("198.51.100.1", p, 431995))
+		a.Add(mk("203.0.113.9", p, 431995))
+	}
+	a.Add(mk("203.0.113.9", 99, 1000))
+	a.Add(dnat)
+	a.Add(mk("203.0.113.9", 101, 431999)) // 1 s old: too young to judge
+	s := a.Snapshot()
+	nat, bot := find(s.Sources, "198.51.100.1"), find(s.Sources, "203.0.113.9")
+	if nat.Orphan != 0 || bot.Orphan != 11 || bot.OrphanActive != 10 || bot.Entries != 13 || !s.Sockets || s.Orphans != 11 {
+		t.Errorf("nat %+v\nbot %+v\nsnapshot orphans %d sockets %v", nat, bot, s.Orphans, s.Sockets)
 	}
 }
