@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/scan"
 	"github.com/ctguard/ctguard/internal/tune"
 )
 
@@ -54,6 +55,7 @@ func runTune(ctx context.Context, e *env, args []string) error {
 	procfs := fs.String("procfs", "/proc", "procfs root")
 	sysfs := fs.String("sysfs", "/sys", "sysfs root")
 	etc := fs.String("etc", "/etc", "etc root")
+	reader := fs.String("reader", scan.Auto, "how to read the table: auto (netlink, else /proc), netlink, or proc; with a --procfs other than /proc always its net/nf_conntrack file")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
@@ -66,6 +68,8 @@ func runTune(ctx context.Context, e *env, args []string) error {
 		return usagef("--apply and --rollback exclude each other")
 	case *yes && !*apply && !*rollback:
 		return usagef("--yes only makes sense with --apply or --rollback")
+	case *reader != scan.Auto && *reader != scan.Netlink && *reader != scan.Proc:
+		return usagef("--reader %q: want auto, netlink or proc", *reader)
 	}
 	roots := tune.Roots{Procfs: *procfs, Sysfs: *sysfs, Etc: *etc}
 	for flag, dir := range map[string]string{"--procfs": *procfs, "--sysfs": *sysfs, "--etc": *etc} {
@@ -83,7 +87,7 @@ func runTune(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("tune: %w", err)
 	}
-	obs, scanErr := observeTable(ctx, roots, host, *observe, e.stderr)
+	obs, scanErr := observeTable(ctx, roots, *reader, host, *observe, e.stderr)
 	if scanErr != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -225,25 +229,23 @@ func writeJSON(w io.Writer, v any) error {
 
 // observeTable scans the conntrack table once, or repeatedly for d, and
 // feeds TCP ESTABLISHED entries to a tune.Observer. With the real /proc it
-// reads over ctnetlink (falling back to /proc/net/nf_conntrack); with a
-// fixture procfs only the fixture's net/nf_conntrack file is read, never the
-// kernel's table.
-func observeTable(ctx context.Context, roots tune.Roots, h *tune.Host, d time.Duration, stderr io.Writer) (*tune.Observation, error) {
-	var rd conntrack.Reader
-	if filepath.Clean(roots.Procfs) == "/proc" {
-		c, err := conntrack.Open()
-		if err == nil {
-			defer c.Close()
-			rd = c
-		} else {
-			p := conntrack.ProcPath(roots.Procfs)
-			if _, serr := os.Stat(p); serr != nil {
-				return nil, fmt.Errorf("open ctnetlink: %w; and no %s", err, p)
-			}
-			rd = &conntrack.ProcReader{Path: p}
-		}
-	} else {
-		rd = &conntrack.ProcReader{Path: conntrack.ProcPath(roots.Procfs)}
+// reads as the other commands do (ctnetlink, else /proc/net/nf_conntrack);
+// with a fixture procfs only the fixture's net/nf_conntrack file is read,
+// never the kernel's table.
+func observeTable(ctx context.Context, roots tune.Roots, reader string, h *tune.Host, d time.Duration, stderr io.Writer) (*tune.Observation, error) {
+	if filepath.Clean(roots.Procfs) != "/proc" {
+		reader = scan.Proc
+	}
+	src, err := scan.Open(ctx, reader, roots.Procfs)
+	if err != nil {
+		return nil, explain(err)
+	}
+	defer src.Close()
+	// Source has no callback dump; take its netlink connection, or read the
+	// same /proc file it chose.
+	var rd conntrack.Reader = &conntrack.ProcReader{Path: conntrack.ProcPath(roots.Procfs)}
+	if c := src.Conn(); c != nil {
+		rd = c
 	}
 	addrs, err := tune.LocalAddrs(roots.Procfs)
 	if err != nil {
@@ -280,7 +282,7 @@ func observeTable(ctx context.Context, roots tune.Roots, h *tune.Host, d time.Du
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("scan %d (%s): %w", i+1, rd.Name(), err)
+			return nil, fmt.Errorf("scan %d (%s): %w", i+1, src.ReaderName(), explain(err))
 		}
 		count := n
 		if c, err := roots.ReadSysctl(tune.Count); err == nil {

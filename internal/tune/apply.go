@@ -53,6 +53,8 @@ type LiveChange struct {
 type Change struct {
 	Files []FileChange `json:"files"`
 	Live  []LiveChange `json:"live"`
+	// NotLive lists changes that only the files carry, and why.
+	NotLive []string `json:"not_live,omitempty"`
 }
 
 // Empty reports whether the change does nothing.
@@ -118,7 +120,9 @@ func Prepare(r Roots, p Plan) (Change, error) {
 			fmt.Fprintf(&sysctl, "%s = %d\n", it.Key, it.Recommended)
 			nSysctl++
 		}
-		if it.Change {
+		if it.Change && it.NotLive != "" {
+			c.NotLive = append(c.NotLive, fmt.Sprintf("%s = %d: %s", it.Key, it.Recommended, it.NotLive))
+		} else if it.Change {
 			root, rel := liveSpec(it)
 			c.Live = append(c.Live, LiveChange{Key: it.Key, Path: filepath.Join(hostRoot(root), rel), root: root, rel: rel,
 				Old: strconv.FormatInt(it.Current, 10), New: strconv.FormatInt(it.Recommended, 10)})

@@ -257,3 +257,46 @@ func TestDiffLines(t *testing.T) {
 		t.Errorf("diff = %q", got)
 	}
 }
+
+// Inside a network namespace other than the initial one nf_conntrack_max and
+// nf_conntrack_buckets are 0444: the plan still writes the files, but never
+// tries those values live.
+func TestPrepareGlobalReadOnly(t *testing.T) {
+	r := fixture(t, "brief-5.15")
+	for _, n := range []string{Max, Buckets, Count} {
+		if err := os.Chmod(r.SysctlPath(n), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := readHost(t, r)
+	if h.MaxWritable || h.BucketsWritable {
+		t.Fatalf("writable max %v buckets %v", h.MaxWritable, h.BucketsWritable)
+	}
+	c, err := Prepare(r, Recommend(h, nil, Budget{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range c.Live {
+		if !strings.Contains(l.Path, "_timeout_") {
+			t.Errorf("live change of a global value: %+v", l)
+		}
+	}
+	if len(c.Live) != 3 {
+		t.Errorf("%d live changes, want 3 timeouts", len(c.Live))
+	}
+	if len(c.NotLive) != 2 || !strings.Contains(c.NotLive[0], "read-only in this network namespace") {
+		t.Errorf("not live: %q", c.NotLive)
+	}
+	sys := ""
+	for _, f := range c.Files {
+		sys += f.New
+	}
+	if !strings.Contains(sys, "nf_conntrack_max = 25600") {
+		t.Errorf("files lack max:\n%s", sys)
+	}
+	var b bytes.Buffer
+	WriteDiff(&b, c)
+	if !strings.Contains(b.String(), "not live (files only): net.netfilter.nf_conntrack_max = 25600") {
+		t.Errorf("diff:\n%s", b.String())
+	}
+}

@@ -86,6 +86,9 @@ func WriteDiff(w io.Writer, c Change) {
 		}
 		fmt.Fprintln(w)
 	}
+	for _, n := range c.NotLive {
+		fmt.Fprintf(w, "not live (files only): %s\n", n)
+	}
 }
 
 func splitLines(s string) []string {

@@ -85,12 +85,16 @@ type Host struct {
 	// BucketsWritable: nf_conntrack_buckets is a writable sysctl here (newer
 	// kernels, initial namespace). Then sysctl.d can size the hash table and
 	// no modprobe option (with its 8x default max) is needed.
-	BucketsWritable bool       `json:"buckets_writable"`
-	SysctlFiles     []ConfFile `json:"sysctl_files,omitempty"`
-	ModprobeFiles   []ConfFile `json:"modprobe_files,omitempty"`
-	Agents          []Agent    `json:"agents,omitempty"`
-	ListenPorts     []uint16   `json:"listen_ports,omitempty"` // TCP, on a non-loopback address
-	Notes           []string   `json:"notes,omitempty"`        // what could not be read
+	BucketsWritable bool `json:"buckets_writable"`
+	// MaxWritable: nf_conntrack_max can be set here. It is read-only (0444)
+	// in every network namespace but the initial one: max, buckets and
+	// hashsize are global.
+	MaxWritable   bool       `json:"max_writable"`
+	SysctlFiles   []ConfFile `json:"sysctl_files,omitempty"`
+	ModprobeFiles []ConfFile `json:"modprobe_files,omitempty"`
+	Agents        []Agent    `json:"agents,omitempty"`
+	ListenPorts   []uint16   `json:"listen_ports,omitempty"` // TCP, on a non-loopback address
+	Notes         []string   `json:"notes,omitempty"`        // what could not be read
 }
 
 // SysctlPath is where a short sysctl name lives under the procfs root.
@@ -158,8 +162,11 @@ func ReadHost(r Roots) (*Host, error) {
 			h.Notes = append(h.Notes, fmt.Sprintf("%s unreadable: %v", name, err))
 		}
 	}
+	if st, err := os.Stat(r.SysctlPath(Max)); err == nil {
+		h.MaxWritable = st.Mode().Perm()&0o222 != 0
+	}
 	if st, err := os.Stat(r.SysctlPath(Buckets)); err == nil {
-		h.BucketsWritable = st.Mode().Perm()&0o222 != 0
+		h.BucketsWritable = h.MaxWritable && st.Mode().Perm()&0o222 != 0
 	}
 	ipv4 := filepath.Join(r.Procfs, "sys", "net", "ipv4")
 	h.KeepaliveTime, _ = readInt(filepath.Join(ipv4, "tcp_keepalive_time"))

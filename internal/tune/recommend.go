@@ -50,9 +50,12 @@ type Item struct {
 	Recommended  int64  `json:"recommended"`
 	Change       bool   `json:"change"`
 	PerNamespace bool   `json:"per_namespace"` // settable inside a network namespace
-	Reason       string `json:"reason"`
-	Memory       string `json:"memory,omitempty"`         // cost of Recommended
-	MemoryNow    string `json:"memory_current,omitempty"` // cost of Current
+	// NotLive says why the value cannot be set live here (empty: it can);
+	// the files are still written, for the next boot.
+	NotLive   string `json:"not_live,omitempty"`
+	Reason    string `json:"reason"`
+	Memory    string `json:"memory,omitempty"`         // cost of Recommended
+	MemoryNow string `json:"memory_current,omitempty"` // cost of Current
 }
 
 // Warning is another file or agent that sets a key tune changes.
@@ -267,8 +270,12 @@ func (p *Plan) sizing(h *Host, obs *Observation, b Budget, entry uint64) {
 		fmt.Fprintf(&why, "; the current limit lets a flood take %s of RAM", pct(tableCost(curMax, curBuckets, entry), h.MemTotal))
 	}
 	fmt.Fprintf(&why, ". Kernel %s default for this RAM: %d", h.Kernel.Release, p.DefaultMax)
+	global := ""
+	if !h.MaxWritable {
+		global = "read-only in this network namespace: the table size is global, set it from the host's initial namespace"
+	}
 	p.Items = append(p.Items, Item{Key: keyPrefix + Max, Name: Max, Kind: "sysctl", Unit: "entries",
-		Current: curMax, Recommended: rec, Change: rec != curMax, Reason: why.String(),
+		Current: curMax, Recommended: rec, Change: rec != curMax, Reason: why.String(), NotLive: global,
 		Memory: entriesCost(rec, rec, entry, h.MemTotal), MemoryNow: entriesCost(curMax, curBuckets, entry, h.MemTotal)})
 
 	if curBuckets == 0 {
@@ -284,7 +291,7 @@ func (p *Plan) sizing(h *Host, obs *Observation, b Budget, entry uint64) {
 	hwhy := fmt.Sprintf("one bucket per entry: entries are hashed twice (original and reply), so chains average 2 in a full table (the 5.15+ default); now %.1f entries per bucket at max. Resizing live rehashes the table once",
 		float64(curMax)/float64(curBuckets))
 	it := Item{Key: keyPrefix + Buckets, Name: Buckets, Kind: "sysctl", Unit: "buckets",
-		Current: curBuckets, Recommended: hrec, Change: hrec != curBuckets,
+		Current: curBuckets, Recommended: hrec, Change: hrec != curBuckets, NotLive: global,
 		Memory:    fmt.Sprintf("%d buckets = %s", hrec, humanBytes(uint64(hrec)*bucketBytes)),
 		MemoryNow: fmt.Sprintf("%d buckets = %s", curBuckets, humanBytes(uint64(curBuckets)*bucketBytes))}
 	if h.BucketsWritable {
@@ -297,6 +304,9 @@ func (p *Plan) sizing(h *Host, obs *Observation, b Budget, entry uint64) {
 		// run time) sizes the table, and an explicit hashsize makes the
 		// boot-time default max 8 x hashsize.
 		it.Key, it.Name, it.Kind = "nf_conntrack."+Hashsize, Hashsize, "module"
+		if it.NotLive == "" && h.HashsizeParam == 0 {
+			it.NotLive = "no readable /sys/module/nf_conntrack/parameters/hashsize"
+		}
 		it.Reason = hwhy + fmt.Sprintf(". nf_conntrack_buckets is read-only here: set by the module option hashsize=%d, which also makes the boot default max 8x = %d until sysctl.d sets nf_conntrack_max; ctguard's modules-load.d entry loads nf_conntrack before systemd-sysctl runs so that it does",
 			hrec, HashsizeMax(hrec))
 		if hm := HashsizeMax(hrec); hm > rec {

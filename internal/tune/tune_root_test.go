@@ -86,8 +86,8 @@ func TestRootApplyRollbackNamespace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h.BucketsWritable {
-			t.Error("nf_conntrack_buckets writable inside a namespace")
+		if h.BucketsWritable || h.MaxWritable {
+			t.Fatalf("global sysctls writable inside a namespace: max %v buckets %v", h.MaxWritable, h.BucketsWritable)
 		}
 		nsBefore = map[string]int64{}
 		for _, n := range names {
@@ -98,14 +98,8 @@ func TestRootApplyRollbackNamespace(t *testing.T) {
 			t.Fatalf("no ESTABLISHED loopback entry seen: %+v", obs)
 		}
 
+		// The whole plan: global items must come out as files only.
 		plan = Recommend(h, obs, Budget{})
-		var keep []Item
-		for _, it := range plan.Items {
-			if it.PerNamespace {
-				keep = append(keep, it)
-			}
-		}
-		plan.Items = keep
 		c, err := Prepare(roots, plan)
 		if err != nil {
 			t.Fatal(err)
@@ -114,6 +108,9 @@ func TestRootApplyRollbackNamespace(t *testing.T) {
 			if !strings.HasPrefix(l.Path, "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_") && !strings.HasPrefix(l.Path, "/proc/sys/net/netfilter/nf_conntrack_udp_timeout") {
 				t.Fatalf("refusing to run: plan writes %s", l.Path)
 			}
+		}
+		if len(c.NotLive) != 2 {
+			t.Errorf("not live: %q, want max and hashsize", c.NotLive)
 		}
 		done, err := Apply(roots, c, nil)
 		if err != nil {
