@@ -120,7 +120,7 @@ func (e *Engine) Reconcile(ctx context.Context) (ReconcileResult, error) {
 func (e *Engine) rebuild(ctx context.Context, problem string) (ReconcileResult, error) {
 	start := time.Now()
 	now := e.now()
-	active, err := e.store.ActiveBans(now)
+	active, err := e.store.ActiveIndex(now)
 	if err != nil {
 		return ReconcileResult{}, err
 	}
@@ -141,20 +141,20 @@ func (e *Engine) rebuild(ctx context.Context, problem string) (ReconcileResult, 
 // KernelElements turns active ban records into set elements: remaining
 // time as TTL, and prefixes inside another active prefix left out (interval
 // sets refuse overlaps, and the outer one covers them anyway).
-func KernelElements(active []store.Ban, now time.Time) []Element {
-	var nets []netip.Prefix
+func KernelElements(active []store.Active, now time.Time) []Element {
+	nets := prefixSet{}
 	for _, b := range active {
 		if !isHost(b.Prefix) {
-			nets = append(nets, b.Prefix)
+			nets.add(b.Prefix)
 		}
 	}
 	out := make([]Element, 0, len(active))
 	for _, b := range active {
 		ttl := b.Expires.Sub(now)
-		if ttl <= 0 || !b.Ended.IsZero() {
+		if ttl <= 0 {
 			continue
 		}
-		if !isHost(b.Prefix) && coveringPrefix(nets, b.Prefix).IsValid() {
+		if !isHost(b.Prefix) && nets.covering(b.Prefix).IsValid() {
 			continue
 		}
 		out = append(out, Element{Prefix: b.Prefix, TTL: ttl})
@@ -162,14 +162,37 @@ func KernelElements(active []store.Ban, now time.Time) []Element {
 	return out
 }
 
-// coveringPrefix returns a prefix in nets that strictly contains p.
-func coveringPrefix(nets []netip.Prefix, p netip.Prefix) netip.Prefix {
-	for _, q := range nets {
-		if q.Bits() < p.Bits() && q.Contains(p.Addr()) {
+// prefixSet holds active prefix bans for the overlap checks: at most one
+// lookup per prefix length, however many bans there are.
+type prefixSet map[netip.Prefix]struct{}
+
+func (s prefixSet) add(p netip.Prefix) { s[p] = struct{}{} }
+func (s prefixSet) del(p netip.Prefix) { delete(s, p) }
+
+// covering returns a prefix in s that strictly contains p.
+func (s prefixSet) covering(p netip.Prefix) netip.Prefix {
+	if len(s) == 0 {
+		return netip.Prefix{}
+	}
+	for bits := 0; bits < p.Bits(); bits++ {
+		q, _ := p.Addr().Prefix(bits)
+		if _, ok := s[q]; ok {
 			return q
 		}
 	}
 	return netip.Prefix{}
+}
+
+// inside returns the prefixes in s strictly inside p.
+func (s prefixSet) inside(p netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for q := range s {
+		if q.Bits() > p.Bits() && p.Contains(q.Addr()) {
+			out = append(out, q)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
 }
 
 // BanRequest is one ban to apply.
@@ -215,16 +238,16 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	if err != nil {
 		return nil, fmt.Errorf("ban: allowlist: %w", err)
 	}
-	activeList, err := e.store.ActiveBans(now)
+	activeList, err := e.store.ActiveIndex(now)
 	if err != nil {
 		return nil, err
 	}
 	active := make(map[netip.Prefix]bool, len(activeList)+len(reqs))
-	var nets []netip.Prefix
+	nets := prefixSet{}
 	for _, b := range activeList {
 		active[b.Prefix] = true
 		if !isHost(b.Prefix) {
-			nets = append(nets, b.Prefix)
+			nets.add(b.Prefix)
 		}
 	}
 	// Outer prefixes first, so that an inner request in the same batch is
@@ -254,22 +277,17 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			res.Err = &allow.Refusal{Target: p, Entry: hit}
 			continue
 		}
-		if q := coveringPrefix(nets, p); q.IsValid() {
+		if q := nets.covering(p); q.IsValid() {
 			res.CoveredBy = q
 			continue
 		}
 		if !isHost(p) {
-			kept := nets[:0]
-			for _, q := range nets {
-				if q != p && p.Contains(q.Addr()) && q.Bits() > p.Bits() {
-					res.Replaced = append(res.Replaced, q)
-					ch.Delete = append(ch.Delete, q)
-					delete(active, q)
-					continue
-				}
-				kept = append(kept, q)
+			for _, q := range nets.inside(p) {
+				res.Replaced = append(res.Replaced, q)
+				ch.Delete = append(ch.Delete, q)
+				delete(active, q)
+				nets.del(q)
 			}
-			nets = kept
 		}
 		if active[p] {
 			// Delete and re-add in the same batch: older kernels keep the
@@ -280,7 +298,7 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		ch.Add = append(ch.Add, Element{Prefix: p, TTL: r.TTL})
 		active[p] = true
 		if !isHost(p) {
-			nets = append(nets, p)
+			nets.add(p)
 		}
 		accepted = append(accepted, i)
 	}
@@ -375,7 +393,7 @@ func (e *Engine) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
 	b, err := e.store.GetBan(p)
 	if err != nil || !b.Active(now) {
 		if errors.Is(err, store.ErrNotFound) || err == nil {
-			active, lerr := e.store.ActiveBans(now)
+			active, lerr := e.store.ActiveIndex(now)
 			if lerr != nil {
 				return store.Ban{}, lerr
 			}
@@ -427,7 +445,7 @@ func (e *Engine) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, n
 	if ttl > 0 {
 		a.Expires = now.Add(ttl)
 	}
-	active, err := e.store.ActiveBans(now)
+	active, err := e.store.ActiveIndex(now)
 	if err != nil {
 		return AllowResult{}, err
 	}

@@ -376,8 +376,10 @@ func TestParseTTL(t *testing.T) {
 
 func TestKernelElements(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	mk := func(p string, exp time.Duration) store.Ban { return store.Ban{Prefix: pfx(p), Expires: now.Add(exp)} }
-	got := KernelElements([]store.Ban{
+	mk := func(p string, exp time.Duration) store.Active {
+		return store.Active{Prefix: pfx(p), Expires: now.Add(exp)}
+	}
+	got := KernelElements([]store.Active{
 		mk("198.51.100.0/24", time.Hour),
 		mk("198.51.100.128/25", time.Hour), // overlapping (stored before the rule existed): left out
 		mk("198.51.100.7", time.Minute),    // address under a prefix: kept, separate set

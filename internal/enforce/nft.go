@@ -276,6 +276,7 @@ func (n *NFT) Setup(ctx context.Context, elems []Element) (TableID, error) {
 	for _, r := range n.rules() {
 		c.AddRule(r)
 	}
+	t0 := time.Now()
 	msgs, err := n.queue(c, opAdd, elems, true)
 	if err != nil {
 		return 0, fmt.Errorf("setup: %w", err)
@@ -283,6 +284,7 @@ func (n *NFT) Setup(ctx context.Context, elems []Element) (TableID, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	t1 := time.Now()
 	if err := c.Flush(); err != nil {
 		return 0, fmt.Errorf("setup table inet %s with %d bans (%d element messages): %w", TableName, len(elems), msgs, err)
 	}
@@ -290,7 +292,8 @@ func (n *NFT) Setup(ctx context.Context, elems []Element) (TableID, error) {
 	if err != nil {
 		return 0, fmt.Errorf("setup: read back table: %w", err)
 	}
-	n.log.Info("nftables table ready", "table", "inet "+TableName, "bans", len(elems), "messages", msgs)
+	n.log.Info("nftables table ready", "table", "inet "+TableName, "bans", len(elems), "messages", msgs,
+		"encode", t1.Sub(t0), "kernel", time.Since(t1))
 	return id, nil
 }
 

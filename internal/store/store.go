@@ -8,6 +8,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +34,10 @@ var (
 	bucketBans  = []byte("bans")
 	bucketAllow = []byte("allow")
 	bucketMeta  = []byte("meta")
+	// bucketIndex maps each unended ban's prefix to its expiry (8 bytes,
+	// Unix nanoseconds, big endian), so that restoring 100k bans and the
+	// overlap checks of a ban do not decode every full record.
+	bucketIndex = []byte("index")
 )
 
 const schemaVersion = "1"
@@ -141,6 +146,11 @@ func Open(dir string, opt Options) (*Store, error) {
 				return err
 			}
 		}
+		if tx.Bucket(bucketIndex) == nil {
+			if err := rebuildIndex(tx); err != nil {
+				return fmt.Errorf("build index: %w", err)
+			}
+		}
 		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get([]byte("schema")); v != nil && string(v) != schemaVersion {
 			return fmt.Errorf("schema version %q, this ctguard understands %q", v, schemaVersion)
@@ -208,7 +218,7 @@ func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
 			rec.Evidence = r.Evidence
 			rec.Ended, rec.EndReason = time.Time{}, ""
 			rec.Purged, rec.Remaining, rec.PurgeErr = 0, 0, ""
-			if err := put(b, rec.Prefix, rec); err != nil {
+			if err := putBan(tx, rec); err != nil {
 				return err
 			}
 			out = append(out, rec)
@@ -225,9 +235,8 @@ func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
 // benchmarks, tests).
 func (s *Store) PutBans(bans []Ban) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBans)
 		for _, rec := range bans {
-			if err := put(b, rec.Prefix, rec); err != nil {
+			if err := putBan(tx, rec); err != nil {
 				return err
 			}
 		}
@@ -259,7 +268,7 @@ func (s *Store) UpdateBans(ps []netip.Prefix, fn func(int, *Ban)) ([]Ban, error)
 				return fmt.Errorf("decode %s: %w", p, err)
 			}
 			fn(i, &out[i])
-			if err := put(b, p, out[i]); err != nil {
+			if err := putBan(tx, out[i]); err != nil {
 				return err
 			}
 		}
@@ -354,6 +363,9 @@ func (s *Store) Prune(cutoff time.Time) (int, error) {
 			if err := b.Delete(k); err != nil {
 				return err
 			}
+			if err := tx.Bucket(bucketIndex).Delete(k); err != nil {
+				return err
+			}
 		}
 		n = len(dead)
 		a := tx.Bucket(bucketAllow)
@@ -427,6 +439,68 @@ func (s *Store) Allows(now time.Time) ([]Allow, error) {
 		return nil, fmt.Errorf("list allow: %w", err)
 	}
 	sort.Slice(out, func(i, j int) bool { return lessPrefix(out[i].Prefix, out[j].Prefix) })
+	return out, nil
+}
+
+// putBan writes a ban record and keeps the index in step.
+func putBan(tx *bolt.Tx, rec Ban) error {
+	if err := put(tx.Bucket(bucketBans), rec.Prefix, rec); err != nil {
+		return err
+	}
+	idx := tx.Bucket(bucketIndex)
+	if !rec.Ended.IsZero() {
+		return idx.Delete(key(rec.Prefix))
+	}
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], uint64(rec.Expires.UnixNano()))
+	return idx.Put(key(rec.Prefix), v[:])
+}
+
+func rebuildIndex(tx *bolt.Tx) error {
+	if _, err := tx.CreateBucket(bucketIndex); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketBans).ForEach(func(k, v []byte) error {
+		var rec Ban
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("decode %s: %w", k, err)
+		}
+		return putBan(tx, rec)
+	})
+}
+
+// Active is the index view of a ban in force: enough to restore it or to
+// check overlaps.
+type Active struct {
+	Prefix  netip.Prefix
+	Expires time.Time
+}
+
+// ActiveIndex returns the bans in force at now from the index, without
+// decoding the full records, in key order.
+func (s *Store) ActiveIndex(now time.Time) ([]Active, error) {
+	var out []Active
+	nowNs := uint64(now.UnixNano())
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
+			if len(v) != 8 {
+				return fmt.Errorf("index %s: bad value", k)
+			}
+			exp := binary.BigEndian.Uint64(v)
+			if exp <= nowNs {
+				return nil
+			}
+			p, err := netip.ParsePrefix(string(k))
+			if err != nil {
+				return fmt.Errorf("index key %q: %w", k, err)
+			}
+			out = append(out, Active{Prefix: p, Expires: time.Unix(0, int64(exp))})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read ban index: %w", err)
+	}
 	return out, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func open(t *testing.T, dir string) *Store {
@@ -156,5 +158,61 @@ func TestMeta(t *testing.T) {
 	}
 	if v, _ := s.Meta("k"); v != "42" {
 		t.Fatalf("meta = %q", v)
+	}
+}
+
+func TestActiveIndex(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		p   string
+		ttl time.Duration
+	}{{"192.0.2.1/32", time.Hour}, {"192.0.2.2/32", time.Hour}, {"198.51.100.0/24", time.Second}, {"2001:db8::/48", time.Hour}} {
+		if _, err := s.RecordBan(BanRequest{Prefix: netip.MustParsePrefix(c.p), TTL: c.ttl, Now: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.EndBan(netip.MustParsePrefix("192.0.2.2/32"), t0, "unban"); err != nil {
+		t.Fatal(err)
+	}
+	want := "192.0.2.1/32 2001:db8::/48"
+	idx := func() string {
+		t.Helper()
+		act, err := s.ActiveIndex(t0.Add(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, a := range act {
+			got = append(got, a.Prefix.String())
+			if !a.Expires.Equal(t0.Add(time.Hour)) {
+				t.Errorf("%s expires %v", a.Prefix, a.Expires)
+			}
+		}
+		return strings.Join(got, " ")
+	}
+	if got := idx(); got != want {
+		t.Fatalf("index %q, want %q", got, want)
+	}
+	// An index lost (older database) is rebuilt at open.
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketIndex) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(dir, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := idx(); got != want {
+		t.Fatalf("rebuilt index %q, want %q", got, want)
+	}
+	if _, err := s.Prune(t0.Add(2 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if act, _ := s.ActiveIndex(t0); len(act) != 0 {
+		t.Fatalf("index after prune: %v", act)
 	}
 }
