@@ -1,0 +1,484 @@
+// Package policy decides whom to ban. It is a pure function of a snapshot
+// of the table, the recent history, the configuration, the allowlist, the
+// active bans and the time: no I/O, no clock, no randomness, so every
+// decision can be replayed and table-tested.
+//
+// What it weighs: entries the kernel can never evict early (idle ASSURED
+// ones, and fresh ESTABLISHED ones no application socket holds) count fully;
+// half-open ones (evictable, but a SYN flood's) count a fifth; entries that
+// carry live traffic count almost nothing, so a NAT gateway full of real users
+// is never mistaken for a bot. Thresholds tighten as the table fills.
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/snapshot"
+)
+
+// Pressure is how close the table is to failing.
+type Pressure int
+
+// Pressure levels.
+const (
+	Calm Pressure = iota
+	Elevated
+	High
+	Critical
+	NumPressures
+)
+
+var pressureNames = [NumPressures]string{"calm", "elevated", "high", "critical"}
+
+func (p Pressure) String() string {
+	if p >= 0 && p < NumPressures {
+		return pressureNames[p]
+	}
+	return "unknown"
+}
+
+// MarshalText makes pressures readable in JSON and logs.
+func (p Pressure) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// Weights say how much one entry of each class counts toward a score.
+type Weights struct {
+	Idle     float64 `toml:"idle"`      // idle ESTABLISHED (nearly all ASSURED: unevictable)
+	Orphan   float64 `toml:"orphan"`    // active ESTABLISHED with no socket behind it
+	HalfOpen float64 `toml:"half_open"` // SYN_RECV, unreplied: evictable
+	Stalled  float64 `toml:"stalled"`
+	Active   float64 `toml:"active"` // live traffic
+	Closing  float64 `toml:"closing"`
+	Other    float64 `toml:"other"`
+}
+
+// Config is the policy's part of the configuration. Zero values are not
+// defaults: start from Default().
+type Config struct {
+	// Pressure: fill ratios of the unevictable part of the table (entries
+	// minus half-open ones, which early_drop can evict) and forecast times
+	// to full, each level's bound.
+	ElevatedFill float64       `toml:"elevated_fill"`
+	HighFill     float64       `toml:"high_fill"`
+	CriticalFill float64       `toml:"critical_fill"`
+	ElevatedETA  time.Duration `toml:"elevated_eta"`
+	HighETA      time.Duration `toml:"high_eta"`
+	CriticalETA  time.Duration `toml:"critical_eta"`
+
+	Weights Weights `toml:"weights"`
+	// Threshold is the per-source score that gets a ban, per pressure
+	// level (calm, elevated, high, critical).
+	Threshold [NumPressures]float64 `toml:"threshold"`
+	// MinEntries: a source holding fewer entries is never banned.
+	MinEntries uint32 `toml:"min_entries"`
+
+	// Prefix aggregation. A prefix is banned when PrefixBannedMembers of
+	// its sources are banned, or when its members together score at least
+	// PrefixFactor times the source threshold with at least
+	// PrefixMinSources members scoring PrefixMemberScore or more each.
+	PrefixBannedMembers int     `toml:"prefix_banned_members"`
+	PrefixFactor        float64 `toml:"prefix_factor"`
+	PrefixMinSources    int     `toml:"prefix_min_sources"`
+	PrefixMemberScore   float64 `toml:"prefix_member_score"`
+
+	// Ban lengths: BaseTTL for a first offence, times Escalation for each
+	// earlier one within DecayAfter, capped at MaxTTL.
+	BaseTTL    time.Duration `toml:"base_ttl"`
+	MaxTTL     time.Duration `toml:"max_ttl"`
+	Escalation float64       `toml:"escalation"`
+	DecayAfter time.Duration `toml:"decay_after"`
+
+	// Blast-radius breaker: no cycle bans more than MaxBansPerCycle, nor
+	// more than MaxBanShare of the sources holding inbound entries (but
+	// always allows BreakerFloor).
+	MaxBansPerCycle int     `toml:"max_bans_per_cycle"`
+	MaxBanShare     float64 `toml:"max_ban_share"`
+	BreakerFloor    int     `toml:"breaker_floor"`
+
+	// Emergency valve: above ValveHigh fill (of the whole table, with the
+	// unevictable part above CriticalFill), free the oldest idle ASSURED
+	// entries of the top holders down to ValveTarget.
+	ValveHigh   float64 `toml:"valve_high"`
+	ValveTarget float64 `toml:"valve_target"`
+}
+
+// Default returns the built-in policy: safe on a typical server.
+func Default() Config {
+	return Config{
+		ElevatedFill: 0.50, HighFill: 0.75, CriticalFill: 0.90,
+		ElevatedETA: 6 * time.Hour, HighETA: 30 * time.Minute, CriticalETA: 5 * time.Minute,
+		Weights: Weights{Idle: 1, Orphan: 1, HalfOpen: 0.2, Stalled: 0.1, Active: 0.01, Closing: 0.02, Other: 0.02},
+		// The brief's bots hold ~300 unevictable entries each; a NAT gateway
+		// with 60 live users scores 0.6.
+		Threshold:           [NumPressures]float64{100, 60, 30, 15},
+		MinEntries:          10,
+		PrefixBannedMembers: 3,
+		PrefixFactor:        3,
+		PrefixMinSources:    4,
+		PrefixMemberScore:   5,
+		BaseTTL:             15 * time.Minute,
+		MaxTTL:              24 * time.Hour,
+		Escalation:          4,
+		DecayAfter:          24 * time.Hour,
+		MaxBansPerCycle:     1000,
+		MaxBanShare:         0.5,
+		BreakerFloor:        50,
+		ValveHigh:           0.95,
+		ValveTarget:         0.90,
+	}
+}
+
+// Validate reports the first bad value, naming its key.
+func (c *Config) Validate() error {
+	ratio := func(k string, v float64) error {
+		if !(v > 0 && v <= 1) {
+			return fmt.Errorf("%s = %v: want a ratio in (0, 1]", k, v)
+		}
+		return nil
+	}
+	for _, r := range []struct {
+		k string
+		v float64
+	}{{"elevated_fill", c.ElevatedFill}, {"high_fill", c.HighFill}, {"critical_fill", c.CriticalFill},
+		{"max_ban_share", c.MaxBanShare}, {"valve_high", c.ValveHigh}, {"valve_target", c.ValveTarget}} {
+		if err := ratio(r.k, r.v); err != nil {
+			return err
+		}
+	}
+	if !(c.ElevatedFill <= c.HighFill && c.HighFill <= c.CriticalFill) {
+		return fmt.Errorf("elevated_fill %v, high_fill %v, critical_fill %v: want them rising", c.ElevatedFill, c.HighFill, c.CriticalFill)
+	}
+	if !(c.ElevatedETA >= c.HighETA && c.HighETA >= c.CriticalETA && c.CriticalETA >= 0) {
+		return fmt.Errorf("elevated_eta %v, high_eta %v, critical_eta %v: want them falling, not negative", c.ElevatedETA, c.HighETA, c.CriticalETA)
+	}
+	if c.ValveTarget >= c.ValveHigh {
+		return fmt.Errorf("valve_target %v must be below valve_high %v", c.ValveTarget, c.ValveHigh)
+	}
+	for i, t := range c.Threshold {
+		if !(t > 0) {
+			return fmt.Errorf("threshold[%d] (%s) = %v: want > 0", i, Pressure(i), t)
+		}
+		if i > 0 && t > c.Threshold[i-1] {
+			return fmt.Errorf("threshold = %v: want it to tighten (not rise) with pressure", c.Threshold)
+		}
+	}
+	w := c.Weights
+	for _, x := range []struct {
+		k string
+		v float64
+	}{{"weights.idle", w.Idle}, {"weights.orphan", w.Orphan}, {"weights.half_open", w.HalfOpen}, {"weights.stalled", w.Stalled},
+		{"weights.active", w.Active}, {"weights.closing", w.Closing}, {"weights.other", w.Other},
+		{"prefix_factor", c.PrefixFactor}, {"prefix_member_score", c.PrefixMemberScore}} {
+		if x.v < 0 || math.IsNaN(x.v) || math.IsInf(x.v, 0) {
+			return fmt.Errorf("%s = %v: want a finite number >= 0", x.k, x.v)
+		}
+	}
+	if c.BaseTTL < time.Second || c.MaxTTL < c.BaseTTL {
+		return fmt.Errorf("base_ttl %v, max_ttl %v: want base_ttl >= 1s and max_ttl >= base_ttl", c.BaseTTL, c.MaxTTL)
+	}
+	if c.Escalation < 1 {
+		return fmt.Errorf("escalation = %v: want >= 1", c.Escalation)
+	}
+	if c.DecayAfter < 0 {
+		return fmt.Errorf("decay_after = %v: want >= 0", c.DecayAfter)
+	}
+	if c.MaxBansPerCycle < 1 || c.BreakerFloor < 0 || c.PrefixBannedMembers < 0 || c.PrefixMinSources < 0 {
+		return fmt.Errorf("max_bans_per_cycle %d, breaker_floor %d, prefix_banned_members %d, prefix_min_sources %d: want counts (max_bans_per_cycle >= 1)",
+			c.MaxBansPerCycle, c.BreakerFloor, c.PrefixBannedMembers, c.PrefixMinSources)
+	}
+	return nil
+}
+
+// Score weighs what one holder holds.
+func (c *Config) Score(h *snapshot.Counts) float64 {
+	w := c.Weights
+	orphanActive := min(h.OrphanActive, h.Active)
+	return w.Idle*float64(h.Idle) + w.Orphan*float64(orphanActive) + w.Active*float64(h.Active-orphanActive) +
+		w.HalfOpen*float64(h.HalfOpen) + w.Stalled*float64(h.Stalled) + w.Closing*float64(h.Closing) + w.Other*float64(h.Other)
+}
+
+// Offence is what the store remembers of a target's earlier bans.
+type Offence struct {
+	Count int       // times banned before
+	Last  time.Time // latest ban
+}
+
+// Input is everything a decision depends on.
+type Input struct {
+	Now      time.Time
+	Snapshot *snapshot.Snapshot
+	// Count and Max are the table's size and limit.
+	Count, Max int
+	// RatePerSec is the table's growth; RateOK false when unknown.
+	RatePerSec float64
+	RateOK     bool
+	// Allowed returns the allowlist entry that covers (or lies inside) a
+	// prefix, if any.
+	Allowed func(netip.Prefix) (string, bool)
+	// Banned reports whether an active ban already covers the prefix.
+	Banned func(netip.Prefix) bool
+	// BannedIn counts the active bans of single sources inside a prefix.
+	BannedIn func(netip.Prefix) int
+	// History returns a target's earlier offences.
+	History func(netip.Prefix) Offence
+}
+
+// Decision is one ban with its evidence.
+type Decision struct {
+	Target    netip.Prefix    `json:"target"`
+	TTL       time.Duration   `json:"ttl"`
+	Reason    string          `json:"reason"`
+	Score     float64         `json:"score"`
+	Threshold float64         `json:"threshold"`
+	Pressure  Pressure        `json:"pressure"`
+	Counts    snapshot.Counts `json:"counts"`
+	Members   uint32          `json:"members,omitempty"`
+	Offences  int             `json:"previous_bans"`
+}
+
+// Reasons a decision gives.
+const (
+	ReasonSource        = "source-score"   // one source holds too much
+	ReasonPrefixMembers = "prefix-members" // several members of a prefix are banned
+	ReasonPrefixScore   = "prefix-score"   // a prefix jointly holds too much
+)
+
+// Skip is a candidate that was not banned, and why.
+type Skip struct {
+	Target netip.Prefix `json:"target"`
+	Score  float64      `json:"score"`
+	Why    string       `json:"why"`
+}
+
+// Valve asks the enforcer to delete entries right now.
+type Valve struct {
+	// Free is how many entries to delete: the oldest idle ASSURED entries
+	// of Holders (in that order), never of allowlisted space.
+	Free    int            `json:"free"`
+	Holders []netip.Prefix `json:"holders"`
+}
+
+// Breaker records a cycle that wanted more bans than the cap allows.
+type Breaker struct {
+	Wanted int `json:"wanted"`
+	Cap    int `json:"cap"`
+}
+
+// Result is a cycle's decisions.
+type Result struct {
+	Pressure        Pressure   `json:"pressure"`
+	UnevictableFill float64    `json:"unevictable_fill"`
+	Threshold       float64    `json:"threshold"`
+	Bans            []Decision `json:"bans"`
+	Skips           []Skip     `json:"skips,omitempty"`
+	Breaker         *Breaker   `json:"breaker,omitempty"`
+	Valve           *Valve     `json:"valve,omitempty"`
+}
+
+// PressureOf classifies the table's state. Half-open entries are left out
+// of the fill: the kernel evicts them itself when the table is full, so a
+// table full of SYN-flood entries still takes new connections.
+func (c *Config) PressureOf(in *Input) (Pressure, float64) {
+	if in.Max <= 0 {
+		return Calm, 0
+	}
+	unevictable := in.Count
+	if in.Snapshot != nil {
+		unevictable -= in.Snapshot.Classes[snapshot.HalfOpen]
+	}
+	fill := math.Max(0, float64(unevictable)/float64(in.Max))
+	p := Calm
+	bump := func(level Pressure, fillBound float64, eta time.Duration) {
+		if fill >= fillBound {
+			p = max(p, level)
+		}
+		if in.RateOK && in.RatePerSec > 0 {
+			left := time.Duration(float64(in.Max-unevictable) / in.RatePerSec * float64(time.Second))
+			if left <= eta {
+				p = max(p, level)
+			}
+		}
+	}
+	bump(Elevated, c.ElevatedFill, c.ElevatedETA)
+	bump(High, c.HighFill, c.HighETA)
+	bump(Critical, c.CriticalFill, c.CriticalETA)
+	return p, fill
+}
+
+// TTL is the ban length for a target banned offences times before.
+func (c *Config) TTL(previous int) time.Duration {
+	d := float64(c.BaseTTL) * math.Pow(c.Escalation, float64(previous))
+	if d > float64(c.MaxTTL) || math.IsInf(d, 0) {
+		return c.MaxTTL
+	}
+	return time.Duration(d)
+}
+
+func (c *Config) offences(in *Input, p netip.Prefix) int {
+	if in.History == nil {
+		return 0
+	}
+	o := in.History(p)
+	if o.Count == 0 || (c.DecayAfter > 0 && in.Now.Sub(o.Last) > c.DecayAfter) {
+		return 0
+	}
+	return o.Count
+}
+
+// Decide returns this cycle's decisions.
+func Decide(in Input, c Config) Result {
+	p, fill := c.PressureOf(&in)
+	r := Result{Pressure: p, UnevictableFill: math.Round(fill*1e6) / 1e6, Threshold: c.Threshold[p]}
+	snap := in.Snapshot
+	if snap == nil {
+		return r
+	}
+	allowed := func(t netip.Prefix) (string, bool) {
+		if in.Allowed == nil {
+			return "", false
+		}
+		return in.Allowed(t)
+	}
+	banned := func(t netip.Prefix) bool { return in.Banned != nil && in.Banned(t) }
+
+	var cands []Decision
+	newInPrefix := map[netip.Prefix]int{}
+	bits := func(a netip.Addr) int {
+		if a.Is4() {
+			return snap.Config.V4Bits
+		}
+		return snap.Config.V6Bits
+	}
+	for i := range snap.Sources {
+		h := &snap.Sources[i]
+		s := c.Score(&h.Counts)
+		if s < r.Threshold || h.Entries < c.MinEntries {
+			continue
+		}
+		if banned(h.Key) {
+			continue // already banned; its entries are being purged
+		}
+		if e, ok := allowed(h.Key); ok {
+			r.Skips = append(r.Skips, Skip{Target: h.Key, Score: s, Why: "allowlisted: " + e})
+			continue
+		}
+		pfx, _ := h.Key.Addr().Prefix(bits(h.Key.Addr()))
+		if banned(pfx) {
+			continue
+		}
+		off := c.offences(&in, h.Key)
+		cands = append(cands, Decision{Target: h.Key, TTL: c.TTL(off), Reason: ReasonSource, Score: round(s),
+			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Offences: off})
+		newInPrefix[pfx]++
+	}
+
+	// Prefixes: rotating sources (several members banned, now or before)
+	// and distributed holders (many members, each under the threshold).
+	for i := range snap.Prefixes {
+		h := &snap.Prefixes[i]
+		if banned(h.Key) || h.Key.IsSingleIP() {
+			continue
+		}
+		reason := ""
+		members := 0
+		if in.BannedIn != nil {
+			members = in.BannedIn(h.Key)
+		}
+		members += newInPrefix[h.Key]
+		s := c.Score(&h.Counts)
+		if c.PrefixBannedMembers > 0 && members >= c.PrefixBannedMembers {
+			reason = ReasonPrefixMembers
+		} else if c.PrefixFactor > 0 && s >= c.PrefixFactor*r.Threshold && c.PrefixMinSources > 0 &&
+			scoringMembers(snap, h.Key, &c) >= c.PrefixMinSources {
+			reason = ReasonPrefixScore
+		}
+		if reason == "" {
+			continue
+		}
+		if e, ok := allowed(h.Key); ok {
+			r.Skips = append(r.Skips, Skip{Target: h.Key, Score: round(s), Why: "prefix covers allowlisted " + e})
+			continue
+		}
+		off := c.offences(&in, h.Key)
+		cands = append(cands, Decision{Target: h.Key, TTL: c.TTL(off), Reason: reason, Score: round(s),
+			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Members: h.Members, Offences: off})
+	}
+	// A prefix ban replaces the bans of its members in the same cycle.
+	var prefixes []netip.Prefix
+	for _, d := range cands {
+		if !d.Target.IsSingleIP() {
+			prefixes = append(prefixes, d.Target)
+		}
+	}
+	cands = slices.DeleteFunc(cands, func(d Decision) bool {
+		if !d.Target.IsSingleIP() {
+			return false
+		}
+		for _, p := range prefixes {
+			if p.Contains(d.Target.Addr()) {
+				return true
+			}
+		}
+		return false
+	})
+
+	// Breaker: highest scores first, then the cap.
+	slices.SortStableFunc(cands, func(a, b Decision) int {
+		if c := cmp.Compare(b.Score, a.Score); c != 0 {
+			return c
+		}
+		return a.Target.Addr().Compare(b.Target.Addr())
+	})
+	limit := c.MaxBansPerCycle
+	if share := int(c.MaxBanShare * float64(len(snap.Sources))); share < limit {
+		limit = max(share, c.BreakerFloor)
+	}
+	limit = min(limit, c.MaxBansPerCycle)
+	if len(cands) > limit {
+		r.Breaker = &Breaker{Wanted: len(cands), Cap: limit}
+		for _, d := range cands[limit:] {
+			r.Skips = append(r.Skips, Skip{Target: d.Target, Score: d.Score, Why: fmt.Sprintf("blast-radius breaker: %d bans wanted, cap %d", len(cands), limit)})
+		}
+		cands = cands[:limit]
+	}
+	r.Bans = cands
+
+	// Valve: the table is nearly full of entries the kernel cannot evict.
+	if in.Max > 0 && float64(in.Count) >= c.ValveHigh*float64(in.Max) && fill >= c.CriticalFill {
+		v := &Valve{Free: in.Count - int(c.ValveTarget*float64(in.Max))}
+		holders := slices.Clone(snap.Sources)
+		snapshot.SortBy(holders, snapshot.ByIdle)
+		for _, h := range holders {
+			if h.Idle == 0 || len(v.Holders) >= 64 {
+				break
+			}
+			if _, ok := allowed(h.Key); ok {
+				continue
+			}
+			v.Holders = append(v.Holders, h.Key)
+		}
+		if v.Free > 0 && len(v.Holders) > 0 {
+			r.Valve = v
+		}
+	}
+	return r
+}
+
+// scoringMembers counts the sources inside p that score at least the
+// member score.
+func scoringMembers(snap *snapshot.Snapshot, p netip.Prefix, c *Config) int {
+	n := 0
+	for i := range snap.Sources {
+		h := &snap.Sources[i]
+		if p.Contains(h.Key.Addr()) && c.Score(&h.Counts) >= c.PrefixMemberScore {
+			n++
+		}
+	}
+	return n
+}
+
+func round(f float64) float64 { return math.Round(f*100) / 100 }

@@ -1,0 +1,293 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/snapshot"
+)
+
+var now = time.Date(2026, 12, 1, 2, 0, 0, 0, time.UTC)
+
+// world builds a snapshot from holders the way the aggregator would.
+type world struct {
+	sources []snapshot.Holder
+}
+
+func (w *world) add(src string, c snapshot.Counts) *world {
+	a := netip.MustParseAddr(src)
+	c.Entries = c.Idle + c.Active + c.Stalled + c.HalfOpen + c.Closing + c.Other
+	w.sources = append(w.sources, snapshot.Holder{Key: netip.PrefixFrom(a, a.BitLen()), Counts: c})
+	return w
+}
+
+func (w *world) snap() *snapshot.Snapshot {
+	s := &snapshot.Snapshot{Config: snapshot.Config{}.WithDefaults()}
+	pfx := map[netip.Prefix]*snapshot.Holder{}
+	var order []netip.Prefix
+	for _, h := range w.sources {
+		s.Sources = append(s.Sources, h)
+		s.Total += int(h.Entries)
+		s.Classes[snapshot.HalfOpen] += int(h.HalfOpen)
+		bits := 24
+		if h.Key.Addr().Is6() {
+			bits = 64
+		}
+		p, _ := h.Key.Addr().Prefix(bits)
+		if pfx[p] == nil {
+			pfx[p] = &snapshot.Holder{Key: p}
+			order = append(order, p)
+		}
+		ph := pfx[p]
+		ph.Members++
+		for _, f := range []struct{ d, s *uint32 }{{&ph.Entries, &h.Entries}, {&ph.Idle, &h.Idle}, {&ph.Active, &h.Active},
+			{&ph.Stalled, &h.Stalled}, {&ph.HalfOpen, &h.HalfOpen}, {&ph.Closing, &h.Closing}, {&ph.Other, &h.Other},
+			{&ph.Orphan, &h.Orphan}, {&ph.OrphanActive, &h.OrphanActive}} {
+			*f.d += *f.s
+		}
+	}
+	for _, p := range order {
+		s.Prefixes = append(s.Prefixes, *pfx[p])
+	}
+	snapshot.SortBy(s.Sources, snapshot.ByHeld)
+	snapshot.SortBy(s.Prefixes, snapshot.ByHeld)
+	return s
+}
+
+func input(s *snapshot.Snapshot, count, max int) Input {
+	return Input{Now: now, Snapshot: s, Count: count, Max: max}
+}
+
+func targets(r Result) string {
+	var out []string
+	for _, d := range r.Bans {
+		out = append(out, fmt.Sprintf("%s(%s)", d.Target, d.Reason))
+	}
+	return strings.Join(out, " ")
+}
+
+func TestDecide(t *testing.T) {
+	bot := snapshot.Counts{Idle: 300}                              // the brief's bot, its entries idle
+	freshBot := snapshot.Counts{Active: 150, OrphanActive: 150}    // seconds old, no socket behind them
+	nat := snapshot.Counts{Active: 60, Closing: 20, Other: 4}      // 60 live users
+	cgnat := snapshot.Counts{Active: 3000, Idle: 40, Closing: 500} // a big carrier NAT
+	crowd := snapshot.Counts{Active: 2, Closing: 1}
+	synflood := snapshot.Counts{HalfOpen: 1}
+
+	cases := []struct {
+		name       string
+		w          *world
+		count, max int
+		rate       float64
+		mod        func(*Input)
+		want       string // bans, in order
+		pressure   Pressure
+		breaker    bool
+		valve      bool
+	}{
+		{name: "the brief: bots banned, NAT gateways and crowd spared",
+			w:     new(world).add("203.0.113.110", bot).add("198.51.100.204", bot).add("192.0.2.1", nat).add("192.0.2.2", nat).add("192.0.2.3", crowd).add("100.64.0.1", cgnat),
+			count: 4000, max: 262144,
+			want: "198.51.100.204/32(source-score) 203.0.113.110/32(source-score)", pressure: Calm},
+		{name: "fresh bots are caught by the orphan signal before they go idle",
+			w:     new(world).add("203.0.113.7", freshBot).add("192.0.2.1", nat),
+			count: 300, max: 262144, want: "203.0.113.7/32(source-score)"},
+		{name: "without sockets fresh entries look active: no ban at calm",
+			w:     new(world).add("203.0.113.7", snapshot.Counts{Active: 150}),
+			count: 300, max: 262144, want: ""},
+		{name: "below min_entries nothing is banned even at critical",
+			w:     new(world).add("203.0.113.7", snapshot.Counts{Idle: 9}),
+			count: 250000, max: 262144, want: "", pressure: Critical, valve: true},
+		{name: "high fill tightens the threshold",
+			w:     new(world).add("203.0.113.7", snapshot.Counts{Idle: 40}).add("192.0.2.1", nat),
+			count: 200000, max: 262144, want: "203.0.113.7/32(source-score)", pressure: High},
+		{name: "the same holder at calm is left alone",
+			w:     new(world).add("203.0.113.7", snapshot.Counts{Idle: 40}),
+			count: 1000, max: 262144, want: ""},
+		{name: "a fast-growing table is critical by forecast",
+			w:     new(world).add("203.0.113.7", snapshot.Counts{Idle: 20}),
+			count: 20000, max: 262144, rate: 5000, want: "203.0.113.7/32(source-score)", pressure: Critical},
+		{name: "a table full of SYN-flood entries is not under pressure (early_drop evicts them)",
+			w:     new(world).add("198.18.0.1", synflood).add("198.18.0.2", synflood),
+			count: 262144, max: 262144, want: "", pressure: Calm},
+		{name: "allowlisted sources are skipped",
+			w:     new(world).add("203.0.113.110", bot),
+			count: 4000, max: 262144,
+			mod: func(in *Input) {
+				in.Allowed = func(p netip.Prefix) (string, bool) {
+					return "203.0.113.110/32 (ssh peer)", p.Contains(netip.MustParseAddr("203.0.113.110"))
+				}
+			},
+			want: ""},
+		{name: "already banned sources are not banned again",
+			w:     new(world).add("203.0.113.110", bot),
+			count: 4000, max: 262144,
+			mod:  func(in *Input) { in.Banned = func(p netip.Prefix) bool { return p.IsSingleIP() } },
+			want: ""},
+		{name: "a third banned member turns into a prefix ban",
+			w:     new(world).add("203.0.113.50", bot).add("192.0.2.1", nat),
+			count: 4000, max: 262144,
+			mod: func(in *Input) {
+				in.BannedIn = func(p netip.Prefix) int {
+					if p == netip.MustParsePrefix("203.0.113.0/24") {
+						return 2
+					}
+					return 0
+				}
+			},
+			want: "203.0.113.0/24(prefix-members)"},
+		{name: "distributed low-and-slow: a prefix jointly holding too much",
+			w: func() *world {
+				w := new(world)
+				for i := 1; i <= 20; i++ {
+					w.add(fmt.Sprintf("198.51.100.%d", i), snapshot.Counts{Idle: 20})
+				}
+				for i := 1; i <= 20; i++ {
+					w.add(fmt.Sprintf("192.0.2.%d", i), crowd)
+				}
+				return w
+			}(),
+			count: 2000, max: 262144, want: "198.51.100.0/24(prefix-score)"},
+		{name: "a prefix over allowlisted space is never banned",
+			w: func() *world {
+				w := new(world)
+				for i := 1; i <= 20; i++ {
+					w.add(fmt.Sprintf("198.51.100.%d", i), snapshot.Counts{Idle: 20})
+				}
+				return w
+			}(),
+			count: 2000, max: 262144,
+			mod: func(in *Input) {
+				in.Allowed = func(p netip.Prefix) (string, bool) {
+					return "198.51.100.1/32 (default gateway)", p.Contains(netip.MustParseAddr("198.51.100.1"))
+				}
+			},
+			want: ""},
+		{name: "breaker caps a cycle at the share of active sources",
+			w: func() *world {
+				w := new(world)
+				for i := 0; i < 150; i++ {
+					w.add(fmt.Sprintf("2001:db8:%x::1", i), bot)
+				}
+				for i := 0; i < 50; i++ {
+					w.add(fmt.Sprintf("192.0.2.%d", i), crowd)
+				}
+				return w
+			}(),
+			count: 50000, max: 262144, breaker: true},
+		{name: "valve near full of unevictable entries",
+			w:     new(world).add("203.0.113.110", snapshot.Counts{Idle: 250000}).add("192.0.2.1", nat),
+			count: 255000, max: 262144, want: "203.0.113.110/32(source-score)", pressure: Critical, valve: true},
+	}
+	for _, c := range cases {
+		in := input(c.w.snap(), c.count, c.max)
+		if c.rate > 0 {
+			in.RatePerSec, in.RateOK = c.rate, true
+		}
+		if c.mod != nil {
+			c.mod(&in)
+		}
+		cfg := Default()
+		r := Decide(in, cfg)
+		got := targets(r)
+		if c.breaker {
+			if r.Breaker == nil || len(r.Bans) != r.Breaker.Cap || r.Breaker.Cap != 100 || r.Breaker.Wanted != 150 {
+				t.Errorf("%s: breaker %+v with %d bans", c.name, r.Breaker, len(r.Bans))
+			}
+			continue
+		}
+		if got != c.want {
+			t.Errorf("%s:\n got %q\nwant %q\nskips %+v", c.name, got, c.want, r.Skips)
+		}
+		if c.pressure != 0 && r.Pressure != c.pressure {
+			t.Errorf("%s: pressure %s, want %s", c.name, r.Pressure, c.pressure)
+		}
+		if (r.Valve != nil) != c.valve {
+			t.Errorf("%s: valve %+v", c.name, r.Valve)
+		}
+		if r.Breaker != nil {
+			t.Errorf("%s: breaker tripped: %+v", c.name, r.Breaker)
+		}
+	}
+}
+
+func TestSkipsExplain(t *testing.T) {
+	in := input(new(world).add("203.0.113.110", snapshot.Counts{Idle: 300}).snap(), 4000, 262144)
+	in.Allowed = func(p netip.Prefix) (string, bool) { return "203.0.113.110/32 (ssh peer)", true }
+	r := Decide(in, Default())
+	if len(r.Skips) != 1 || !strings.Contains(r.Skips[0].Why, "ssh peer") || r.Skips[0].Score != 300 {
+		t.Errorf("skips %+v", r.Skips)
+	}
+}
+
+func TestValveAmount(t *testing.T) {
+	in := input(new(world).add("203.0.113.110", snapshot.Counts{Idle: 250000}).snap(), 255000, 262144)
+	r := Decide(in, Default())
+	want := 255000 - 235929 // 0.90 of 262144, rounded down
+	if r.Valve == nil || r.Valve.Free != want || len(r.Valve.Holders) != 1 {
+		t.Fatalf("valve %+v, want free %d", r.Valve, want)
+	}
+}
+
+func TestEscalation(t *testing.T) {
+	c := Default()
+	src := netip.MustParsePrefix("203.0.113.110/32")
+	cases := []struct {
+		prev Offence
+		want time.Duration
+	}{
+		{Offence{}, 15 * time.Minute},
+		{Offence{Count: 1, Last: now.Add(-time.Hour)}, time.Hour},
+		{Offence{Count: 2, Last: now.Add(-time.Hour)}, 4 * time.Hour},
+		{Offence{Count: 9, Last: now.Add(-time.Hour)}, 24 * time.Hour},
+		{Offence{Count: 3, Last: now.Add(-25 * time.Hour)}, 15 * time.Minute}, // decayed
+	}
+	for _, tc := range cases {
+		in := input(new(world).add("203.0.113.110", snapshot.Counts{Idle: 300}).snap(), 4000, 262144)
+		in.History = func(p netip.Prefix) Offence {
+			if p == src {
+				return tc.prev
+			}
+			return Offence{}
+		}
+		r := Decide(in, c)
+		if len(r.Bans) != 1 || r.Bans[0].TTL != tc.want {
+			t.Errorf("after %+v: %+v, want ttl %v", tc.prev, r.Bans, tc.want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	if err := (&Config{}).Validate(); err == nil {
+		t.Error("zero config accepted")
+	}
+	d := Default()
+	if err := d.Validate(); err != nil {
+		t.Fatalf("default: %v", err)
+	}
+	bad := []struct {
+		mod  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.HighFill = 1.5 }, "high_fill"},
+		{func(c *Config) { c.HighFill = 0.95 }, "rising"},
+		{func(c *Config) { c.Threshold[2] = 200 }, "tighten"},
+		{func(c *Config) { c.Threshold[0] = 0 }, "threshold[0]"},
+		{func(c *Config) { c.Weights.Active = -1 }, "weights.active"},
+		{func(c *Config) { c.BaseTTL = 0 }, "base_ttl"},
+		{func(c *Config) { c.ValveTarget = 0.99 }, "valve_target"},
+		{func(c *Config) { c.Escalation = 0.5 }, "escalation"},
+		{func(c *Config) { c.MaxBansPerCycle = 0 }, "max_bans_per_cycle"},
+		{func(c *Config) { c.CriticalETA = time.Hour }, "falling"},
+	}
+	for _, b := range bad {
+		c := Default()
+		b.mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("want error naming %q, got %v", b.want, err)
+		}
+	}
+}
