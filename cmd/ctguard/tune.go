@@ -264,6 +264,7 @@ func observeTable(ctx context.Context, roots tune.Roots, reader string, h *tune.
 		unack = 300
 	}
 	o := tune.NewObserver(ref, unack)
+	o.Follow = d > 0 // one scan cannot see a gap end
 
 	// Scans are spread over d: about 12 of them, 5 s to 60 s apart.
 	interval := min(max(d/12, 5*time.Second), time.Minute)

@@ -319,7 +319,8 @@ func (p *Plan) sizing(h *Host, obs *Observation, b Budget, entry uint64) {
 
 func (p *Plan) timeouts(h *Host, obs *Observation) {
 	if cur, ok := h.Sysctl[Established]; ok {
-		p.Items = append(p.Items, established(h, obs, cur))
+		mx, _ := p.Item(Max)
+		p.Items = append(p.Items, established(h, obs, cur, mx.Recommended))
 	}
 	simple := []struct {
 		name   string
@@ -360,7 +361,7 @@ func (p *Plan) timeouts(h *Host, obs *Observation) {
 //     picked up again mid-stream,
 //
 // rounded up to 10 minutes, never above max(current, 432000).
-func established(h *Host, obs *Observation, cur int64) Item {
+func established(h *Host, obs *Observation, cur int64, maxRec int64) Item {
 	legit := obs.LegitIdleMax()
 	ka := int64(0)
 	if h.KeepaliveTime > 0 {
@@ -390,6 +391,19 @@ func established(h *Host, obs *Observation, cur int64) Item {
 	if obs != nil && obs.Inbound.N > 0 {
 		fmt.Fprintf(&why, "; %d of %d inbound ESTABLISHED entries in the last scan are idle longer than that",
 			obs.InboundIdleOver(float64(rec)), obs.Inbound.N)
+	}
+	if rec < cur {
+		fmt.Fprintf(&why, "; a connection that goes silent now holds its entry %d s instead of %d s (%.0fx shorter)", rec, cur, float64(cur)/float64(rec))
+	}
+	if g := obs.GrowthPerSecond(); g > 0 && rec < cur {
+		// Entries created at rate g that never send again live rec
+		// seconds: their number levels off at g x rec.
+		level := int64(g * float64(rec))
+		fmt.Fprintf(&why, "; if the observed growth (%.1f entries/min) is silent connections, they level off at about %d entries (growth x timeout", g*60, level)
+		if maxRec > 0 {
+			fmt.Fprintf(&why, ", %.0f %% of the recommended max", 100*float64(level)/float64(maxRec))
+		}
+		fmt.Fprintf(&why, ") instead of %d at %d s", int64(g*float64(cur)), cur)
 	}
 	why.WriteString(". Prefer a ct timeout policy on the public ports (below): it leaves outbound pools alone")
 	return Item{Key: keyPrefix + Established, Name: Established, Kind: "sysctl", Unit: "s",

@@ -366,6 +366,9 @@ func TestObserverCompletedGaps(t *testing.T) {
 	o.Add(Flow{Proto: 6, Src: bot, Dst: local, SrcPort: 1, DstPort: 443, Remaining: 432000 - 3060})
 	o.EndScan(7)
 	obs := o.Observation()
+	if obs.FirstCount != 5 || obs.LastCount != 7 || obs.GrowthPerSecond() != 2.0/60 {
+		t.Errorf("counts %d -> %d, growth %g", obs.FirstCount, obs.LastCount, obs.GrowthPerSecond())
+	}
 	if obs.Scans != 2 || obs.Window != 60*time.Second || obs.PeakCount != 7 || obs.Skipped != 2 {
 		t.Errorf("scans %d window %s peak %d skipped %d", obs.Scans, obs.Window, obs.PeakCount, obs.Skipped)
 	}
@@ -379,6 +382,17 @@ func TestObserverCompletedGaps(t *testing.T) {
 	}
 	if obs.Inbound.N != 2 || obs.Inbound.Max != 3060 || obs.InboundIdleOver(1000) != 1 {
 		t.Errorf("inbound %+v over1000 %d", obs.Inbound, obs.InboundIdleOver(1000))
+	}
+	// Without Follow the same scans find no gap.
+	o2 := NewObserver(432000, 300)
+	o2.Follow = false
+	for i, idle := range []uint32{900, 10} {
+		o2.BeginScan(t0.Add(time.Duration(i) * 60 * time.Second))
+		o2.Add(Flow{Proto: 6, Src: peer, Dst: local, SrcPort: 50000, DstPort: 443, Remaining: 432000 - idle})
+		o2.EndScan(1)
+	}
+	if g := o2.Observation(); g.CompletedGaps != 0 || g.Inbound.N != 1 {
+		t.Errorf("Follow=false: %+v", g)
 	}
 	// Add outside a scan is ignored, not a panic.
 	o.Add(Flow{Remaining: 1})
@@ -399,5 +413,52 @@ func TestStats(t *testing.T) {
 	}
 	if s := stats([]float32{7}); s.P50 != 7 || s.P99 != 7 {
 		t.Errorf("one value: %+v", s)
+	}
+}
+
+// BenchmarkObserverAdd backs the numbers in the maxTracked comment:
+//
+//	go test ./internal/tune -run '^$' -bench ObserverAdd -benchmem
+func BenchmarkObserverAdd(b *testing.B) {
+	src := netip.MustParseAddr("198.51.100.1")
+	dst := netip.MustParseAddr("192.0.2.1")
+	for _, follow := range []bool{true, false} {
+		name := "follow"
+		if !follow {
+			name = "single-scan"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				o := NewObserver(432000, 300)
+				o.Follow = follow
+				o.BeginScan(time.Unix(0, 0))
+				for i := range 262144 {
+					o.Add(Flow{Proto: 6, Src: src, Dst: dst, SrcPort: uint16(i), DstPort: uint16(i >> 16), Remaining: 431000})
+				}
+				o.EndScan(262144)
+			}
+		})
+	}
+}
+
+// The brief's growth, 249 -> 268 entries in 60 s: silent entries at 19/min
+// level off at 19/60 x 8400 = 2660 under the new timeout (12 % of 21504),
+// against 136,800 at 432000 s (the 16384 table fills instead).
+func TestEstablishedLevelOff(t *testing.T) {
+	h := readHost(t, fixture(t, "brief-4.9"))
+	obs := &Observation{Scans: 2, Window: 60 * time.Second, FirstCount: 249, LastCount: 268, PeakCount: 268}
+	p := Recommend(h, obs, Budget{})
+	est, _ := p.Item(Established)
+	for _, want := range []string{"19.0 entries/min", "level off at about 2660 entries", "12 % of the recommended max", "instead of 136800 at 432000 s", "(51x shorter)"} {
+		if !strings.Contains(est.Reason, want) {
+			t.Errorf("reason lacks %q: %s", want, est.Reason)
+		}
+	}
+	if g := obs.GrowthPerSecond(); g < 0.316 || g > 0.317 {
+		t.Errorf("growth %g/s", g)
+	}
+	if (&Observation{Scans: 1, FirstCount: 5, LastCount: 5}).GrowthPerSecond() != 0 {
+		t.Error("one scan has no growth")
 	}
 }
