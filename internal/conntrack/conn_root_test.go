@@ -174,3 +174,59 @@ func TestRootCreateDumpStatsPurge(t *testing.T) {
 		t.Fatalf("conntrack -L after purges: %v", ref)
 	}
 }
+
+func TestRootPurgeManyAndDelete(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNS(t)
+	c := openIn(t, ns)
+	ctx := context.Background()
+	dst4, dst6 := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
+	var all []Entry
+	for i := range 12 {
+		all = append(all, synthetic(netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i)}), dst4, 5, 1000, 1000)...)
+		all = append(all, synthetic(netip.MustParseAddr(fmt.Sprintf("2001:db8:%x::1", i)), dst6, 3, 1000, 1000)...)
+	}
+	if n, err := c.Create(ctx, all); err != nil || n != len(all) {
+		t.Fatalf("create %d: %v", n, err)
+	}
+	targets := []netip.Prefix{
+		netip.MustParsePrefix("198.51.100.1/32"),
+		netip.MustParsePrefix("198.51.100.8/30"), // .8 .9 .10 .11
+		netip.MustParsePrefix("2001:db8:3::/48"),
+		netip.MustParsePrefix("2001:db8:4::1/128"),
+		netip.MustParsePrefix("203.0.113.0/24"), // holds nothing
+	}
+	before, err := c.CountSources(ctx, targets)
+	if err != nil || fmt.Sprint(before) != "[5 20 3 3 0]" {
+		t.Fatalf("count before: %v %v", before, err)
+	}
+	got, err := c.PurgeSources(ctx, targets)
+	if err != nil || fmt.Sprint(got) != "[5 20 3 3 0]" {
+		t.Fatalf("purge: %v %v", got, err)
+	}
+	after, err := c.CountSources(ctx, targets)
+	if err != nil || fmt.Sprint(after) != "[0 0 0 0 0]" {
+		t.Fatalf("count after: %v %v", after, err)
+	}
+	st, _ := c.Stats(ctx)
+	if int(st.Count) != len(all)-31 {
+		t.Fatalf("%d entries left, want %d: others must stay", st.Count, len(all)-31)
+	}
+	// Delete two specific entries, one of them twice (gone = done, not deleted).
+	var victims []Entry
+	c.Dump(ctx, DumpOptions{Source: netip.MustParseAddr("198.51.100.2")}, func(e *Entry) error {
+		if len(victims) < 2 {
+			victims = append(victims, *e)
+		}
+		return nil
+	})
+	if n, err := c.DeleteEntries(ctx, victims); err != nil || n != 2 {
+		t.Fatalf("delete: %d %v", n, err)
+	}
+	if n, err := c.DeleteEntries(ctx, victims[:1]); err != nil || n != 0 {
+		t.Fatalf("delete again: %d %v", n, err)
+	}
+	if n, _ := c.CountSource(ctx, netip.MustParsePrefix("198.51.100.2/32")); n != 3 {
+		t.Fatalf("198.51.100.2 holds %d, want 3", n)
+	}
+}

@@ -1,0 +1,172 @@
+package conntrack
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+)
+
+// flushBatchMax is where per-address filtered flushes stop paying off: each
+// costs a table walk (~90 ms at 262k entries), one dump plus per-entry
+// deletes costs about a second plus 10 µs per entry (kernel-facts.md §3).
+const flushBatchMax = 8
+
+// prefixMatcher finds which of a set of prefixes holds an address, with one
+// map lookup per distinct prefix length.
+type prefixMatcher struct {
+	lens []int
+	idx  map[netip.Prefix]int
+}
+
+func newPrefixMatcher(ps []netip.Prefix) *prefixMatcher {
+	m := &prefixMatcher{idx: make(map[netip.Prefix]int, len(ps))}
+	seen := map[int]bool{}
+	for i, p := range ps {
+		p = canonical(p)
+		if _, dup := m.idx[p]; !dup {
+			m.idx[p] = i
+		}
+		// Lengths are kept per family: an IPv4 /24 and an IPv6 /24 differ.
+		l := p.Bits()
+		if p.Addr().Is6() {
+			l += 1000
+		}
+		if !seen[l] {
+			seen[l] = true
+			m.lens = append(m.lens, l)
+		}
+	}
+	return m
+}
+
+// match returns the index of a prefix that holds a, or -1. Overlapping
+// prefixes (a /24 and an address in it) resolve to the first length listed.
+func (m *prefixMatcher) match(a netip.Addr) int {
+	for _, l := range m.lens {
+		bits := l
+		if l >= 1000 {
+			if !a.Is6() {
+				continue
+			}
+			bits -= 1000
+		} else if !a.Is4() {
+			continue
+		}
+		p, err := a.Prefix(bits)
+		if err != nil {
+			continue
+		}
+		if i, ok := m.idx[p]; ok {
+			return i
+		}
+	}
+	return -1
+}
+
+func canonical(p netip.Prefix) netip.Prefix {
+	a := p.Addr().Unmap()
+	return netip.PrefixFrom(a, min(p.Bits(), a.BitLen())).Masked()
+}
+
+// PurgeSources deletes the entries of many sources at once and returns how
+// many it deleted for each. Up to a handful of single IPv4 addresses go as
+// filtered flushes; otherwise it is one dump, matched here, and batched
+// per-entry deletes, whatever the number of prefixes.
+func (c *Conn) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+	out := make([]int, len(ps))
+	if len(ps) == 0 {
+		return out, nil
+	}
+	flushable := len(ps) <= flushBatchMax
+	for _, p := range ps {
+		if p = canonical(p); !p.Addr().Is4() || !p.IsSingleIP() {
+			flushable = false
+		}
+	}
+	if flushable {
+		if sup, known := c.FilteredFlushSupported(); sup || !known {
+			for i, p := range ps {
+				n, err := c.PurgeSource(ctx, p)
+				if err != nil {
+					return out, err
+				}
+				out[i] = n
+			}
+			return out, nil
+		}
+	}
+	m := newPrefixMatcher(ps)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.prepare(); err != nil {
+		return out, err
+	}
+	var vs []victim
+	var owner []int
+	seq := c.nextSeq()
+	c.buildDump(seq, &DumpOptions{})
+	e := &c.entry
+	err := c.dump(ctx, "dump for purge", seq, func(typ uint16, b []byte) error {
+		if typ&0xff != ctMsgNew {
+			return nil
+		}
+		if err := ParseMessage(b, e); err != nil {
+			return err
+		}
+		if i := m.match(e.Orig.Src); i >= 0 {
+			vs = append(vs, victim{orig: e.Orig, proto: e.Proto, zone: e.Zone, id: e.ID})
+			owner = append(owner, i)
+		}
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("purge %d sources: %w", len(ps), err)
+	}
+	if _, err := c.deleteEntries(ctx, vs); err != nil {
+		return out, fmt.Errorf("purge %d sources: %w", len(ps), err)
+	}
+	for _, i := range owner {
+		out[i]++
+	}
+	return out, nil
+}
+
+// CountSources counts the entries of many sources in one dump.
+func (c *Conn) CountSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+	out := make([]int, len(ps))
+	if len(ps) == 0 {
+		return out, nil
+	}
+	if len(ps) == 1 {
+		n, err := c.CountSource(ctx, ps[0])
+		out[0] = n
+		return out, err
+	}
+	m := newPrefixMatcher(ps)
+	err := c.Dump(ctx, DumpOptions{}, func(e *Entry) error {
+		if i := m.match(e.Orig.Src); i >= 0 {
+			out[i]++
+		}
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("count %d sources: %w", len(ps), err)
+	}
+	return out, nil
+}
+
+// DeleteEntries deletes the given entries (by original tuple, zone and ID)
+// and returns how many it deleted; entries already gone count as done, not
+// deleted. The emergency valve uses it.
+func (c *Conn) DeleteEntries(ctx context.Context, es []Entry) (int, error) {
+	vs := make([]victim, len(es))
+	for i := range es {
+		vs[i] = victim{orig: es[i].Orig, proto: es[i].Proto, zone: es[i].Zone, id: es[i].ID}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.prepare(); err != nil {
+		return 0, err
+	}
+	return c.deleteEntries(ctx, vs)
+}
