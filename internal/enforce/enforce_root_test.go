@@ -1,9 +1,11 @@
 package enforce
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -303,11 +305,17 @@ func TestRootUnbanOfExpiredElement(t *testing.T) {
 	}
 	time.Sleep(1500 * time.Millisecond)
 	// Deleting expired elements together with a live one: not an error, and
-	// the live one is really deleted.
+	// the live one is really deleted. The log shows that the kernel did
+	// refuse the batch and the one-by-one path ran.
+	var logs bytes.Buffer
+	l.fw.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	err := l.fw.Apply(ctx, Change{Delete: []netip.Prefix{pfx("198.51.100.1"), pfx("198.51.100.64/26"), pfx("198.51.100.2")},
 		Add: []Element{{Prefix: pfx("198.51.100.3"), TTL: time.Hour}}})
 	if err != nil {
 		t.Fatalf("delete of expired elements: %v", err)
+	}
+	if !strings.Contains(logs.String(), "total=3 already_expired=2") {
+		t.Fatalf("fallback path not taken as expected; log:\n%s", logs.String())
 	}
 	out := l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4")
 	if strings.Contains(out, "198.51.100.2") || !strings.Contains(out, "198.51.100.3") {
@@ -323,5 +331,25 @@ func TestRootUnbanOfExpiredElement(t *testing.T) {
 	out = l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4")
 	if !strings.Contains(out, "198.51.100.9 timeout 2h expires 1h59m") {
 		t.Fatalf("timeout not refreshed:\n%s", out)
+	}
+}
+
+// TestRootRebanAfterKernelExpiry: an interval element the kernel expired
+// (but may not have garbage-collected yet) must not block a new ban of the
+// same prefix or of one that overlaps it.
+func TestRootRebanAfterKernelExpiry(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	l.ban("192.0.2.64/26", time.Second)
+	l.ban("2001:db8::8000:0/112", time.Second)
+	l.ban("192.0.2.3", time.Second)
+	time.Sleep(1200 * time.Millisecond)
+	l.ban("192.0.2.64/26", time.Hour)        // same prefix
+	l.ban("192.0.2.3", time.Hour)            // same address
+	l.ban("2001:db8::8000:0/104", time.Hour) // encloses the expired one
+	for _, src := range []string{"192.0.2.66", "192.0.2.3", "2001:db8::8000:5"} {
+		if c := l.dial(src, 8080, 1); len(c) != 0 {
+			t.Fatalf("%s got through the new ban", src)
+		}
 	}
 }

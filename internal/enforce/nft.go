@@ -14,6 +14,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
+	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,6 +45,8 @@ type NFT struct {
 	log   *slog.Logger
 	netns int // fd of the target network namespace, 0 for the caller's
 	mu    sync.Mutex
+
+	testDial nltest.Func // tests: record messages instead of talking to the kernel
 
 	table                  *nftables.Table
 	ban4, ban6, net4, net6 *nftables.Set
@@ -98,6 +101,9 @@ func NewNFT(log *slog.Logger, opt NFTOptions) *NFT {
 }
 
 func (n *NFT) conn() (*nftables.Conn, error) {
+	if n.testDial != nil {
+		return nftables.New(nftables.WithTestDial(n.testDial))
+	}
 	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
 		if err := c.SetWriteBuffer(sendBufferBytes); err != nil {
 			return fmt.Errorf("raise netlink send buffer: %w", err)
