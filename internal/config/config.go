@@ -1,0 +1,234 @@
+// Package config reads ctguard's one configuration file (TOML). Every key
+// has a built-in default, so no file is needed; a file overrides any of
+// them. Unknown keys and bad values are errors that name the file, the key
+// and the value: a typo must never silently fall back to a default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/ctguard/ctguard/internal/policy"
+)
+
+// Config is the whole file.
+type Config struct {
+	Daemon   Daemon        `toml:"daemon"`
+	Snapshot Snapshot      `toml:"snapshot"`
+	Policy   policy.Config `toml:"policy"`
+	Allow    Allow         `toml:"allow"`
+	Metrics  Metrics       `toml:"metrics"`
+	Log      Log           `toml:"log"`
+}
+
+// Daemon is how the loop runs.
+type Daemon struct {
+	// Poll is how often the entry count is read (cheap) between scans.
+	Poll time.Duration `toml:"poll"`
+	// Interval is the full-scan interval per pressure level (calm,
+	// elevated, high, critical): long when calm, short under pressure.
+	Interval [policy.NumPressures]time.Duration `toml:"interval"`
+	// ScanOnGrowth starts a scan early when the count grew by this many
+	// entries since the last scan.
+	ScanOnGrowth int    `toml:"scan_on_growth"`
+	DryRun       bool   `toml:"dry_run"`
+	StateDir     string `toml:"state_dir"`
+	Socket       string `toml:"socket"`
+	Reader       string `toml:"reader"`
+	Procfs       string `toml:"procfs"`
+	// Sockets lists TCP sockets each scan for the orphan signal.
+	Sockets bool `toml:"sockets"`
+	// ValveMaxDelete bounds the entries one valve run may delete.
+	ValveMaxDelete int `toml:"valve_max_delete"`
+}
+
+// Snapshot is how entries are classified and grouped.
+type Snapshot struct {
+	IdleThreshold time.Duration `toml:"idle_threshold"`
+	V4Prefix      int           `toml:"v4_prefix"`
+	V6Prefix      int           `toml:"v6_prefix"`
+}
+
+// Allow is the configured part of the allowlist (loopback, local
+// addresses, gateways, resolvers and SSH peers are always in it).
+type Allow struct {
+	Addresses  []string      `toml:"addresses"` // addresses and CIDRs
+	SSHPorts   []int         `toml:"ssh_ports"`
+	ResolvConf string        `toml:"resolv_conf"`
+	Refresh    time.Duration `toml:"refresh"`
+}
+
+// Metrics is the optional Prometheus endpoint.
+type Metrics struct {
+	// Listen is host:port; empty turns the endpoint off. Anything but a
+	// loopback address must be asked for explicitly with Public.
+	Listen string `toml:"listen"`
+	Public bool   `toml:"public"`
+}
+
+// Log is the log format and level.
+type Log struct {
+	Format string `toml:"format"` // text or json
+	Level  string `toml:"level"`  // debug, info, warn, error
+}
+
+// Default is the built-in configuration.
+func Default() Config {
+	return Config{
+		Daemon: Daemon{
+			Poll:           time.Second,
+			Interval:       [policy.NumPressures]time.Duration{15 * time.Second, 5 * time.Second, 2 * time.Second, time.Second},
+			ScanOnGrowth:   200,
+			StateDir:       "/var/lib/ctguard",
+			Socket:         "/run/ctguard/ctguard.sock",
+			Reader:         "auto",
+			Procfs:         "/proc",
+			Sockets:        true,
+			ValveMaxDelete: 50000,
+		},
+		Snapshot: Snapshot{IdleThreshold: 60 * time.Second, V4Prefix: 24, V6Prefix: 64},
+		Policy:   policy.Default(),
+		Allow:    Allow{SSHPorts: []int{22}, ResolvConf: "/etc/resolv.conf", Refresh: 30 * time.Second},
+		Log:      Log{Format: "text", Level: "info"},
+	}
+}
+
+// Load reads path over the defaults; an empty path gives the defaults.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path == "" {
+		return c, c.Validate()
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	md, err := toml.Decode(string(b), &c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			if pe.LastKey != "" {
+				return c, fmt.Errorf("config %s: line %d: %s: %s", path, pe.Position.Line, pe.LastKey, pe.Message)
+			}
+			return c, fmt.Errorf("config %s: line %d: %s", path, pe.Position.Line, pe.Message)
+		}
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return c, fmt.Errorf("config %s: unknown key %s", path, strings.Join(keys, ", "))
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate reports the first bad value, naming its key.
+func (c *Config) Validate() error {
+	d := c.Daemon
+	if d.Poll < 100*time.Millisecond || d.Poll > time.Minute {
+		return fmt.Errorf("daemon.poll = %v: want 100ms to 1m", d.Poll)
+	}
+	for i, iv := range d.Interval {
+		if iv < d.Poll || iv > time.Hour {
+			return fmt.Errorf("daemon.interval[%d] (%s) = %v: want daemon.poll (%v) to 1h", i, policy.Pressure(i), iv, d.Poll)
+		}
+		if i > 0 && iv > d.Interval[i-1] {
+			return fmt.Errorf("daemon.interval = %v: want it to shorten (not grow) with pressure", d.Interval)
+		}
+	}
+	if d.ScanOnGrowth < 1 {
+		return fmt.Errorf("daemon.scan_on_growth = %d: want >= 1", d.ScanOnGrowth)
+	}
+	switch d.Reader {
+	case "auto", "netlink", "proc":
+	default:
+		return fmt.Errorf("daemon.reader = %q: want auto, netlink or proc", d.Reader)
+	}
+	if d.StateDir == "" || d.Socket == "" || d.Procfs == "" {
+		return fmt.Errorf("daemon.state_dir, daemon.socket and daemon.procfs must not be empty")
+	}
+	if d.ValveMaxDelete < 0 {
+		return fmt.Errorf("daemon.valve_max_delete = %d: want >= 0", d.ValveMaxDelete)
+	}
+	s := c.Snapshot
+	if s.IdleThreshold < time.Second || s.IdleThreshold > 120*time.Hour {
+		return fmt.Errorf("snapshot.idle_threshold = %v: want 1s to 120h", s.IdleThreshold)
+	}
+	if s.V4Prefix < 8 || s.V4Prefix > 32 {
+		return fmt.Errorf("snapshot.v4_prefix = %d: want 8 to 32", s.V4Prefix)
+	}
+	if s.V6Prefix < 16 || s.V6Prefix > 128 {
+		return fmt.Errorf("snapshot.v6_prefix = %d: want 16 to 128", s.V6Prefix)
+	}
+	if err := c.Policy.Validate(); err != nil {
+		return fmt.Errorf("policy.%w", err)
+	}
+	if _, err := c.AllowPrefixes(); err != nil {
+		return err
+	}
+	for _, p := range c.Allow.SSHPorts {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("allow.ssh_ports: %d is not a port", p)
+		}
+	}
+	if c.Allow.Refresh < time.Second {
+		return fmt.Errorf("allow.refresh = %v: want >= 1s", c.Allow.Refresh)
+	}
+	if m := c.Metrics.Listen; m != "" {
+		host, port, err := net.SplitHostPort(m)
+		if err != nil || port == "" {
+			return fmt.Errorf("metrics.listen = %q: want host:port", m)
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil && host != "localhost" {
+			return fmt.Errorf("metrics.listen = %q: want an IP address or localhost", m)
+		}
+		if host != "localhost" && !a.IsLoopback() && !c.Metrics.Public {
+			return fmt.Errorf("metrics.listen = %q is not a loopback address: set metrics.public = true to expose it", m)
+		}
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format = %q: want text or json", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level = %q: want debug, info, warn or error", c.Log.Level)
+	}
+	return nil
+}
+
+// AllowPrefixes parses allow.addresses.
+func (c *Config) AllowPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.Allow.Addresses {
+		var p netip.Prefix
+		var err error
+		if strings.Contains(s, "/") {
+			p, err = netip.ParsePrefix(s)
+		} else {
+			var a netip.Addr
+			a, err = netip.ParseAddr(s)
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("allow.addresses: %q is not an address or CIDR", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
