@@ -251,3 +251,12 @@ func TestTuneObserve(t *testing.T) {
 		t.Errorf("stdout:\n%s\nstderr:\n%s", out, errOut)
 	}
 }
+
+func TestTuneWithoutLocalAddrs(t *testing.T) {
+	dir, roots := tuneFixture(t, "brief-5.15")
+	os.Remove(filepath.Join(dir, "proc/net/fib_trie"))
+	out, errOut, code := runCLI(t, append([]string{"tune"}, roots...)...)
+	if code != 0 || !strings.Contains(errOut, "counting all as inbound") || !strings.Contains(out, "inbound n=10 ") {
+		t.Errorf("exit %d\nstderr %s\nstdout %s", code, errOut, out)
+	}
+}

@@ -300,3 +300,20 @@ func TestPrepareGlobalReadOnly(t *testing.T) {
 		t.Errorf("diff:\n%s", b.String())
 	}
 }
+
+func TestSysctlConfSymlinkNotTwice(t *testing.T) {
+	r := fixture(t, "host-4g")
+	if err := os.Symlink("../sysctl.conf", filepath.Join(r.Etc, "sysctl.d", "99-sysctl.conf")); err != nil {
+		t.Fatal(err)
+	}
+	p := Recommend(readHost(t, r), nil, Budget{})
+	n := 0
+	for _, w := range p.Warnings {
+		if strings.Contains(w.Message, "nf_conntrack_max = 65536") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d warnings for sysctl.conf's max, want 1: %+v", n, p.Warnings)
+	}
+}

@@ -256,6 +256,13 @@ func readConfDir(r Roots, dir string, parse func([]byte, *ConfFile)) []ConfFile 
 		if e.IsDir() || !strings.HasSuffix(e.Name(), ".conf") {
 			continue
 		}
+		// Debian links /etc/sysctl.d/99-sysctl.conf to ../sysctl.conf,
+		// which is read on its own: do not report its settings twice.
+		if e.Type()&fs.ModeSymlink != 0 {
+			if target, err := os.Readlink(r.etcPath(dir, e.Name())); err == nil && filepath.Base(target) == "sysctl.conf" {
+				continue
+			}
+		}
 		if f, ok := readConf(r, dir+"/"+e.Name(), parse); ok {
 			out = append(out, f)
 		}
