@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -242,4 +243,88 @@ func remaining(t *testing.T, port uint16) uint32 {
 		t.Fatalf("entry for port %d: found %v, %v", port, found, err)
 	}
 	return rem
+}
+
+// TestRootPolicySnippet loads the ct timeout policy tune prints into a fresh
+// namespace and checks that it does what the plan says: a new inbound flow
+// to a listed port gets the short established timeout, a flow to another
+// port keeps the global one.
+func TestRootPolicySnippet(t *testing.T) {
+	testutil.RequireRoot(t, "ip", "nft")
+	victim, client := testutil.NewNS(t), testutil.NewNS(t)
+	testutil.Veth(t, victim, "v0", "192.0.2.10/24", client, "c0", "192.0.2.20/24")
+	victim.Script(t, statefulRules)
+
+	h := &Host{Kernel: Kernel{Release: "6.18", Major: 6, Minor: 18}, MemTotal: 1 << 30, PageSize: 4096,
+		Sysctl: map[string]int64{Max: 65536, Buckets: 65536, Established: 432000, Unacked: 300}, ListenPorts: []uint16{22, 443}}
+	p := Recommend(h, nil, Budget{})
+	if p.Policy == nil || len(p.Policy.Ports) != 1 || p.Policy.Ports[0] != 443 || p.Policy.Established != 600 {
+		t.Fatalf("policy %+v", p.Policy)
+	}
+	victim.MustRun(t, "nft", "-f", writeTemp(t, p.Policy.Nft))
+
+	var lns []net.Listener
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	victim.Do(t, func() {
+		for _, port := range []string{"443", "8443"} {
+			ln, err := net.Listen("tcp", "192.0.2.10:"+port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lns = append(lns, ln)
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					conns = append(conns, c)
+					mu.Unlock()
+				}
+			}()
+		}
+	})
+	t.Cleanup(func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	})
+	client.Do(t, func() {
+		for _, port := range []string{"443", "8443"} {
+			c, err := net.DialTimeout("tcp", "192.0.2.10:"+port, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	})
+	time.Sleep(200 * time.Millisecond) // the final ACK of each handshake
+	victim.Do(t, func() {
+		short, long := remaining(t, 443), remaining(t, 8443)
+		t.Logf("established timeout with the policy: :443 %d s, :8443 %d s", short, long)
+		if short > 600 || short < 590 {
+			t.Errorf(":443 entry has %d s left, want the policy's 600", short)
+		}
+		if long < 431990 {
+			t.Errorf(":8443 entry has %d s left, want the global 432000", long)
+		}
+	})
+}
+
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "policy.nft")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
