@@ -192,8 +192,8 @@ func parseSysctlConf(data []byte) []Setting {
 			continue
 		}
 		key := normalizeKey(k)
-		if key == "" || strings.ContainsAny(key, " \t") {
-			continue
+		if key == "" || key[0] == '-' || strings.ContainsAny(key, " \t") {
+			continue // not a key systemd-sysctl would set either
 		}
 		out = append(out, Setting{Key: key, Value: strings.TrimSpace(v), Line: n})
 	}
