@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/testutil"
 )
 
 func TestRootBanDropsBeforeConntrackAndPurges(t *testing.T) {
@@ -351,5 +353,53 @@ func TestRootRebanAfterKernelExpiry(t *testing.T) {
 		if c := l.dial(src, 8080, 1); len(c) != 0 {
 			t.Fatalf("%s got through the new ban", src)
 		}
+	}
+}
+
+// TestRootBanCoversForwardedTraffic: a port the host DNATs to a backend
+// namespace (a Docker-published port) goes through forward, not input;
+// the prerouting ban still drops it before conntrack.
+func TestRootBanCoversForwardedTraffic(t *testing.T) {
+	l := newLab(t)
+	back := testutil.NewNS(t)
+	testutil.Veth(t, l.vic, "br0", "198.51.100.1/24", back, "eth0", "198.51.100.2/24")
+	back.MustRun(t, "ip", "route", "add", "default", "via", "198.51.100.1")
+	l.vic.Script(t, `sysctl -qw net.ipv4.ip_forward=1
+nft add table ip nat
+nft add chain ip nat pre '{ type nat hook prerouting priority dstnat; }'
+nft add rule ip nat pre tcp dport 9090 dnat to 198.51.100.2:8080`)
+	var ln net.Listener
+	back.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp", "198.51.100.2:8080"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	if c := l.dialTimeout("192.0.2.3", 9090, 2, 2*time.Second); len(c) != 2 || l.count("192.0.2.3") < 2 {
+		t.Fatalf("forwarded path: %d conns, %d entries on the host", len(c), l.count("192.0.2.3"))
+	}
+	r := l.ban("192.0.2.3", time.Hour)
+	if r.Ban.Purged < 2 || l.count("192.0.2.3") != 0 {
+		t.Fatalf("forwarded entries not purged: %+v, %d left", r.Ban, l.count("192.0.2.3"))
+	}
+	before := l.counters().Ban4.Packets
+	if c := l.dial("192.0.2.3", 9090, 3); len(c) != 0 || l.count("192.0.2.3") != 0 {
+		t.Fatal("banned source reached the DNAT'ed backend")
+	}
+	if d := l.counters().Ban4.Packets - before; d < 3 {
+		t.Fatalf("drop counter rose by %d", d)
+	}
+	if c := l.dialTimeout("192.0.2.2", 9090, 1, 2*time.Second); len(c) != 1 {
+		t.Fatal("unbanned source cannot reach the backend")
 	}
 }
