@@ -36,3 +36,28 @@ clean:
 bench-scan: build
 	$(GO) run ./tools/scanbench -ctguard $(BIN) -runs 7
 	$(GO) test -run '^$$' -bench 'ParseAggregate|ParseRecorded|ParseProcLine' -benchmem ./internal/snapshot ./internal/conntrack
+
+# Attack lab (test/e2e, as root): see test/e2e/README-section.md.
+LAB_BIN := bin/ctglab
+
+.PHONY: lab-build demo lab lab-test lab-clean
+
+lab-build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(LAB_BIN) ./test/e2e/cmd/ctglab
+
+# The brief's attack unprotected, then under the brief's method (and ctguard
+# once `ctguard run` exists): summaries side by side, plot in out/demo/.
+demo: build lab-build
+	$(LAB_BIN) demo --out out/demo --ctguard $(BIN)
+
+# Every scenario under every defense, full length; rewrites test/e2e/RESULTS.md.
+lab: build lab-build
+	$(LAB_BIN) results --out test/e2e/results --md test/e2e/RESULTS.md --ctguard $(BIN)
+
+# The e2e tests with full-length scenarios (CI runs the short ones in make test).
+lab-test:
+	CTGLAB_FULL=1 $(GO) test -count=1 -timeout 60m -v ./test/e2e/
+
+# Remove namespaces left by lab runs that were killed.
+lab-clean: lab-build
+	$(LAB_BIN) cleanup

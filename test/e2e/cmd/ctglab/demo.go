@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ctguard/ctguard/test/e2e/lab"
+)
+
+func init() {
+	register(&command{"demo", "the brief's attack unprotected, then defended; summaries side by side and a plot", runDemo})
+	register(&command{"results", "run every scenario under every defense and write RESULTS.md", runResults})
+}
+
+func runDemo(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("demo", e)
+	name := fs.String("scenario", "bots-v4", "scenario")
+	out := fs.String("out", "out/demo", "output directory (CSV, SVG)")
+	short := fs.Bool("short", false, "short version")
+	ctg := fs.String("ctguard", "bin/ctguard", "ctguard binary")
+	defs := fs.String("defenses", "none,baseline,ctguard", "defenses to run, in order")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var sums []lab.Summary
+	var runs []*lab.Result
+	for _, d := range strings.Split(*defs, ",") {
+		s, res, err := runOne(ctx, e, *name, d, *ctg, *out, *short, 1)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, s.Line())
+		sums = append(sums, s)
+		if res != nil {
+			runs = append(runs, res)
+		}
+	}
+	fmt.Fprintln(e.stdout)
+	fmt.Fprint(e.stdout, lab.SideBySide(sums))
+	if len(runs) == 0 {
+		return fmt.Errorf("no run completed")
+	}
+	svg := filepath.Join(*out, *name+".svg")
+	if err := writeChart(svg, runs); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\nplot: %s\ncsv:  %s/%s-*.csv\n", svg, *out, *name)
+	return nil
+}
+
+func writeChart(path string, runs []*lab.Result) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = lab.Chart(runs).WriteSVG(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func runResults(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("results", e)
+	out := fs.String("out", "test/e2e/results", "directory for the downsampled CSVs and plots")
+	md := fs.String("md", "test/e2e/RESULTS.md", "results table to write")
+	short := fs.Bool("short", false, "short (CI) versions")
+	only := fs.String("scenarios", "", "comma-separated subset (default: all)")
+	ctg := fs.String("ctguard", "bin/ctguard", "ctguard binary")
+	step := fs.Int("csv-step", 4, "keep every n-th 250 ms sample in the CSVs (4: one per second)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(*only, ",") {
+		if s != "" {
+			want[s] = true
+		}
+	}
+	started := time.Now()
+	var sums []lab.Summary
+	for _, sc := range lab.Scenarios(*short) {
+		if len(want) > 0 && !want[sc.Name] {
+			continue
+		}
+		var runs []*lab.Result
+		for _, d := range lab.DefenseNames {
+			s, res, err := runOne(ctx, e, sc.Name, d, *ctg, *out, *short, *step)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, s.Line())
+			sums = append(sums, s)
+			if res != nil {
+				runs = append(runs, res)
+			}
+		}
+		if len(runs) > 0 {
+			if err := writeChart(filepath.Join(*out, sc.Name+".svg"), runs); err != nil {
+				return err
+			}
+		}
+	}
+	var b strings.Builder
+	cmd := "make lab"
+	if *short {
+		cmd = "bin/ctglab results --short"
+	}
+	fmt.Fprintf(&b, "# Lab results\n\nRegenerate with `%s` (as root; about %.0f minutes). Written by `ctglab results` on %s, kernel %s.\n\n",
+		cmd, time.Since(started).Minutes()+0.5, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel())
+	b.WriteString("Probes: a fresh TCP connection to the victim's :443 every 250 ms from addresses outside every attack range, 2 s timeout. ")
+	b.WriteString("\"Full\" means count >= 99% of nf_conntrack_max (262,144). Times are from the attack's start. ")
+	b.WriteString("Every scenario also runs a benign crowd (30 conn/s) and two NAT gateways with 60 live users each. ")
+	b.WriteString("The baseline is the brief's method (threshold 30, ipset + `conntrack -D --src`, iptables INPUT drop) at the interval the scenario lists. ")
+	b.WriteString("Attacker, victim and defense share one 2-core machine: a defense that burns CPU also slows the attack.\n\n")
+	b.WriteString(lab.MarkdownTable(sums))
+	b.WriteString("\nScenarios:\n\n")
+	for _, sc := range lab.Scenarios(*short) {
+		if len(want) > 0 && !want[sc.Name] {
+			continue
+		}
+		fmt.Fprintf(&b, "- `%s`: %s; attack %s, baseline every %s.\n", sc.Name, sc.Desc, sc.AttackFor, sc.BaselineEvery)
+	}
+	for _, s := range sums {
+		if s.Unavailable != "" {
+			fmt.Fprintf(&b, "\n`ctguard` rows: %s.\n", s.Unavailable)
+			break
+		}
+	}
+	if err := os.WriteFile(*md, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "wrote %s\n", *md)
+	return nil
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}

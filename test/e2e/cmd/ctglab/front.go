@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/ctguard/ctguard/test/e2e/lab"
+	"github.com/ctguard/ctguard/test/e2e/topo"
+	"github.com/ctguard/ctguard/test/e2e/wire"
+)
+
+func init() {
+	register(&command{"run", "run one scenario under one defense; print the summary, write a CSV", runRun})
+	register(&command{"cleanup", "delete namespaces left behind by lab runs that died", runCleanup})
+	register(&command{"list", "list the scenarios", runList})
+}
+
+func selfBin() (string, error) {
+	p, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own binary: %w", err)
+	}
+	return p, nil
+}
+
+func runList(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("list", e)
+	short := fs.Bool("short", false, "the short (CI) versions")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	for _, s := range lab.Scenarios(*short) {
+		fmt.Fprintf(e.stdout, "%-13s %5.0fs  %s\n", s.Name, s.Total().Seconds(), s.Desc)
+	}
+	return nil
+}
+
+// runOne runs a scenario and writes its CSV; an unavailable defense is not
+// an error, it is reported in the summary.
+func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir string, short bool, csvStep int) (lab.Summary, *lab.Result, error) {
+	sc, err := lab.Find(name, short)
+	if err != nil {
+		return lab.Summary{}, nil, usagef("%v", err)
+	}
+	def, err := lab.NewDefense(ctx, defense, sc, ctguardBin)
+	if errors.Is(err, lab.ErrUnavailable) {
+		return lab.Summary{Scenario: sc.Name, Defense: defense, Unavailable: err.Error()}, nil, nil
+	}
+	if err != nil {
+		return lab.Summary{}, nil, usagef("%v", err)
+	}
+	bin, err := selfBin()
+	if err != nil {
+		return lab.Summary{}, nil, err
+	}
+	e.log.Info("running", "scenario", sc.Name, "defense", def.Name, "seconds", sc.Total().Seconds())
+	res, err := lab.Run(ctx, sc, def, lab.Options{LabBin: bin, Log: e.log})
+	if err != nil {
+		return lab.Summary{}, nil, fmt.Errorf("%s/%s: %w", sc.Name, def.Name, err)
+	}
+	if outDir != "" {
+		if err := os.MkdirAll(outDir, 0o755); err != nil {
+			return res.Summary, res, err
+		}
+		path := filepath.Join(outDir, fmt.Sprintf("%s-%s.csv", sc.Name, def.Name))
+		f, err := os.Create(path)
+		if err != nil {
+			return res.Summary, res, err
+		}
+		err = lab.WriteCSV(f, res.Rows, csvStep)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return res.Summary, res, fmt.Errorf("write %s: %w", path, err)
+		}
+		if os.Getenv("CTGLAB_RECORDS") != "" {
+			if err := writeRecords(filepath.Join(outDir, fmt.Sprintf("%s-%s.jsonl", sc.Name, def.Name)), res); err != nil {
+				return res.Summary, res, err
+			}
+		}
+	}
+	return res.Summary, res, nil
+}
+
+func runRun(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("run", e)
+	name := fs.String("scenario", "bots-v4", "scenario (see ctglab list)")
+	defense := fs.String("defense", "none", "none, baseline or ctguard")
+	short := fs.Bool("short", false, "short (CI) version")
+	out := fs.String("out", "out/lab", "directory for the CSV")
+	step := fs.Int("csv-step", 1, "keep every n-th sample in the CSV")
+	ctg := fs.String("ctguard", "bin/ctguard", "ctguard binary (defense ctguard)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	s, _, err := runOne(ctx, e, *name, *defense, *ctg, *out, *short, *step)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, s.Line())
+	return nil
+}
+
+func runCleanup(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("cleanup", e)
+	all := fs.Bool("all", false, "also runs that are still alive")
+	dir := fs.String("state", topo.DefaultStateDir, "state directory")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	removed, err := topo.Cleanup(*dir, *all)
+	for _, n := range removed {
+		fmt.Fprintln(e.stdout, "removed", n)
+	}
+	return err
+}
+
+// writeRecords dumps every record of a run (CTGLAB_RECORDS=1), for digging
+// into a surprising result.
+func writeRecords(path string, res *lab.Result) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := wire.NewWriter(f)
+	for _, group := range [][]wire.Record{res.Records.Samples, res.Records.Probes, res.Records.Bans, res.Records.Scans} {
+		for _, r := range group {
+			if err := w.Write(r); err != nil {
+				f.Close()
+				return err
+			}
+		}
+	}
+	return f.Close()
+}

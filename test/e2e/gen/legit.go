@@ -1,0 +1,224 @@
+package gen
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ctguard/ctguard/test/e2e/wire"
+)
+
+// request sends one request line on a fresh connection and waits for the
+// answer; the connection is closed normally afterwards.
+func request(ctx context.Context, src netip.Addr, dst netip.AddrPort, path string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := dialer(src, timeout).DialContext(ctx, network(src, "tcp"), dst.String())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := fmt.Fprintf(conn, "GET %s\n", path); err != nil {
+		return err
+	}
+	_, err = bufio.NewReader(conn).ReadString('\n')
+	return err
+}
+
+// CrowdConfig is a benign crowd: short request/response connections from
+// many sources, at a fixed rate.
+type CrowdConfig struct {
+	Sources  Sources
+	N        int // distinct sources, used round-robin
+	Rate     float64
+	Dst      netip.AddrPort
+	Duration time.Duration
+	Timeout  time.Duration
+}
+
+// Crowd runs the benign crowd.
+func Crowd(ctx context.Context, cfg CrowdConfig, w *wire.Writer) error {
+	if cfg.N < 1 || cfg.Rate <= 0 || cfg.Duration <= 0 {
+		return fmt.Errorf("crowd: need n, rate and duration > 0")
+	}
+	if _, err := cfg.Sources.Addr(cfg.N - 1); err != nil {
+		return fmt.Errorf("crowd: %w", err)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 3 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	c := &counters{name: "crowd"}
+	done := make(chan struct{})
+	go c.report(ctx, w, done)
+	total := int64(cfg.Rate*cfg.Duration.Seconds()) + 1
+	tokens := pacer(ctx, cfg.Rate, total)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	next := 0
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range tokens {
+				mu.Lock()
+				idx := next % cfg.N
+				next++
+				mu.Unlock()
+				src, _ := cfg.Sources.Addr(idx)
+				if err := request(ctx, src, cfg.Dst, "/crowd", cfg.Timeout); err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					c.failed.Add(1)
+					continue
+				}
+				c.sent.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(done)
+	return w.Write(wire.Record{Kind: "progress", Progress: c.snapshot(true)})
+}
+
+// NATConfig is a set of NAT gateways: each one address carrying Users live
+// connections that each send a request every Interval (with jitter).
+type NATConfig struct {
+	Gateways []netip.Addr
+	Users    int
+	Interval time.Duration
+	Dst      netip.AddrPort
+	Duration time.Duration
+}
+
+// NAT runs the gateways' users. A user whose connection fails reconnects
+// after a second, as a browser would.
+func NAT(ctx context.Context, cfg NATConfig, w *wire.Writer) error {
+	if len(cfg.Gateways) == 0 || cfg.Users < 1 || cfg.Users > 5000 || cfg.Interval <= 0 || cfg.Duration <= 0 {
+		return fmt.Errorf("nat: need gateways, 1..5000 users, interval and duration > 0")
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	c := &counters{name: "nat"}
+	done := make(chan struct{})
+	go c.report(ctx, w, done)
+	var wg sync.WaitGroup
+	for gi, gw := range cfg.Gateways {
+		for u := 0; u < cfg.Users; u++ {
+			wg.Add(1)
+			go func(gw netip.Addr, u int) {
+				defer wg.Done()
+				// Spread the users' phases over the interval.
+				phase := time.Duration((gi*cfg.Users+u)%97) * cfg.Interval / 97
+				natUser(ctx, gw, cfg, phase, c)
+			}(gw, u)
+		}
+	}
+	wg.Wait()
+	close(done)
+	return w.Write(wire.Record{Kind: "progress", Progress: c.snapshot(true)})
+}
+
+func natUser(ctx context.Context, gw netip.Addr, cfg NATConfig, phase time.Duration, c *counters) {
+	sleep := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	if !sleep(phase) {
+		return
+	}
+	for ctx.Err() == nil {
+		conn, err := dialer(gw, 3*time.Second).DialContext(ctx, network(gw, "tcp"), cfg.Dst.String())
+		if err != nil {
+			c.failed.Add(1)
+			if !sleep(time.Second) {
+				return
+			}
+			continue
+		}
+		c.live.Add(1)
+		r := bufio.NewReader(conn)
+		for ctx.Err() == nil {
+			_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+			if _, err := fmt.Fprintf(conn, "GET /nat\n"); err != nil {
+				c.failed.Add(1)
+				break
+			}
+			if _, err := r.ReadString('\n'); err != nil {
+				c.failed.Add(1)
+				break
+			}
+			c.sent.Add(1)
+			if !sleep(cfg.Interval) {
+				break
+			}
+		}
+		c.live.Add(-1)
+		conn.Close()
+		if !sleep(time.Second) {
+			return
+		}
+	}
+}
+
+// ProbeConfig is the legit probe: a fresh connection every Interval from the
+// next address of Sources, recording success and latency.
+type ProbeConfig struct {
+	Sources  Sources
+	N        int // distinct probe sources, used round-robin
+	Interval time.Duration
+	Timeout  time.Duration
+	Dst      netip.AddrPort
+	Duration time.Duration
+}
+
+// Probes runs the probes; each outcome is one "probe" record.
+func Probes(ctx context.Context, cfg ProbeConfig, w *wire.Writer) error {
+	if cfg.N < 1 || cfg.Interval <= 0 || cfg.Timeout <= 0 || cfg.Duration <= 0 {
+		return fmt.Errorf("probes: need n, interval, timeout and duration > 0")
+	}
+	if _, err := cfg.Sources.Addr(cfg.N - 1); err != nil {
+		return fmt.Errorf("probes: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	t := time.NewTicker(cfg.Interval)
+	defer t.Stop()
+	var wg sync.WaitGroup
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-t.C:
+		}
+		src, _ := cfg.Sources.Addr(i % cfg.N)
+		start := time.Now()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A probe has its own deadline and is not cut short by the end
+			// of the run, so every started probe gets an outcome.
+			err := request(context.Background(), src, cfg.Dst, "/probe", cfg.Timeout)
+			p := &wire.Probe{Src: src.String(), OK: err == nil, LatencyMS: float64(time.Since(start).Microseconds()) / 1000}
+			if err != nil {
+				p.Err = err.Error()
+			}
+			_ = w.Write(wire.Record{Kind: "probe", T: start.UnixMilli(), Probe: p})
+		}()
+	}
+}

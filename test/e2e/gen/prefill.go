@@ -1,0 +1,78 @@
+package gen
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/test/e2e/wire"
+)
+
+// PrefillConfig injects silent-bot entries over ctnetlink, as if the attack
+// had already been running for a while: ESTABLISHED, ASSURED, five days to
+// live, from N sources with PerSource entries each. The kernel treats them
+// like the live bots' entries (never early-dropped). Only the short CI
+// scenarios use it, so that they do not spend half a minute filling the
+// table of a 2-core machine connection by connection.
+type PrefillConfig struct {
+	Sources   Sources
+	N         int
+	PerSource int
+	Dst       netip.AddrPort
+	Duration  time.Duration
+}
+
+// Prefill runs inside the victim namespace.
+func Prefill(ctx context.Context, cfg PrefillConfig, w *wire.Writer) error {
+	if cfg.N < 1 || cfg.PerSource < 1 || cfg.PerSource > 60000 || cfg.N*cfg.PerSource > 1_000_000 || cfg.Duration <= 0 {
+		return fmt.Errorf("prefill: need 1..1M entries, per-source <= 60000, and a duration")
+	}
+	if _, err := cfg.Sources.Addr(cfg.N - 1); err != nil {
+		return fmt.Errorf("prefill: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	c, err := conntrack.Open()
+	if err != nil {
+		return fmt.Errorf("prefill: %w", err)
+	}
+	defer c.Close()
+	const chunk = 4096
+	batch := make([]conntrack.Entry, 0, chunk)
+	created := 0
+	flush := func() error {
+		n, err := c.Create(ctx, batch)
+		created += n
+		batch = batch[:0]
+		return err
+	}
+	dst := cfg.Dst.Addr()
+	for i := 0; i < cfg.N; i++ {
+		src, _ := cfg.Sources.Addr(i)
+		for j := 0; j < cfg.PerSource; j++ {
+			sport := uint16(1024 + j)
+			batch = append(batch, conntrack.Entry{
+				Proto:       conntrack.ProtoTCP,
+				Orig:        conntrack.Tuple{Src: src, Dst: dst, SrcPort: sport, DstPort: cfg.Dst.Port()},
+				Reply:       conntrack.Tuple{Src: dst, Dst: src, SrcPort: cfg.Dst.Port(), DstPort: sport},
+				TCPState:    conntrack.TCPEstablished,
+				HasTCPState: true,
+				Status:      conntrack.StatusConfirmed | conntrack.StatusSeenReply | conntrack.StatusAssured,
+				Timeout:     431999,
+			})
+			if len(batch) == chunk {
+				if err := flush(); err != nil {
+					return fmt.Errorf("prefill after %d entries: %w", created, err)
+				}
+			}
+		}
+	}
+	if len(batch) > 0 {
+		if err := flush(); err != nil {
+			return fmt.Errorf("prefill after %d entries: %w", created, err)
+		}
+	}
+	return w.Write(wire.Record{Kind: "progress", Progress: &wire.Progress{Gen: "prefill", Sent: int64(created), Done: true}})
+}

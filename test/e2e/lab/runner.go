@@ -1,0 +1,338 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ctguard/ctguard/test/e2e/topo"
+	"github.com/ctguard/ctguard/test/e2e/wire"
+)
+
+// Options for Run.
+type Options struct {
+	LabBin   string // the ctglab binary, run inside the namespaces
+	StateDir string // namespace records; default topo.DefaultStateDir
+	Log      *slog.Logger
+	// Hook, if set, runs after the topology is up and before any traffic
+	// (tests use it to look inside the namespaces).
+	Hook func(ctx context.Context, t *topo.Topology) error
+	// During, if set, runs in the victim's steady state right after the
+	// attack stops (tests compare ss and conntrack there).
+	During func(ctx context.Context, t *topo.Topology) error
+}
+
+// Records is everything the processes reported.
+type Records struct {
+	Samples  []wire.Record
+	Probes   []wire.Record
+	Bans     []wire.Record
+	Scans    []wire.Record
+	Progress map[string]*wire.Progress // last progress per process
+}
+
+// Result of one run.
+type Result struct {
+	Scenario    Scenario
+	Defense     Defense
+	Start       time.Time // run start (warmup begins)
+	AttackStart time.Time
+	AttackEnd   time.Time
+	Records     Records
+	Summary     Summary
+	Rows        []Row
+}
+
+type proc struct {
+	p      Proc
+	cmd    *exec.Cmd
+	done   chan error
+	stderr *tail
+}
+
+// tail keeps the last few KiB of a process's stderr for error messages.
+type tail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (t *tail) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, b...)
+	if len(t.buf) > 4096 {
+		t.buf = t.buf[len(t.buf)-4096:]
+	}
+	return len(b), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.buf))
+}
+
+type run struct {
+	opt   Options
+	topo  *topo.Topology
+	mu    sync.Mutex
+	rec   Records
+	ready map[string]bool
+	procs []*proc
+}
+
+// Run runs one scenario under one defense in a fresh topology and always
+// tears the topology down. Cancelling ctx (Ctrl-C) stops it early.
+func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, error) {
+	if opt.LabBin == "" {
+		return nil, errors.New("lab: no lab binary")
+	}
+	if opt.StateDir == "" {
+		opt.StateDir = topo.DefaultStateDir
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	t := topo.New(opt.StateDir, opt.Log)
+	r := &run{opt: opt, topo: t, ready: map[string]bool{}, rec: Records{Progress: map[string]*wire.Progress{}}}
+	res := &Result{Scenario: sc, Defense: def}
+	defer func() {
+		if err := t.Close(); err != nil {
+			opt.Log.Warn("teardown", "err", err)
+		}
+	}()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		r.waitAll()
+	}()
+	if err := t.Setup(runCtx); err != nil {
+		return nil, fmt.Errorf("topology: %w", err)
+	}
+	if opt.Hook != nil {
+		if err := opt.Hook(runCtx, t); err != nil {
+			return nil, fmt.Errorf("hook: %w", err)
+		}
+	}
+	total := sc.Total()
+	if _, err := r.start(runCtx, Proc{Name: "server", Role: topo.Victim, Args: []string{"server"}}, "", total+30*time.Second); err != nil {
+		return nil, err
+	}
+	if err := r.waitReady(runCtx, "server", 10*time.Second); err != nil {
+		return nil, err
+	}
+	monArgs := []string{"monitor", "--interval", "250ms", "--states-every", "5s"}
+	for _, s := range def.IPSets {
+		monArgs = append(monArgs, "--ipset", s)
+	}
+	if _, err := r.start(runCtx, Proc{Name: "monitor", Role: topo.Victim, Args: monArgs}, "", total+2*time.Second); err != nil {
+		return nil, err
+	}
+	if sc.Prefill != nil {
+		h, err := r.start(runCtx, *sc.Prefill, "", 60*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if err := <-h.done; err != nil {
+			return nil, fmt.Errorf("prefill: %w", err)
+		}
+		h.done <- nil
+	}
+	if def.Proc != nil {
+		if _, err := r.start(runCtx, *def.Proc, def.Bin, total+2*time.Second); err != nil {
+			return nil, err
+		}
+		if err := r.waitReady(runCtx, def.Proc.Name, 10*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	res.Start = time.Now()
+	for _, p := range legitProcs(sc.Family) {
+		if _, err := r.start(runCtx, p, "", total); err != nil {
+			return nil, err
+		}
+	}
+	if err := sleep(runCtx, sc.Warmup); err != nil {
+		return nil, err
+	}
+	res.AttackStart = time.Now()
+	var attack []*proc
+	for _, p := range sc.Attack {
+		h, err := r.start(runCtx, p, "", sc.AttackFor)
+		if err != nil {
+			return nil, err
+		}
+		attack = append(attack, h)
+	}
+	if err := sleep(runCtx, sc.AttackFor); err != nil {
+		return nil, err
+	}
+	for _, h := range attack {
+		select {
+		case err := <-h.done:
+			h.done <- err
+		case <-time.After(5 * time.Second):
+			return nil, fmt.Errorf("%s did not stop after its %s", h.p.Name, sc.AttackFor)
+		case <-runCtx.Done():
+			return nil, runCtx.Err()
+		}
+	}
+	res.AttackEnd = time.Now()
+	if opt.During != nil {
+		if err := opt.During(runCtx, t); err != nil {
+			return nil, fmt.Errorf("during: %w", err)
+		}
+	}
+	if err := sleep(runCtx, time.Until(res.Start.Add(total))); err != nil {
+		return nil, err
+	}
+	// Let the last probes finish (they have a 2 s timeout) and the monitor
+	// take its last samples.
+	_ = sleep(runCtx, 2500*time.Millisecond)
+	cancel()
+	errs := r.waitAll()
+	for name, err := range errs {
+		opt.Log.Debug("process exit", "proc", name, "err", err)
+	}
+	r.mu.Lock()
+	res.Records = r.rec
+	r.mu.Unlock()
+	if len(res.Records.Samples) == 0 {
+		return nil, errors.New("monitor reported no samples")
+	}
+	res.Rows = Rows(res)
+	res.Summary = Summarize(res)
+	return res, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// start runs p in its namespace, bounded by dur (the process's own
+// --duration, and the runner kills it if it overstays).
+func (r *run) start(ctx context.Context, p Proc, bin string, dur time.Duration) (*proc, error) {
+	if bin == "" {
+		bin = r.opt.LabBin
+	}
+	args := append([]string{bin}, p.Args...)
+	args = append(args, "--duration", dur.String())
+	cmd := r.topo.Command(ctx, p.Role, args...)
+	h := &proc{p: p, cmd: cmd, done: make(chan error, 1), stderr: &tail{}}
+	cmd.Stderr = h.stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	r.mu.Lock()
+	r.procs = append(r.procs, h)
+	r.mu.Unlock()
+	r.opt.Log.Debug("started", "proc", p.Name, "pid", cmd.Process.Pid, "args", strings.Join(p.Args, " "))
+	go func() {
+		r.read(p.Name, out)
+		err := cmd.Wait()
+		if err != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%s: %w: %s", p.Name, err, h.stderr.String())
+			r.opt.Log.Warn("process failed", "proc", p.Name, "err", err)
+		}
+		h.done <- err
+	}()
+	return h, nil
+}
+
+func (r *run) read(name string, out io.Reader) {
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 16<<20) // ban lists can be long
+	for sc.Scan() {
+		var rec wire.Record
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			r.opt.Log.Warn("bad record", "proc", name, "err", err)
+			continue
+		}
+		r.mu.Lock()
+		switch rec.Kind {
+		case "ready":
+			r.ready[name] = true
+		case "sample":
+			r.rec.Samples = append(r.rec.Samples, rec)
+		case "probe":
+			r.rec.Probes = append(r.rec.Probes, rec)
+		case "ban":
+			r.rec.Bans = append(r.rec.Bans, rec)
+		case "scan":
+			r.rec.Scans = append(r.rec.Scans, rec)
+		case "progress":
+			if rec.Progress != nil {
+				r.rec.Progress[name] = rec.Progress
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *run) waitReady(ctx context.Context, name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		ok := r.ready[name]
+		var h *proc
+		for _, p := range r.procs {
+			if p.p.Name == name {
+				h = p
+			}
+		}
+		r.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if h != nil {
+			select {
+			case err := <-h.done:
+				h.done <- err
+				return fmt.Errorf("%s exited before it was ready: %v: %s", name, err, h.stderr.String())
+			default:
+			}
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%s not ready after %s", name, timeout)
+}
+
+// waitAll waits for every process (the context's cancel has signalled them).
+func (r *run) waitAll() map[string]error {
+	r.mu.Lock()
+	procs := r.procs
+	r.procs = nil
+	r.mu.Unlock()
+	errs := map[string]error{}
+	for _, h := range procs {
+		err := <-h.done
+		if err != nil {
+			errs[h.p.Name] = err
+		}
+	}
+	return errs
+}

@@ -1,0 +1,171 @@
+// Package lab defines the attack scenarios and runs one scenario against one
+// defense in a fresh topology: it starts the victim server, the monitor,
+// the defense, the legit clients and the attack as separate processes in
+// their namespaces, collects their records, and turns them into samples
+// (CSV) and a one-line summary.
+package lab
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ctguard/ctguard/test/e2e/topo"
+)
+
+// Proc is one lab process: a ctglab subcommand run in a namespace.
+type Proc struct {
+	Name string
+	Role string   // namespace role (topo.Victim, topo.Attacker, ...)
+	Args []string // ctglab subcommand and flags, without --duration
+}
+
+// Scenario is an attack plus the legit background traffic around it.
+type Scenario struct {
+	Name   string
+	Desc   string
+	Family int // probe family: 4 or 6
+	Attack []Proc
+	// Prefill, if set, runs in the victim to completion before the warmup:
+	// it injects bot entries over ctnetlink so short runs start near full.
+	Prefill *Proc
+	// Warmup runs legit traffic (and the defense) before the attack; Attack
+	// bounds the attack generators; Tail keeps probing after they stop.
+	Warmup, AttackFor, Tail time.Duration
+	// BaselineEvery is the interval of the brief's method: 5 s for fast
+	// attacks, 10 s for slow ones (prior-art.md).
+	BaselineEvery time.Duration
+}
+
+// Total is the scenario's wall-clock length.
+func (s Scenario) Total() time.Duration { return s.Warmup + s.AttackFor + s.Tail }
+
+var victim443v4 = topo.VictimV4.String() + ":443"
+var victim443v6 = "[" + topo.VictimV6.String() + "]:443"
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// botProc is the silent-bot generator's command line.
+func botProc(name, src, layout string, nets, n, per, active, rate int, dst string) Proc {
+	args := []string{"bots", "--src", src, "--layout", layout, "--n", itoa(n), "--per-source", itoa(per),
+		"--active", itoa(active), "--rate", itoa(rate), "--dst", dst}
+	if nets > 0 {
+		args = append(args, "--nets", itoa(nets))
+	}
+	return Proc{Name: name, Role: topo.Attacker, Args: args}
+}
+
+// prefillProc injects n x per silent-bot entries from src (short runs only).
+func prefillProc(src, layout string, nets, n, per int, dst string) *Proc {
+	args := []string{"prefill", "--src", src, "--layout", layout, "--n", itoa(n), "--per-source", itoa(per), "--dst", dst}
+	if nets > 0 {
+		args = append(args, "--nets", itoa(nets))
+	}
+	return &Proc{Name: "prefill", Role: topo.Victim, Args: args}
+}
+
+func floodProc(proto string, rate, count int) Proc {
+	return Proc{Name: proto + "-flood", Role: topo.Attacker, Args: []string{"flood", "--proto", proto,
+		"--src", topo.SpoofV4.String(), "--dst", victim443v4, "--rate", itoa(rate), "--count", itoa(count)}}
+}
+
+// Scenarios returns the scenario set. Short versions are for CI: the same
+// attacks, but the silent-bot ones start from a table already holding
+// 200,000 of the bots' entries (injected over ctnetlink, from other
+// addresses of the same attack range), so the live bots fill the rest in
+// seconds instead of half a minute.
+func Scenarios(short bool) []Scenario {
+	warm, tail := 4*time.Second, 8*time.Second
+	if short {
+		warm, tail = 3*time.Second, 5*time.Second
+	}
+	pick := func(s, f time.Duration) time.Duration {
+		if short {
+			return s
+		}
+		return f
+	}
+	prefill := func(p *Proc) *Proc {
+		if short {
+			return p
+		}
+		return nil
+	}
+	return []Scenario{
+		{
+			Name:   "bots-v4",
+			Desc:   "silent established bots (the brief's attack): 1500 rotating IPv4 sources x 300 connections, 64 active, up to 30k conn/s",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(20*time.Second, 45*time.Second), BaselineEvery: 5 * time.Second,
+			Attack:  []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 1500, 300, 64, 30000, victim443v4)},
+			Prefill: prefill(prefillProc("198.18.64.0/18", "seq", 0, 667, 300, victim443v4)),
+		},
+		{
+			Name:   "bots-v6",
+			Desc:   "silent established bots over IPv6: 1500 sources (one /64 each) x 300 connections, 64 active, up to 30k conn/s",
+			Family: 6, Warmup: warm, Tail: tail, AttackFor: pick(20*time.Second, 45*time.Second), BaselineEvery: 5 * time.Second,
+			Attack:  []Proc{botProc("bots", topo.BotV6.String(), "per64", 0, 1500, 300, 64, 30000, victim443v6)},
+			Prefill: prefill(prefillProc("2001:db8:bad:8000::/49", "per64", 0, 667, 300, victim443v6)),
+		},
+		{
+			Name:   "bots-slow",
+			Desc:   "silent established bots at 3k conn/s: 1500 sources x 300, 16 active",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(25*time.Second, 100*time.Second), BaselineEvery: 10 * time.Second,
+			Attack: []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 1500, 300, 16, 3000, victim443v4)},
+		},
+		{
+			Name:   "nat-false-positive",
+			Desc:   "a small silent-bot attack (50 sources x 300 connections at 3k conn/s) next to the NAT gateways (60 live users each) and the crowd",
+			Family: 4, Warmup: warm, Tail: pick(12*time.Second, 15*time.Second), AttackFor: 6 * time.Second, BaselineEvery: 5 * time.Second,
+			Attack: []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 50, 300, 8, 3000, victim443v4)},
+		},
+		{
+			Name:   "syn-flood",
+			Desc:   "spoofed SYN flood, 30k pps from random sources in 198.18.128.0/17",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 30*time.Second), BaselineEvery: 5 * time.Second,
+			Attack: []Proc{floodProc("syn", 30000, 30000*30)},
+		},
+		{
+			Name:   "udp-flood",
+			Desc:   "spoofed UDP flood, 30k pps from random sources in 198.18.128.0/17",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 30*time.Second), BaselineEvery: 5 * time.Second,
+			Attack: []Proc{floodProc("udp", 30000, 30000*30)},
+		},
+		{
+			Name:   "low-and-slow",
+			Desc:   "distributed silent bots: 14400 sources in 60 /24s, 28 connections each (under the threshold of 30), 2000 active, up to 15k conn/s",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(20*time.Second, 50*time.Second), BaselineEvery: 10 * time.Second,
+			Attack:  []Proc{botProc("low-and-slow", topo.SlowV4.String(), "spread24", 60, 14400, 28, 2000, 15000, victim443v4)},
+			Prefill: prefill(prefillProc("198.19.64.0/18", "spread24", 60, 7143, 28, victim443v4)),
+		},
+	}
+}
+
+// Find returns the named scenario.
+func Find(name string, short bool) (Scenario, error) {
+	for _, s := range Scenarios(short) {
+		if s.Name == name {
+			return s, nil
+		}
+	}
+	return Scenario{}, fmt.Errorf("unknown scenario %q", name)
+}
+
+// legitProcs is the background every scenario has: probes, a benign crowd
+// and two NAT gateways with 60 live users each (the brief's false-positive
+// case). They run for the whole scenario.
+func legitProcs(family int) []Proc {
+	probeSrc, dst := topo.ProbeV4.String(), victim443v4
+	if family == 6 {
+		probeSrc, dst = topo.ProbeV6.String(), victim443v6
+	}
+	return []Proc{
+		{Name: "probes", Role: topo.Legit, Args: []string{"probes", "--src", probeSrc, "--n", "100",
+			"--interval", "250ms", "--timeout", "2s", "--dst", dst}},
+		{Name: "crowd", Role: topo.Legit, Args: []string{"crowd", "--src", topo.CrowdV4.String(), "--n", "250",
+			"--rate", "20", "--dst", victim443v4}},
+		{Name: "crowd6", Role: topo.Legit, Args: []string{"crowd", "--src", topo.CrowdV6.String(), "--n", "250",
+			"--rate", "10", "--dst", victim443v6}},
+		{Name: "nat", Role: topo.Legit, Args: []string{"nat", "--gateways", "203.0.113.10,203.0.113.11",
+			"--users", "60", "--interval", "3s", "--dst", victim443v4}},
+	}
+}

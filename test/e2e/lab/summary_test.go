@@ -1,0 +1,160 @@
+package lab
+
+import (
+	"bytes"
+	"encoding/csv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ctguard/ctguard/test/e2e/wire"
+)
+
+func TestClassify(t *testing.T) {
+	for in, want := range map[string]string{
+		"198.18.0.5":        "attack",
+		"198.18.200.1":      "attack",
+		"198.19.3.7":        "attack",
+		"2001:db8:bad:5::1": "attack",
+		"203.0.113.10":      "legit",
+		"203.0.113.200":     "legit",
+		"192.0.2.77":        "legit",
+		"2001:db8:1::9":     "legit",
+		"198.51.100.1":      "other",
+		"203.0.113.0/24":    "legit", // a prefix ban over legit space is a false ban
+		"198.18.0.0/24":     "attack",
+		"::ffff:192.0.2.1":  "legit",
+		"junk":              "other",
+	} {
+		if got := Classify(in); got != want {
+			t.Errorf("Classify(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// fakeResult builds a run: 1 sample per second from -2 s to 9 s; the table
+// is full from 3 s to 6 s; one probe per second that fails while full; one
+// attacker banned at 4 s and a NAT gateway at 5 s.
+func fakeResult() *Result {
+	at := time.UnixMilli(1_000_000_000)
+	res := &Result{Scenario: Scenario{Name: "s", Attack: []Proc{{Name: "bots"}}}, Defense: Defense{Name: "d"}, AttackStart: at}
+	res.Records.Progress = map[string]*wire.Progress{"bots": {Sent: 1234, Failed: 5}}
+	for sec := -2; sec <= 9; sec++ {
+		t := at.Add(time.Duration(sec) * time.Second).UnixMilli()
+		count := int64(1000)
+		if sec >= 3 && sec <= 6 {
+			count = 1000
+		} else {
+			count = 500
+		}
+		sm := &wire.Sample{Count: count, Max: 1000, Drop: int64(10 * max(sec, 0)), EarlyDrop: 3}
+		switch sec {
+		case 4:
+			sm.Bans, sm.BansChanged = []string{"198.18.0.1"}, true
+		case 5:
+			sm.Bans, sm.BansChanged = []string{"198.18.0.1", "203.0.113.10"}, true
+		}
+		if sec == 0 {
+			sm.States = map[string]int64{"ESTABLISHED": 400}
+		}
+		res.Records.Samples = append(res.Records.Samples, wire.Record{Kind: "sample", T: t, Sample: sm})
+		full := sec >= 3 && sec <= 6
+		res.Records.Probes = append(res.Records.Probes, wire.Record{Kind: "probe", T: t + 100,
+			Probe: &wire.Probe{OK: !full, LatencyMS: float64(sec + 3)}})
+	}
+	res.AttackEnd = at.Add(8 * time.Second)
+	return res
+}
+
+func TestSummarize(t *testing.T) {
+	s := Summarize(fakeResult())
+	if s.Peak != 1000 || s.PeakPct != 100 || s.FullAfter != 3*time.Second || s.FullFor != 4*time.Second {
+		t.Fatalf("fill: %+v", s)
+	}
+	if s.Probes != 12 || s.ProbesOK != 8 || s.ProbesFull != 4 || s.ProbesFullOK != 0 {
+		t.Fatalf("probes: %d/%d ok, %d/%d while full", s.ProbesOK, s.Probes, s.ProbesFullOK, s.ProbesFull)
+	}
+	if s.FirstBan != 4*time.Second || s.AttackBans != 1 || s.FalseBans != 1 || s.FalseBanList[0] != "203.0.113.10" {
+		t.Fatalf("bans: %+v", s)
+	}
+	if s.Drop != 90 || s.EarlyDrop != 0 || s.AttackSent != 1234 || !s.Tracked {
+		t.Fatalf("counters: %+v", s)
+	}
+	line := s.Line()
+	for _, want := range []string{"full_after=3.0s", "probes_ok_while_full=0.0% (0/4)", "false_bans=1 [203.0.113.10]"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("summary line %q lacks %q", line, want)
+		}
+	}
+}
+
+func TestSummarizeNeverFull(t *testing.T) {
+	res := fakeResult()
+	for _, r := range res.Records.Samples {
+		r.Sample.Count = 10
+		r.Sample.Bans = nil
+	}
+	s := Summarize(res)
+	if s.FullAfter >= 0 || s.ProbesFull != 0 || s.FirstBan >= 0 || !strings.Contains(s.Line(), "full_after=never") {
+		t.Fatalf("%s", s.Line())
+	}
+}
+
+func TestRowsAndCSV(t *testing.T) {
+	res := fakeResult()
+	rows := Rows(res)
+	if len(rows) != 12 || rows[0].T != -2 || rows[5].FillPct != 100 {
+		t.Fatalf("rows: %+v", rows[:6])
+	}
+	// Every probe lands in exactly one row.
+	n := 0
+	for _, r := range rows {
+		n += r.Probes
+	}
+	if n != 12 {
+		t.Fatalf("rows hold %d probes, want 12", n)
+	}
+	if rows[7].BansLegit != 1 || rows[7].BansAttack != 1 {
+		t.Fatalf("row at 5 s: %+v", rows[7])
+	}
+	var b bytes.Buffer
+	if err := WriteCSV(&b, rows, 4); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := csv.NewReader(&b).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// header + rows 0,4,8 + row 2 (has states) + last row 11
+	if len(recs) != 6 || recs[0][0] != "t_s" {
+		t.Fatalf("csv: %v", recs)
+	}
+}
+
+func TestMarkdownTable(t *testing.T) {
+	s := Summarize(fakeResult())
+	u := Summary{Scenario: "s", Defense: "ctguard", Unavailable: "not yet"}
+	md := MarkdownTable([]Summary{s, u})
+	if strings.Count(md, "\n") != 4 || !strings.Contains(md, "| s | ctguard | n/a |") {
+		t.Fatalf("table:\n%s", md)
+	}
+	if side := SideBySide([]Summary{s, u}); !strings.Contains(side, "unavailable") || !strings.Contains(side, "ctguard: not yet") {
+		t.Fatalf("side by side:\n%s", side)
+	}
+}
+
+func TestScenariosBounded(t *testing.T) {
+	for _, short := range []bool{true, false} {
+		for _, sc := range Scenarios(short) {
+			if sc.Total() <= 0 || sc.Total() > 3*time.Minute || len(sc.Attack) == 0 || (sc.Family != 4 && sc.Family != 6) {
+				t.Errorf("%s (short=%v): total %s, %d attack procs, family %d", sc.Name, short, sc.Total(), len(sc.Attack), sc.Family)
+			}
+			if !short && sc.Prefill != nil {
+				t.Errorf("%s: full-length runs must use live traffic only", sc.Name)
+			}
+		}
+	}
+	if _, err := Find("nope", true); err == nil {
+		t.Fatal("Find accepted an unknown scenario")
+	}
+}

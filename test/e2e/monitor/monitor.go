@@ -1,0 +1,162 @@
+package monitor
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ctguard/ctguard/test/e2e/wire"
+)
+
+// Config of a monitor run.
+type Config struct {
+	Interval    time.Duration // default 250 ms
+	StatesEvery time.Duration // default 5 s; 0 keeps the default, <0 disables
+	Duration    time.Duration // hard stop
+	IPSets      []string      // ban lists to sample (`ipset save`); empty: none
+	Procfs      string        // default /proc
+}
+
+// Run samples until ctx ends or Duration passes. It must run in the victim
+// namespace (its /proc/sys/net and /proc/net are the namespace's).
+func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) error {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 250 * time.Millisecond
+	}
+	if cfg.StatesEvery == 0 {
+		cfg.StatesEvery = 5 * time.Second
+	}
+	if cfg.Procfs == "" {
+		cfg.Procfs = "/proc"
+	}
+	if cfg.Duration <= 0 {
+		return fmt.Errorf("monitor: need a duration")
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+
+	// States need a full table walk (up to a second at 262k entries), so they
+	// run on their own clock and the latest result rides on the next tick.
+	var mu sync.Mutex
+	var states map[string]int64
+	if cfg.StatesEvery > 0 {
+		go func() {
+			t := time.NewTicker(cfg.StatesEvery)
+			defer t.Stop()
+			for {
+				s, err := readStates(ctx, cfg.Procfs)
+				if err != nil && ctx.Err() == nil {
+					log.Warn("states", "err", err)
+				} else if err == nil {
+					mu.Lock()
+					states = s
+					mu.Unlock()
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	var lastBans []string
+	for {
+		s := &wire.Sample{}
+		var err error
+		if s.Count, err = readInt(cfg.Procfs + "/sys/net/netfilter/nf_conntrack_count"); err != nil {
+			return err
+		}
+		if s.Max, err = readInt(cfg.Procfs + "/sys/net/netfilter/nf_conntrack_max"); err != nil {
+			return err
+		}
+		st, err := readStats(ctx, cfg.Procfs)
+		if err != nil && ctx.Err() == nil {
+			log.Warn("stats", "err", err)
+		}
+		s.Drop, s.EarlyDrop, s.InsertFailed = st.Drop, st.EarlyDrop, st.InsertFailed
+		mu.Lock()
+		s.States, states = states, nil
+		mu.Unlock()
+		if len(cfg.IPSets) > 0 {
+			bans, err := readIPSets(ctx, cfg.IPSets)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("bans", "err", err)
+			} else if err == nil && !slices.Equal(bans, lastBans) {
+				s.Bans, s.BansChanged, lastBans = bans, true, bans
+			}
+		}
+		if err := w.Write(wire.Record{Kind: "sample", Sample: s}); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func readInt(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("monitor: %w", err)
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("monitor: %s: %w", path, err)
+	}
+	return v, nil
+}
+
+// readStats prefers /proc/net/stat/nf_conntrack (no fork) and falls back to
+// `conntrack -S` on kernels built without CONFIG_NF_CONNTRACK_PROCFS.
+func readStats(ctx context.Context, procfs string) (Stats, error) {
+	if f, err := os.Open(procfs + "/net/stat/nf_conntrack"); err == nil {
+		defer f.Close()
+		return ParseProcStat(f)
+	}
+	out, err := exec.CommandContext(ctx, "conntrack", "-S").Output()
+	if err != nil {
+		return Stats{}, fmt.Errorf("conntrack -S: %w", err)
+	}
+	return ParseConntrackS(bytes.NewReader(out))
+}
+
+func readStates(ctx context.Context, procfs string) (map[string]int64, error) {
+	if f, err := os.Open(procfs + "/net/nf_conntrack"); err == nil {
+		defer f.Close()
+		return CountStates(f)
+	}
+	cmd := exec.CommandContext(ctx, "conntrack", "-L")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("conntrack -L: %w", err)
+	}
+	m, perr := CountStates(out)
+	if err := cmd.Wait(); err != nil {
+		return nil, fmt.Errorf("conntrack -L: %w", err)
+	}
+	return m, perr
+}
+
+func readIPSets(ctx context.Context, sets []string) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "ipset", "save").Output()
+	if err != nil {
+		return nil, fmt.Errorf("ipset save: %w", err)
+	}
+	return ParseIPSetSave(bytes.NewReader(out), sets...)
+}

@@ -1,0 +1,86 @@
+package monitor
+
+import (
+	"strings"
+	"testing"
+)
+
+const procStat = `entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart
+0003fffc  00000000 00000000 00000000 00000010 00000000 00000000 00000000 00000000 00000002 0000000a 00000100 00000000  00000000 00000000 00000000 00000000
+0003fffc  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001 00000005 00000001 00000000  00000000 00000000 00000000 00000000
+`
+
+func TestParseProcStat(t *testing.T) {
+	s, err := ParseProcStat(strings.NewReader(procStat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s != (Stats{Drop: 15, EarlyDrop: 257, InsertFailed: 3}) {
+		t.Fatalf("got %+v", s)
+	}
+	for _, bad := range []string{"", "entries drop\n1 2\n", procStat + "00 01\n"} {
+		if _, err := ParseProcStat(strings.NewReader(bad)); err == nil {
+			t.Errorf("no error for %q", bad)
+		}
+	}
+}
+
+func TestParseConntrackS(t *testing.T) {
+	in := "cpu=0   \tfound=0 invalid=3 insert=0 insert_failed=1 drop=7 early_drop=100 error=0 search_restart=0\n" +
+		"cpu=1   \tfound=0 invalid=0 insert=0 insert_failed=0 drop=2 early_drop=1 error=0 search_restart=0\n"
+	s, err := ParseConntrackS(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s != (Stats{Drop: 9, EarlyDrop: 101, InsertFailed: 1}) {
+		t.Fatalf("got %+v", s)
+	}
+	if _, err := ParseConntrackS(strings.NewReader("")); err == nil {
+		t.Fatal("no error for empty output")
+	}
+}
+
+func TestCountStates(t *testing.T) {
+	in := `ipv4     2 tcp      6 430999 ESTABLISHED src=192.0.2.66 dst=192.0.2.10 sport=20001 dport=443 src=192.0.2.10 dst=192.0.2.66 sport=443 dport=20001 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 59 SYN_RECV src=192.0.2.77 dst=192.0.2.10 sport=30001 dport=443 [UNREPLIED] src=192.0.2.10 dst=192.0.2.77 sport=443 dport=30001 mark=0 zone=0 use=2
+ipv4     2 udp      17 29 src=192.0.2.99 dst=192.0.2.10 sport=5353 dport=443 [UNREPLIED] src=192.0.2.10 dst=192.0.2.99 sport=443 dport=5353 mark=0 zone=0 use=2
+ipv4     2 udp      17 169 src=192.0.2.98 dst=192.0.2.10 sport=5354 dport=53 src=192.0.2.10 dst=192.0.2.98 sport=53 dport=5354 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 icmp     1 28 src=192.0.2.97 dst=192.0.2.10 type=8 code=0 id=77 [UNREPLIED] src=192.0.2.10 dst=192.0.2.97 type=0 code=0 id=77 mark=0 zone=0 use=2
+tcp      6 117 TIME_WAIT src=192.0.2.5 dst=198.51.100.2 sport=1 dport=443 src=198.51.100.2 dst=192.0.2.5 sport=443 dport=1 [ASSURED] mark=0 use=1
+`
+	got, err := CountStates(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"ESTABLISHED": 1, "SYN_RECV": 1, StateUDPUnreplied: 1, StateUDP: 1, StateOther: 1, "TIME_WAIT": 1}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d (all: %v)", k, got[k], v, got)
+		}
+	}
+}
+
+func TestParseIPSetSave(t *testing.T) {
+	in := `create blacklist1 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1
+add blacklist1 203.0.113.10
+add blacklist1 198.18.0.5
+create blacklist1-v6 hash:ip family inet6 hashsize 1024 maxelem 65536
+add blacklist1-v6 2001:db8:bad:1::1
+create other hash:ip
+add other 192.0.2.1
+`
+	got, err := ParseIPSetSave(strings.NewReader(in), "blacklist1", "blacklist1-v6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "198.18.0.5 2001:db8:bad:1::1 203.0.113.10"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("got %v, want %s", got, want)
+	}
+	if _, err := ParseIPSetSave(strings.NewReader("add blacklist1 nonsense\n"), "blacklist1"); err == nil {
+		t.Fatal("no error for a bad address")
+	}
+}

@@ -1,0 +1,350 @@
+// Package topo builds and tears down the attack lab's network namespaces:
+// a victim, a router, an attacker and a legit-clients namespace, joined by
+// veth pairs through the router, with AnyIP client ranges and the victim's
+// stateful nftables ruleset.
+//
+// It must never touch the root namespace: every command runs with
+// `ip -n NS` or `ip netns exec NS`, and only namespaces whose names carry
+// this run's prefix are ever deleted. Names are recorded in a state file
+// before they are created, so `ctglab cleanup` can remove leftovers of a run
+// that was killed.
+package topo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// NamePrefix starts every namespace name this package creates.
+const NamePrefix = "ctglab-"
+
+// Roles of the namespaces.
+const (
+	Victim   = "victim"
+	Router   = "router"
+	Attacker = "attacker"
+	Legit    = "legit"
+)
+
+// Address plan. Attack and legit ranges never share a /24 (or a /64).
+var (
+	VictimV4 = netip.MustParseAddr("198.51.100.2")
+	VictimV6 = netip.MustParseAddr("2001:db8:ff:1::2")
+
+	BotV4   = netip.MustParsePrefix("198.18.0.0/17")   // silent bots, AnyIP in the attacker
+	SpoofV4 = netip.MustParsePrefix("198.18.128.0/17") // spoofed floods: routed to the attacker, not local there
+	SlowV4  = netip.MustParsePrefix("198.19.0.0/16")   // distributed low-and-slow, AnyIP in the attacker
+	BotV6   = netip.MustParsePrefix("2001:db8:bad::/48")
+
+	CrowdV4 = netip.MustParsePrefix("192.0.2.0/24")     // benign crowd
+	NATV4   = netip.MustParsePrefix("203.0.113.0/25")   // NAT gateways (one address each)
+	ProbeV4 = netip.MustParsePrefix("203.0.113.128/25") // probes
+	CrowdV6 = netip.MustParsePrefix("2001:db8:1::/64")
+	ProbeV6 = netip.MustParsePrefix("2001:db8:2::/64")
+)
+
+// AttackRanges and LegitRanges classify banned addresses.
+var (
+	AttackRanges = []netip.Prefix{BotV4, SpoofV4, SlowV4, BotV6}
+	LegitRanges  = []netip.Prefix{CrowdV4, NATV4, ProbeV4, CrowdV6, ProbeV6}
+)
+
+// VictimRuleset is a typical small server's stateful firewall: established
+// traffic accepted first, ssh/http/https (and QUIC) open, everything else
+// dropped. Loading it also switches conntrack on in the victim namespace.
+const VictimRuleset = `
+table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		ct state invalid drop
+		iif "lo" accept
+		meta l4proto { icmp, ipv6-icmp } accept
+		tcp dport { 22, 80, 443 } accept
+		udp dport 443 accept
+	}
+}
+`
+
+// attackerRuleset makes the silent bots silent: stateless (no conntrack in
+// the attacker), it drops every FIN and RST the attacker's stack would send
+// from the bot ranges, so the victim never hears that a bot closed.
+func attackerRuleset() string {
+	return fmt.Sprintf(`
+table inet lab {
+	chain out {
+		type filter hook output priority filter; policy accept;
+		ip saddr { %s, %s } tcp flags & (fin | rst) != 0 drop
+		ip6 saddr %s tcp flags & (fin | rst) != 0 drop
+	}
+}
+`, BotV4, SlowV4, BotV6)
+}
+
+var seq atomic.Int64
+
+// Topology is one lab instance.
+type Topology struct {
+	ID     string            // unique per run: "<pid>-<n>"
+	NS     map[string]string // role -> namespace name
+	record string            // state file listing the namespaces
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	created []string
+}
+
+// DefaultStateDir holds the record files of live runs.
+const DefaultStateDir = "/run/ctglab"
+
+// New names a topology; nothing is created until Setup.
+func New(stateDir string, log *slog.Logger) *Topology {
+	id := fmt.Sprintf("%d-%d", os.Getpid(), seq.Add(1))
+	t := &Topology{ID: id, NS: map[string]string{}, log: log,
+		record: filepath.Join(stateDir, id+".ns")}
+	for _, r := range []string{Victim, Router, Attacker, Legit} {
+		t.NS[r] = NamePrefix + id + "-" + r
+	}
+	return t
+}
+
+// Setup creates the namespaces, links, routes, sysctls and rulesets. On
+// error the caller must still call Close.
+func (t *Topology) Setup(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Dir(t.record), 0o755); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	for _, r := range []string{Victim, Router, Attacker, Legit} {
+		name := t.NS[r]
+		if err := t.recordNS(name); err != nil {
+			return err
+		}
+		if err := run(ctx, nil, "ip", "netns", "add", name); err != nil {
+			return err
+		}
+		t.mu.Lock()
+		t.created = append(t.created, name)
+		t.mu.Unlock()
+		if err := run(ctx, nil, "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+	}
+	links := []struct {
+		role, ifc, rifc string
+		v4, rv4         string
+		v6, rv6         string
+	}{
+		{Victim, "eth0", "r-victim", "198.51.100.2/30", "198.51.100.1/30", "2001:db8:ff:1::2/64", "2001:db8:ff:1::1/64"},
+		{Attacker, "eth0", "r-attacker", "198.51.100.6/30", "198.51.100.5/30", "2001:db8:ff:2::2/64", "2001:db8:ff:2::1/64"},
+		{Legit, "eth0", "r-legit", "198.51.100.10/30", "198.51.100.9/30", "2001:db8:ff:3::2/64", "2001:db8:ff:3::1/64"},
+	}
+	r := t.NS[Router]
+	for _, l := range links {
+		ns := t.NS[l.role]
+		cmds := [][]string{
+			{"ip", "-n", ns, "link", "add", l.ifc, "type", "veth", "peer", "name", l.rifc, "netns", r},
+			{"ip", "-n", ns, "addr", "add", l.v4, "dev", l.ifc},
+			{"ip", "-n", ns, "-6", "addr", "add", l.v6, "dev", l.ifc, "nodad"},
+			{"ip", "-n", r, "addr", "add", l.rv4, "dev", l.rifc},
+			{"ip", "-n", r, "-6", "addr", "add", l.rv6, "dev", l.rifc, "nodad"},
+			{"ip", "-n", ns, "link", "set", "dev", l.ifc, "up"},
+			{"ip", "-n", r, "link", "set", "dev", l.rifc, "up"},
+			{"ip", "-n", ns, "route", "add", "default", "via", strings.Split(l.rv4, "/")[0]},
+			{"ip", "-n", ns, "-6", "route", "add", "default", "via", strings.Split(l.rv6, "/")[0]},
+		}
+		for _, c := range cmds {
+			if err := run(ctx, nil, c...); err != nil {
+				return err
+			}
+		}
+	}
+	a, lg := t.NS[Attacker], t.NS[Legit]
+	routes := [][]string{
+		{"ip", "-n", r, "route", "add", "198.18.0.0/15", "via", "198.51.100.6"},
+		{"ip", "-n", r, "-6", "route", "add", BotV6.String(), "via", "2001:db8:ff:2::2"},
+		{"ip", "-n", r, "route", "add", CrowdV4.String(), "via", "198.51.100.10"},
+		{"ip", "-n", r, "route", "add", "203.0.113.0/24", "via", "198.51.100.10"},
+		{"ip", "-n", r, "-6", "route", "add", CrowdV6.String(), "via", "2001:db8:ff:3::2"},
+		{"ip", "-n", r, "-6", "route", "add", ProbeV6.String(), "via", "2001:db8:ff:3::2"},
+		// AnyIP: the namespace owns the whole range without configuring each address.
+		{"ip", "-n", a, "route", "add", "local", BotV4.String(), "dev", "lo"},
+		{"ip", "-n", a, "route", "add", "local", SlowV4.String(), "dev", "lo"},
+		{"ip", "-n", a, "-6", "route", "add", "local", BotV6.String(), "dev", "lo"},
+		{"ip", "-n", lg, "route", "add", "local", CrowdV4.String(), "dev", "lo"},
+		{"ip", "-n", lg, "route", "add", "local", "203.0.113.0/24", "dev", "lo"},
+		{"ip", "-n", lg, "-6", "route", "add", "local", CrowdV6.String(), "dev", "lo"},
+		{"ip", "-n", lg, "-6", "route", "add", "local", ProbeV6.String(), "dev", "lo"},
+	}
+	for _, c := range routes {
+		if err := run(ctx, nil, c...); err != nil {
+			return err
+		}
+	}
+	sysctls := map[string][]string{
+		Router: {"net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1",
+			"net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0"},
+		// Room for many half-open requests, so the listen queue is not the
+		// bottleneck before conntrack is.
+		Victim: {"net/core/somaxconn=1048576", "net/ipv4/tcp_max_syn_backlog=1048576",
+			"net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0"},
+		Attacker: {"net/ipv4/ip_local_port_range=1024 65535", "net/ipv6/ip_nonlocal_bind=1"},
+		Legit:    {"net/ipv4/ip_local_port_range=1024 65535", "net/ipv6/ip_nonlocal_bind=1"},
+	}
+	for role, kvs := range sysctls {
+		var sb strings.Builder
+		for _, kv := range kvs {
+			k, v, _ := strings.Cut(kv, "=")
+			fmt.Fprintf(&sb, "echo '%s' > /proc/sys/%s\n", v, k)
+		}
+		if err := t.Run(ctx, role, nil, "sh", "-ec", sb.String()); err != nil {
+			return err
+		}
+	}
+	if err := t.Run(ctx, Victim, strings.NewReader(VictimRuleset), "nft", "-f", "-"); err != nil {
+		return err
+	}
+	if err := t.Run(ctx, Attacker, strings.NewReader(attackerRuleset()), "nft", "-f", "-"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Command returns a command that runs inside the role's namespace.
+func (t *Topology) Command(ctx context.Context, role string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", t.NS[role]}, args...)...)
+	// If the runner dies, its children must not outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 3 * time.Second
+	return cmd
+}
+
+// Run runs a command inside the role's namespace and returns its error with
+// the output attached.
+func (t *Topology) Run(ctx context.Context, role string, stdin *strings.Reader, args ...string) error {
+	return run(ctx, stdin, append([]string{"ip", "netns", "exec", t.NS[role]}, args...)...)
+}
+
+// Output runs a command inside the role's namespace and returns its stdout.
+func (t *Topology) Output(ctx context.Context, role string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", t.NS[role]}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("in %s: %s: %w: %s", t.NS[role], strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+// Close deletes every namespace this topology created and its record file.
+func (t *Topology) Close() error {
+	t.mu.Lock()
+	names := t.created
+	t.created = nil
+	t.mu.Unlock()
+	var errs []error
+	for _, n := range names {
+		if err := deleteNS(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(t.record); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (t *Topology) recordNS(name string) error {
+	f, err := os.OpenFile(t.record, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("record namespace %s: %w", name, err)
+	}
+	_, err = fmt.Fprintln(f, name)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("record namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+func deleteNS(name string) error {
+	if !strings.HasPrefix(name, NamePrefix) {
+		return fmt.Errorf("refusing to delete namespace %q: not a lab namespace", name)
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", name)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return run(context.Background(), nil, "ip", "netns", "del", name)
+}
+
+// Cleanup removes the namespaces recorded in stateDir by runs whose process
+// is gone (or by every run if all is set). It deletes only recorded names
+// that carry NamePrefix, never anything else. It returns what it removed.
+func Cleanup(stateDir string, all bool) ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(stateDir, "*.ns"))
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, f := range files {
+		pidStr, _, _ := strings.Cut(filepath.Base(f), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil {
+			continue
+		}
+		if !all && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
+			continue // that run is still alive: its own cleanup owns it
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ok := true
+		for _, name := range strings.Fields(string(data)) {
+			if !strings.HasPrefix(name, NamePrefix) {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join("/run/netns", name)); err != nil {
+				continue
+			}
+			if err := deleteNS(name); err != nil {
+				errs = append(errs, err)
+				ok = false
+				continue
+			}
+			removed = append(removed, name)
+		}
+		if ok {
+			_ = os.Remove(f)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+func run(ctx context.Context, stdin *strings.Reader, args ...string) error {
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package topo
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestCleanupIgnoresForeignNames(t *testing.T) {
+	dir := t.TempDir()
+	rec := filepath.Join(dir, "999999999-1.ns")
+	// Neither name exists; the foreign one must never even be considered.
+	if err := os.WriteFile(rec, []byte("ctgt-123-1\n"+NamePrefix+"999999999-1-victim\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	live := filepath.Join(dir, "1-1.ns") // pid 1 is alive: its run owns its namespaces
+	if err := os.WriteFile(live, []byte(NamePrefix+"1-1-victim\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := Cleanup(dir, false)
+	if err != nil || len(removed) != 0 {
+		t.Fatalf("removed %v, err %v", removed, err)
+	}
+	if _, err := os.Stat(rec); !os.IsNotExist(err) {
+		t.Fatal("dead run's record kept")
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Fatal("live run's record removed")
+	}
+	if err := deleteNS("ctgt-123-1"); err == nil {
+		t.Fatal("deleteNS accepted a name without the lab prefix")
+	}
+}
+
+func TestNames(t *testing.T) {
+	a, b := New(t.TempDir(), nil), New(t.TempDir(), nil)
+	for _, r := range []string{Victim, Router, Attacker, Legit} {
+		if a.NS[r] == b.NS[r] || len(a.NS[r]) == 0 || a.NS[r][:len(NamePrefix)] != NamePrefix {
+			t.Fatalf("names %q / %q", a.NS[r], b.NS[r])
+		}
+	}
+	for _, p := range AttackRanges {
+		for _, l := range LegitRanges {
+			if p.Overlaps(l) {
+				t.Fatalf("attack range %s overlaps legit range %s", p, l)
+			}
+		}
+	}
+}
