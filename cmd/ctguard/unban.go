@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 func init() {
@@ -41,6 +42,10 @@ func runUnban(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "unbanned %s (banned %d times, first %s)\n", b.Prefix, b.Count, b.First.Local().Format("2006-01-02 15:04:05"))
+	times := "times"
+	if b.Count == 1 {
+		times = "time"
+	}
+	fmt.Fprintf(e.stdout, "unbanned %s (banned %d %s, first %s)\n", b.Prefix, b.Count, times, b.First.Local().Format(time.DateTime))
 	return nil
 }

@@ -113,7 +113,7 @@ func (e *Engine) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	if problem == "" {
 		return ReconcileResult{}, nil
 	}
-	e.log.Warn("ctguard table needs rebuilding", "problem", problem)
+	e.log.Info("ctguard table needs rebuilding", "problem", problem)
 	return e.rebuild(ctx, problem)
 }
 
