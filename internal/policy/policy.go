@@ -45,6 +45,17 @@ func (p Pressure) String() string {
 // MarshalText makes pressures readable in JSON and logs.
 func (p Pressure) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
+// UnmarshalText reads a pressure name back.
+func (p *Pressure) UnmarshalText(b []byte) error {
+	for i, n := range pressureNames {
+		if string(b) == n {
+			*p = Pressure(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown pressure %q", b)
+}
+
 // Weights say how much one entry of each class counts toward a score.
 type Weights struct {
 	Idle     float64 `toml:"idle"`      // idle ESTABLISHED (nearly all ASSURED: unevictable)

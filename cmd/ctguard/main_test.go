@@ -1,0 +1,17 @@
+package main
+
+import (
+	"context"
+	"os"
+	"testing"
+)
+
+// TestMain lets root tests run this very test binary as the ctguard
+// command inside a network namespace (CTGUARD_TEST_MAIN=1), so the
+// daemon's every thread lives there, as under `ip netns exec`.
+func TestMain(m *testing.M) {
+	if os.Getenv("CTGUARD_TEST_MAIN") == "1" {
+		os.Exit(run(context.Background(), &env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ctguard/ctguard/internal/config"
+	"github.com/ctguard/ctguard/internal/daemon"
+)
+
+func init() {
+	register(&command{
+		name:    "run",
+		args:    "[--config FILE] [--dry-run]",
+		summary: "run the guard: scan, decide, ban before conntrack, purge, explain (foreground daemon)",
+		run:     runRun,
+	})
+}
+
+func runRun(ctx context.Context, e *env, args []string) error {
+	c := commands["run"]
+	fs := newFlags(c, e)
+	cfgPath := fs.String("config", "", "configuration file (TOML); without it the built-in defaults apply")
+	dryRun := fs.Bool("dry-run", false, "change nothing in the kernel: log and explain what would be done")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *dryRun {
+		cfg.Daemon.DryRun = true
+	}
+	if err := needRoot("run"); err != nil {
+		return err
+	}
+	log := newLogger(e, cfg.Log)
+	d, err := daemon.New(ctx, daemon.Options{Log: log, Config: cfg, CfgPath: *cfgPath})
+	if err != nil {
+		return explain(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() {
+		if err := d.Serve(ctx, cfg.Daemon.Socket); err != nil {
+			errc <- err
+		}
+	}()
+	if cfg.Metrics.Listen != "" {
+		go func() {
+			if err := d.ServeMetrics(ctx, cfg.Metrics.Listen); err != nil {
+				errc <- fmt.Errorf("metrics: %w", err)
+			}
+		}()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				d.Reload()
+			}
+		}
+	}()
+	go func() { errc <- d.Run(ctx) }()
+	err = <-errc
+	cancel()
+	if err == nil {
+		log.Info("ctguard stopped; bans stay in the kernel until they expire")
+	}
+	return err
+}
+
+func newLogger(e *env, c config.Log) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(e.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, opts))
+}

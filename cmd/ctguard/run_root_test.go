@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/daemon"
+	"github.com/ctguard/ctguard/internal/testutil"
+)
+
+// syncBuf is a goroutine-safe log buffer.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// self runs this test binary as `ctguard args...` inside ns.
+func self(ns *testutil.NS, args ...string) *exec.Cmd {
+	exe, _ := os.Executable()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, exe}, args...)...)
+	cmd.Env = append(os.Environ(), "CTGUARD_TEST_MAIN=1")
+	return cmd
+}
+
+// daemonLab is a namespace with a stateful rule and synthetic entries: a
+// bot holding 150 idle entries and a NAT-like source holding 30 fresh ones.
+func daemonLab(t *testing.T) (*testutil.NS, *conntrack.Conn) {
+	testutil.RequireRoot(t, "nft", "conntrack", "ip")
+	ns := testutil.NewNS(t)
+	ns.MustRun(t, "ip", "addr", "add", "192.0.2.10/24", "dev", "lo")
+	ns.MustRun(t, "nft", "add table inet lab; add chain inet lab in { type filter hook input priority 0; }; add rule inet lab in ct state established accept")
+	var c *conntrack.Conn
+	var err error
+	ns.Do(t, func() { c, err = conntrack.Open() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	dst := netip.MustParseAddr("192.0.2.10")
+	mk := func(src string, n int, timeout uint32) []conntrack.Entry {
+		s := netip.MustParseAddr(src)
+		var es []conntrack.Entry
+		for i := range n {
+			p := uint16(20000 + i)
+			es = append(es, conntrack.Entry{Proto: conntrack.ProtoTCP, Orig: conntrack.Tuple{Src: s, Dst: dst, SrcPort: p, DstPort: 443},
+				Reply:  conntrack.Tuple{Src: dst, Dst: s, SrcPort: 443, DstPort: p},
+				Status: conntrack.StatusConfirmed | conntrack.StatusSeenReply | conntrack.StatusAssured, Timeout: timeout,
+				TCPState: conntrack.TCPEstablished, HasTCPState: true})
+		}
+		return es
+	}
+	es := append(mk("203.0.113.110", 150, 431000), mk("198.51.100.7", 30, 431990)...)
+	if n, err := c.Create(context.Background(), es); err != nil || n != len(es) {
+		t.Fatalf("create: %d %v", n, err)
+	}
+	return ns, c
+}
+
+func writeConfig(t *testing.T, dir, extra string) string {
+	p := filepath.Join(dir, "ctguard.toml")
+	body := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\npoll = \"200ms\"\ninterval = [\"1s\", \"1s\", \"500ms\", \"500ms\"]\n%s", filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"), extra)
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func startDaemon(t *testing.T, ns *testutil.NS, args ...string) (*syncBuf, *exec.Cmd) {
+	var log syncBuf
+	cmd := self(ns, append([]string{"run"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", log.String())
+		}
+	})
+	return &log, cmd
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", d, what)
+}
+
+func count(t *testing.T, c *conntrack.Conn, p string) int {
+	n, err := c.CountSource(context.Background(), netip.MustParsePrefix(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestRootRunBansPurgesExplains(t *testing.T) {
+	ns, c := daemonLab(t)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, "")
+	log, cmd := startDaemon(t, ns, "--config", cfg)
+	waitFor(t, "the bot's ban", 10*time.Second, func() bool { return strings.Contains(log.String(), "action=ban target=203.0.113.110/32") })
+	if n := count(t, c, "203.0.113.110/32"); n != 0 {
+		t.Errorf("the bot still holds %d entries", n)
+	}
+	if n := count(t, c, "198.51.100.7/32"); n != 30 {
+		t.Errorf("the NAT-like source holds %d entries, want its 30 untouched", n)
+	}
+	set := ns.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4")
+	if !strings.Contains(set, "203.0.113.110") || strings.Contains(set, "198.51.100.7") {
+		t.Errorf("ban4 set:\n%s", set)
+	}
+
+	// The control socket: why, list, and a manual ban through the daemon.
+	sock := filepath.Join(dir, "ctguard.sock")
+	out, err := self(ns, "why", "203.0.113.110", "--json", "--socket", sock).CombinedOutput()
+	if err != nil {
+		t.Fatalf("why: %v\n%s", err, out)
+	}
+	var why daemon.WhyReply
+	if err := json.Unmarshal(out, &why); err != nil {
+		t.Fatal(err)
+	}
+	if len(why.Bans) != 1 || why.Bans[0].Purged != 150 || why.Bans[0].Remaining != 0 || len(why.Events) == 0 ||
+		why.Events[0].Action != "ban" || why.Threshold != 100 || !strings.Contains(why.Bans[0].Evidence, "150 entries") {
+		t.Errorf("why: %s", out)
+	}
+	out, err = self(ns, "why", "198.51.100.7", "--socket", sock).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "30 entries") || !strings.Contains(string(out), "bans         none on record") {
+		t.Errorf("why for the spared source: %v\n%s", err, out)
+	}
+
+	// Flushing the ruleset is healed within an interval, ban included.
+	ns.MustRun(t, "nft", "flush", "ruleset")
+	waitFor(t, "the table rebuilt after nft flush ruleset", 10*time.Second, func() bool {
+		out, err := ns.Run("nft", "list", "set", "inet", "ctguard", "ban4")
+		return err == nil && strings.Contains(out, "203.0.113.110")
+	})
+
+	// SIGHUP reloads; a broken config is refused and the old one kept.
+	os.WriteFile(cfg, []byte("[daemon]\npoll = \"nope\"\n"), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the rejected reload", 5*time.Second, func() bool { return strings.Contains(log.String(), "config rejected") })
+}
+
+func TestRootRunDryRun(t *testing.T) {
+	ns, c := daemonLab(t)
+	dir := t.TempDir()
+	log, _ := startDaemon(t, ns, "--config", writeConfig(t, dir, ""), "--dry-run")
+	waitFor(t, "the would-be ban", 10*time.Second, func() bool { return strings.Contains(log.String(), "action=would-ban target=203.0.113.110/32") })
+	if n := count(t, c, "203.0.113.110/32"); n != 150 {
+		t.Errorf("dry run deleted entries: the bot holds %d, want 150", n)
+	}
+	if out, err := ns.Run("nft", "list", "table", "inet", "ctguard"); err == nil {
+		t.Errorf("dry run created ctguard's table:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
+		t.Errorf("dry run created the real state directory")
+	}
+}
+
+func TestRunBadConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(p, []byte("[policy]\nthreshold = [1, 2, 3, 4]\n"), 0o644)
+	_, errs, code := runCLI(t, "run", "--config", p)
+	if code != 1 || !strings.Contains(errs, p) || !strings.Contains(errs, "threshold") {
+		t.Errorf("exit %d: %s", code, errs)
+	}
+	_, errs, code = runCLI(t, "why", "not-an-ip")
+	if code != 2 || !strings.Contains(errs, `"not-an-ip" is not an IP address`) {
+		t.Errorf("why bad addr: exit %d: %s", code, errs)
+	}
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/config"
+	"github.com/ctguard/ctguard/internal/daemon"
+	"github.com/ctguard/ctguard/internal/forecast"
+)
+
+func init() {
+	register(&command{
+		name:    "why",
+		args:    "ADDR [--json] [--socket PATH]",
+		summary: "explain what ctguard knows and decided about an address: evidence, thresholds, allowlist hits, ban history",
+		run:     runWhy,
+	})
+}
+
+// socketFlag is the control socket of a running daemon.
+func socketFlag(fs *flag.FlagSet) *string {
+	def := os.Getenv("CTGUARD_SOCKET")
+	if def == "" {
+		def = config.Default().Daemon.Socket
+	}
+	return fs.String("socket", def, "control socket of the running daemon (or $CTGUARD_SOCKET)")
+}
+
+func runWhy(ctx context.Context, e *env, args []string) error {
+	c := commands["why"]
+	fs := newFlags(c, e)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	sock := socketFlag(fs)
+	// Accept the address before or after the flags.
+	var addrArg string
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		addrArg, args = args[0], args[1:]
+	}
+	if err := parseFlags(fs, args, true); err != nil {
+		return err
+	}
+	if addrArg == "" && fs.NArg() > 0 {
+		addrArg = fs.Arg(0)
+	}
+	if addrArg == "" || fs.NArg() > 1 {
+		return usagef("want exactly one address")
+	}
+	a, err := netip.ParseAddr(addrArg)
+	if err != nil || a.Zone() != "" {
+		return usagef("%q is not an IP address", addrArg)
+	}
+	cl, err := daemon.Dial(*sock)
+	if err != nil {
+		return fmt.Errorf("%w on %s: why needs the running daemon (start it with 'ctguard run'; 'ctguard list --all' shows the stored ban history without it)", err, *sock)
+	}
+	var r daemon.WhyReply
+	if err := cl.Call(ctx, daemon.Request{Op: "why", Target: a.String()}, &r); err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	printWhy(e.stdout, &r)
+	return nil
+}
+
+func printWhy(w io.Writer, r *daemon.WhyReply) {
+	mode := ""
+	if r.DryRun {
+		mode = " (dry run: nothing is enforced)"
+	}
+	fmt.Fprintf(w, "%s%s\n", r.Addr, mode)
+	ago := "never"
+	if !r.CycleAt.IsZero() {
+		ago = forecast.Format(time.Since(r.CycleAt)) + " ago"
+	}
+	fmt.Fprintf(w, "pressure     %s: a source is banned at score %.0f (last scan %s)\n", r.Pressure, r.Threshold, ago)
+	wt := r.Policy.Weights
+	fmt.Fprintf(w, "score        = %.2g x idle + %.2g x orphan + %.2g x half-open + %.2g x stalled + %.2g x active + %.2g x closing + %.2g x other; at least %d entries\n",
+		wt.Idle, wt.Orphan, wt.HalfOpen, wt.Stalled, wt.Active, wt.Closing, wt.Other, r.Policy.MinEntries)
+	hold := func(label string, h *daemon.Holding) {
+		if h == nil {
+			fmt.Fprintf(w, "%-12s holds nothing at the last scan\n", label)
+			return
+		}
+		c := h.Counts
+		fmt.Fprintf(w, "%-12s %s: %d entries (idle %d, active %d [orphan %d], stalled %d, half-open %d, closing %d, other %d), oldest idle %s, score %.1f",
+			label, h.Key, c.Entries, c.Idle, c.Active, c.OrphanActive, c.Stalled, c.HalfOpen, c.Closing, c.Other,
+			forecast.Format(time.Duration(c.MaxIdle)*time.Second), h.Score)
+		if h.Members > 0 {
+			fmt.Fprintf(w, ", %d sources", h.Members)
+		}
+		fmt.Fprintln(w)
+	}
+	hold("source", r.Source)
+	hold("prefix", r.Prefix)
+	if len(r.Allowlisted) == 0 {
+		fmt.Fprintf(w, "allowlist    no entry covers it\n")
+	}
+	for _, a := range r.Allowlisted {
+		fmt.Fprintf(w, "allowlist    %s: never banned\n", a)
+	}
+	if len(r.Bans) == 0 {
+		fmt.Fprintf(w, "bans         none on record\n")
+	}
+	now := time.Now()
+	for _, b := range r.Bans {
+		state := "expired " + forecast.Format(now.Sub(b.Expires)) + " ago"
+		switch {
+		case !b.Ended.IsZero():
+			state = "lifted (" + b.EndReason + ")"
+		case b.Expires.After(now):
+			state = "ACTIVE, expires in " + forecast.Format(b.Expires.Sub(now))
+		}
+		fmt.Fprintf(w, "ban          %s %s: %s, banned %d time(s), last %s; purged %d, %d remained\n", b.Prefix, state, b.Reason, b.Count,
+			b.Last.Format(time.RFC3339), b.Purged, b.Remaining)
+		if b.Evidence != "" {
+			fmt.Fprintf(w, "             evidence: %s\n", b.Evidence)
+		}
+	}
+	for _, ev := range r.Events {
+		fmt.Fprintf(w, "decision     %s %s %s", ev.Time.Format("15:04:05"), ev.Action, ev.Target)
+		if ev.Decision.Reason != "" {
+			fmt.Fprintf(w, " (%s, score %.1f >= %.0f at %s)", ev.Decision.Reason, ev.Decision.Score, ev.Decision.Threshold, ev.Decision.Pressure)
+		}
+		if ev.Detail != "" {
+			fmt.Fprintf(w, ": %s", ev.Detail)
+		}
+		fmt.Fprintln(w)
+	}
+}

@@ -1,0 +1,449 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/enforce"
+	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/policy"
+	"github.com/ctguard/ctguard/internal/snapshot"
+	"github.com/ctguard/ctguard/internal/store"
+)
+
+// Request is one control call: one JSON object per connection.
+type Request struct {
+	Op     string        `json:"op"`
+	Target string        `json:"target,omitempty"`
+	TTL    time.Duration `json:"ttl,omitempty"`
+	Reason string        `json:"reason,omitempty"`
+	All    bool          `json:"all,omitempty"`
+	By     string        `json:"by,omitempty"`
+	Prefix bool          `json:"prefix,omitempty"`
+	N      int           `json:"n,omitempty"`
+}
+
+// Response carries a result or an error message.
+type Response struct {
+	Error  string          `json:"error,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// Serve listens on the control socket until ctx ends. The socket and its
+// directory are root-only, and every peer's credentials are checked.
+func (d *Daemon) Serve(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return fmt.Errorf("control socket %s: another ctguard is serving it", path)
+	}
+	os.Remove(path) // stale, from a daemon that died
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+		os.Remove(path)
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("control socket: %w", err)
+		}
+		go d.handle(ctx, c.(*net.UnixConn))
+	}
+}
+
+func peerIsRoot(c *net.UnixConn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var cred *syscall.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, err = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	})
+	return err == nil && cred != nil && cred.Uid == 0
+}
+
+func (d *Daemon) handle(ctx context.Context, c *net.UnixConn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	enc := json.NewEncoder(c)
+	if !peerIsRoot(c) {
+		enc.Encode(Response{Error: "the control socket is root-only: run with sudo"})
+		return
+	}
+	var req Request
+	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
+		enc.Encode(Response{Error: "bad request: " + err.Error()})
+		return
+	}
+	res, err := d.call(ctx, req)
+	if err != nil {
+		enc.Encode(Response{Error: err.Error()})
+		return
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		enc.Encode(Response{Error: err.Error()})
+		return
+	}
+	enc.Encode(Response{Result: b})
+}
+
+// wireBanResult is enforce.BanResult with its error as text.
+type wireBanResult struct {
+	enforce.BanResult
+	Err string `json:"error,omitempty"`
+}
+
+func (d *Daemon) call(ctx context.Context, r Request) (any, error) {
+	target := func() (netip.Prefix, error) {
+		p, _, err := enforce.ParseTarget(r.Target)
+		return p, err
+	}
+	switch r.Op {
+	case "status":
+		return d.Status(), nil
+	case "top":
+		return d.Top(r.By, r.Prefix, r.N), nil
+	case "why":
+		a, err := netip.ParseAddr(r.Target)
+		if err != nil {
+			return nil, fmt.Errorf("why %q: not an address", r.Target)
+		}
+		return d.Why(a.Unmap())
+	case "ban":
+		p, err := target()
+		if err != nil {
+			return nil, err
+		}
+		res, err := d.eng.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: r.TTL, Reason: r.Reason, Evidence: "manual ban over the control socket"})
+		w := wireBanResult{BanResult: res}
+		if res.Err != nil {
+			w.Err = res.Err.Error()
+			err = nil
+		}
+		return w, err
+	case "unban":
+		p, err := target()
+		if err != nil {
+			return nil, err
+		}
+		return d.eng.Unban(ctx, p)
+	case "list":
+		return d.eng.List(r.All)
+	case "allow":
+		p, err := target()
+		if err != nil {
+			return nil, err
+		}
+		return d.eng.Allow(ctx, p, r.TTL, r.Reason)
+	case "unallow":
+		p, err := target()
+		if err != nil {
+			return nil, err
+		}
+		return nil, d.eng.RemoveAllow(p)
+	case "allowlist":
+		l, err := d.eng.Allowlist()
+		if err != nil {
+			return nil, err
+		}
+		return l.Entries(), nil
+	case "purge":
+		p, err := target()
+		if err != nil {
+			return nil, err
+		}
+		return d.eng.Purge(ctx, p)
+	case "counters":
+		return d.eng.Counters(ctx)
+	case "reload":
+		d.Reload()
+		return "reload requested", nil
+	}
+	return nil, fmt.Errorf("unknown op %q", r.Op)
+}
+
+// StatusReply is the daemon's view for `status`.
+type StatusReply struct {
+	DryRun     bool               `json:"dry_run"`
+	Stats      conntrack.Stats    `json:"stats"`
+	Samples    []forecast.Sample  `json:"samples"`
+	Snapshot   *snapshot.Snapshot `json:"snapshot"` // sources and prefixes left out
+	Pressure   policy.Pressure    `json:"pressure"`
+	Threshold  float64            `json:"threshold"`
+	CycleAt    time.Time          `json:"cycle_at"`
+	Cycles     uint64             `json:"cycles"`
+	Counters   Counters           `json:"counters"`
+	ActiveBans int                `json:"active_bans"`
+	Buckets    int                `json:"buckets"`
+	Kernel     string             `json:"kernel"`
+	Timeouts   map[string]int     `json:"timeouts"`
+	Reader     string             `json:"reader"`
+}
+
+// Status is what `status` shows of a running daemon.
+func (d *Daemon) Status() StatusReply {
+	active, _ := d.st.ActiveIndex(time.Now())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := StatusReply{
+		DryRun: d.dryRun, Stats: d.stats, Samples: slices.Clone(d.samples), Pressure: d.result.Pressure,
+		Threshold: d.result.Threshold, CycleAt: d.cycleAt, Cycles: d.cycles, Counters: d.counters,
+		ActiveBans: len(active), Buckets: d.sys.Buckets, Kernel: d.sys.Kernel, Timeouts: d.sys.Timeouts,
+		Reader: d.src.ReaderName(),
+	}
+	r.Counters.BansByReason = maps(d.counters.BansByReason)
+	if d.snap != nil {
+		s := *d.snap
+		s.Sources, s.Prefixes = nil, nil
+		s.Config.Local = nil
+		r.Snapshot = &s
+	}
+	return r
+}
+
+func maps(m map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// TopReply is the daemon's last snapshot, ranked, for `top`.
+type TopReply struct {
+	Snapshot *snapshot.Snapshot `json:"snapshot"` // Sources or Prefixes holds the top N
+	// How many sources and prefixes the scan found in all.
+	NumSources  int `json:"num_sources"`
+	NumPrefixes int `json:"num_prefixes"`
+}
+
+// Top returns the top n holders of the last scan.
+func (d *Daemon) Top(by string, prefix bool, n int) TopReply {
+	d.mu.Lock()
+	snap := d.snap
+	d.mu.Unlock()
+	if snap == nil {
+		return TopReply{}
+	}
+	s := *snap
+	s.Config.Local = nil
+	order := map[string]snapshot.Order{"held": snapshot.ByHeld, "idle": snapshot.ByIdle, "halfopen": snapshot.ByHalfOpen}[by]
+	hs := slices.Clone(s.Sources)
+	if prefix {
+		hs = slices.Clone(s.Prefixes)
+	}
+	snapshot.SortBy(hs, order)
+	if n > 0 && len(hs) > n {
+		hs = hs[:n]
+	}
+	r := TopReply{Snapshot: &s, NumSources: len(s.Sources), NumPrefixes: len(s.Prefixes)}
+	s.Sources, s.Prefixes = nil, nil
+	if prefix {
+		s.Prefixes = hs
+	} else {
+		s.Sources = hs
+	}
+	return r
+}
+
+// WhyReply explains everything the daemon knows about one address.
+type WhyReply struct {
+	Addr        netip.Addr      `json:"addr"`
+	DryRun      bool            `json:"dry_run"`
+	Pressure    policy.Pressure `json:"pressure"`
+	Threshold   float64         `json:"threshold"`
+	Policy      policy.Config   `json:"policy"`
+	Source      *Holding        `json:"source,omitempty"`
+	Prefix      *Holding        `json:"prefix,omitempty"`
+	Allowlisted []allow.Entry   `json:"allowlisted,omitempty"`
+	Bans        []store.Ban     `json:"bans,omitempty"` // records of this address and of prefixes holding it
+	Events      []Event         `json:"events,omitempty"`
+	CycleAt     time.Time       `json:"cycle_at"`
+}
+
+// Holding is what one source or prefix held at the last scan, and its score.
+type Holding struct {
+	Key     netip.Prefix    `json:"key"`
+	Counts  snapshot.Counts `json:"counts"`
+	Members uint32          `json:"members,omitempty"`
+	Score   float64         `json:"score"`
+}
+
+// Why gathers the evidence, thresholds, allowlist hits and ban history of a.
+func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
+	d.mu.Lock()
+	r := WhyReply{Addr: a, DryRun: d.dryRun, Pressure: d.result.Pressure, Threshold: d.result.Threshold, Policy: d.cfg.Policy, CycleAt: d.cycleAt}
+	snap, list := d.snap, d.allowed
+	for _, e := range d.events {
+		if e.Target.Contains(a) {
+			r.Events = append(r.Events, e)
+		}
+	}
+	cfg := d.cfg.Policy
+	d.mu.Unlock()
+	if len(r.Events) > 50 {
+		r.Events = r.Events[len(r.Events)-50:]
+	}
+	if snap != nil {
+		for _, h := range snap.Sources {
+			if h.Key.Addr() == a {
+				r.Source = &Holding{Key: h.Key, Counts: h.Counts, Score: cfg.Score(&h.Counts)}
+				break
+			}
+		}
+		for _, h := range snap.Prefixes {
+			if h.Key.Contains(a) {
+				r.Prefix = &Holding{Key: h.Key, Counts: h.Counts, Members: h.Members, Score: cfg.Score(&h.Counts)}
+				break
+			}
+		}
+	}
+	if list != nil {
+		for _, e := range list.Entries() {
+			if e.Prefix.Contains(a) {
+				r.Allowlisted = append(r.Allowlisted, e)
+			}
+		}
+	}
+	bans, err := d.st.Bans()
+	if err != nil {
+		return r, err
+	}
+	for _, b := range bans {
+		if b.Prefix.Contains(a) {
+			r.Bans = append(r.Bans, b)
+		}
+	}
+	return r, nil
+}
+
+// ErrNoDaemon means no daemon answers on the control socket.
+var ErrNoDaemon = errors.New("no ctguard daemon is running")
+
+// Client talks to a running daemon.
+type Client struct{ Path string }
+
+// Dial returns a client if a daemon answers on path, or ErrNoDaemon.
+func Dial(path string) (*Client, error) {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return nil, ErrNoDaemon
+	}
+	c.Close()
+	return &Client{Path: path}, nil
+}
+
+// Call sends one request and decodes the result into out (may be nil).
+func (c *Client) Call(ctx context.Context, req Request, out any) error {
+	var dl net.Dialer
+	conn, err := dl.DialContext(ctx, "unix", c.Path)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNoDaemon, err)
+	}
+	defer conn.Close()
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(d)
+	} else {
+		conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	}
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	var resp Response
+	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if resp.Error != "" {
+		return errors.New(resp.Error)
+	}
+	if out != nil && len(resp.Result) > 0 {
+		return json.Unmarshal(resp.Result, out)
+	}
+	return nil
+}
+
+// Ban asks the daemon to ban.
+func (c *Client) Ban(ctx context.Context, r enforce.BanRequest) (enforce.BanResult, error) {
+	var w wireBanResult
+	err := c.Call(ctx, Request{Op: "ban", Target: r.Prefix.String(), TTL: r.TTL, Reason: r.Reason}, &w)
+	if err != nil {
+		return enforce.BanResult{Prefix: r.Prefix, Err: err}, err
+	}
+	res := w.BanResult
+	if w.Err != "" {
+		res.Err = errors.New(w.Err)
+	}
+	return res, res.Err
+}
+
+// Unban asks the daemon to unban.
+func (c *Client) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
+	var b store.Ban
+	return b, c.Call(ctx, Request{Op: "unban", Target: p.String()}, &b)
+}
+
+// List returns the daemon's ban list.
+func (c *Client) List(all bool) ([]store.Ban, error) {
+	var bs []store.Ban
+	return bs, c.Call(context.Background(), Request{Op: "list", All: all}, &bs)
+}
+
+// Allow adds a runtime allowlist entry through the daemon.
+func (c *Client) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, note string) (enforce.AllowResult, error) {
+	var r enforce.AllowResult
+	return r, c.Call(ctx, Request{Op: "allow", Target: p.String(), TTL: ttl, Reason: note}, &r)
+}
+
+// RemoveAllow removes a runtime allowlist entry through the daemon.
+func (c *Client) RemoveAllow(p netip.Prefix) error {
+	return c.Call(context.Background(), Request{Op: "unallow", Target: p.String()}, nil)
+}
+
+// Allowlist returns the daemon's allowlist.
+func (c *Client) Allowlist() (*allow.List, error) {
+	var es []allow.Entry
+	if err := c.Call(context.Background(), Request{Op: "allowlist"}, &es); err != nil {
+		return nil, err
+	}
+	return allow.NewList(es), nil
+}
+
+// Purge asks the daemon to purge p's entries.
+func (c *Client) Purge(ctx context.Context, p netip.Prefix) (enforce.PurgeResult, error) {
+	var r enforce.PurgeResult
+	return r, c.Call(ctx, Request{Op: "purge", Target: p.String()}, &r)
+}
+
+// Counters returns the drop counters of ctguard's table.
+func (c *Client) Counters(ctx context.Context) (enforce.Counters, error) {
+	var r enforce.Counters
+	return r, c.Call(ctx, Request{Op: "counters"}, &r)
+}

@@ -1,0 +1,582 @@
+// Package daemon is `ctguard run`: the loop that scans the table,
+// aggregates, asks the policy, enforces and explains, plus the control
+// socket the CLI talks to while it runs.
+//
+// It wires the other packages and owns their lifetimes; it holds no policy
+// of its own. In dry-run mode nothing in the kernel changes: bans go to an
+// in-memory firewall and a throw-away store, so logs and `why` say what
+// would have been done.
+package daemon
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/config"
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/enforce"
+	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/policy"
+	"github.com/ctguard/ctguard/internal/scan"
+	"github.com/ctguard/ctguard/internal/snapshot"
+	"github.com/ctguard/ctguard/internal/store"
+)
+
+// Daemon is one running guard.
+type Daemon struct {
+	log    *slog.Logger
+	src    *scan.Source
+	eng    *enforce.Engine
+	st     *store.Store
+	dryRun bool
+	close  []func()
+
+	mu       sync.Mutex // guards everything below (control socket and metrics read it)
+	cfg      config.Config
+	agg      *snapshot.Aggregator
+	sys      scan.Sysctls
+	stats    conntrack.Stats
+	samples  []forecast.Sample
+	snap     *snapshot.Snapshot
+	result   policy.Result
+	cycleAt  time.Time
+	cycles   uint64
+	events   []Event // recent decisions, newest last
+	counters Counters
+	allowed  *allow.List
+	allowAt  time.Time
+	reload   chan struct{}
+	cfgPath  string
+}
+
+// Counters are the daemon's running totals (for metrics and status).
+type Counters struct {
+	BansByReason  map[string]uint64 `json:"bans_by_reason"`
+	BanErrors     uint64            `json:"ban_errors"`
+	BreakerTrips  uint64            `json:"breaker_trips"`
+	ValveRuns     uint64            `json:"valve_runs"`
+	ValveDeleted  uint64            `json:"valve_deleted"`
+	Rebuilds      uint64            `json:"table_rebuilds"`
+	ScanErrors    uint64            `json:"scan_errors"`
+	Scans         uint64            `json:"scans"`
+	LastScanError string            `json:"last_scan_error,omitempty"`
+}
+
+// Event is one decision the daemon made (or, in dry-run, would have made).
+type Event struct {
+	Time     time.Time       `json:"time"`
+	Target   netip.Prefix    `json:"target"`
+	Action   string          `json:"action"` // ban, would-ban, skip, refused, error
+	Detail   string          `json:"detail,omitempty"`
+	Decision policy.Decision `json:"decision"`
+}
+
+const maxEvents = 2000
+
+// Options are the parts of a daemon that tests replace.
+type Options struct {
+	Log     *slog.Logger
+	Config  config.Config
+	CfgPath string // for SIGHUP reloads; "" when running on defaults
+	// Firewall and Purger override the real ones (tests); nil: real ones,
+	// or in-memory ones in dry-run mode.
+	Firewall enforce.Firewall
+	Purger   enforce.Purger
+	// Interfaces overrides the host's addresses (tests).
+	Interfaces func() ([]netip.Prefix, error)
+}
+
+// New opens everything the daemon needs: the table reader, the store (or a
+// throw-away one for dry runs) and the enforcement engine.
+func New(ctx context.Context, o Options) (*Daemon, error) {
+	c := o.Config
+	d := &Daemon{log: o.Log, cfg: c, dryRun: c.Daemon.DryRun, cfgPath: o.CfgPath, reload: make(chan struct{}, 1)}
+	d.counters.BansByReason = map[string]uint64{}
+	fail := func(err error) (*Daemon, error) {
+		d.Close()
+		return nil, err
+	}
+	src, err := scan.Open(ctx, c.Daemon.Reader, c.Daemon.Procfs)
+	if err != nil {
+		return fail(err)
+	}
+	d.close = append(d.close, func() { src.Close() })
+	src.Sockets = c.Daemon.Sockets
+	d.src = src
+	if src.Fallback != "" {
+		d.log.Warn("netlink unavailable, reading /proc/net/nf_conntrack", "why", src.Fallback)
+	}
+	if err := d.loadHost(); err != nil {
+		return fail(err)
+	}
+
+	stateDir := c.Daemon.StateDir
+	if d.dryRun {
+		// A dry run must not touch the real ban list, nor lock it.
+		tmp, err := os.MkdirTemp("", "ctguard-dry-run-")
+		if err != nil {
+			return fail(err)
+		}
+		d.close = append(d.close, func() { os.RemoveAll(tmp) })
+		stateDir = tmp
+	}
+	st, err := store.Open(stateDir, store.Options{})
+	if err != nil {
+		if errors.Is(err, store.ErrLocked) {
+			return fail(fmt.Errorf("%w: is another ctguard run active?", err))
+		}
+		return fail(err)
+	}
+	d.close = append(d.close, func() { st.Close() })
+	d.st = st
+
+	fw, purger := o.Firewall, o.Purger
+	if fw == nil {
+		if d.dryRun {
+			fw = enforce.NewFake(nil)
+		} else {
+			fw = enforce.NewNFT(d.log, enforce.NFTOptions{})
+		}
+	}
+	if purger == nil {
+		if conn := src.Conn(); conn != nil {
+			purger = conn
+			if d.dryRun {
+				purger = dryPurger{conn}
+			}
+		}
+	}
+	prefixes, _ := c.AllowPrefixes()
+	var static []allow.Entry
+	for _, p := range prefixes {
+		static = append(static, allow.Entry{Prefix: p, Source: allow.Configured, Detail: "allow.addresses"})
+	}
+	ports := make([]uint16, len(c.Allow.SSHPorts))
+	for i, p := range c.Allow.SSHPorts {
+		ports[i] = uint16(p)
+	}
+	d.eng = enforce.New(enforce.Config{
+		Store: st, Firewall: fw, Purger: purger, Log: d.log,
+		Allow: allow.Config{ProcRoot: c.Daemon.Procfs, ResolvConf: c.Allow.ResolvConf, SSHPorts: ports,
+			Static: static, InterfaceAddrs: o.Interfaces},
+	})
+	return d, nil
+}
+
+// loadHost reads the sysctls and local addresses and builds the
+// aggregator. Callers hold d.mu or run before the loop.
+func (d *Daemon) loadHost() error {
+	sys, err := scan.ReadSysctls(d.cfg.Daemon.Procfs)
+	if err != nil {
+		return err
+	}
+	local, err := scan.LocalAddrs()
+	if err != nil {
+		return err
+	}
+	d.sys = sys
+	d.agg = snapshot.NewAggregator(sys.SnapshotConfig(snapshot.Config{
+		IdleThreshold: uint32(d.cfg.Snapshot.IdleThreshold / time.Second),
+		V4Bits:        d.cfg.Snapshot.V4Prefix,
+		V6Bits:        d.cfg.Snapshot.V6Prefix,
+		Local:         local,
+	}))
+	return nil
+}
+
+// Close releases everything New opened.
+func (d *Daemon) Close() {
+	for i := len(d.close) - 1; i >= 0; i-- {
+		d.close[i]()
+	}
+	d.close = nil
+}
+
+// Engine is the enforcement engine (the control socket serves it).
+func (d *Daemon) Engine() *enforce.Engine { return d.eng }
+
+// Reload asks the loop to re-read the config file and the allowlist.
+func (d *Daemon) Reload() {
+	select {
+	case d.reload <- struct{}{}:
+	default:
+	}
+}
+
+// Run restores the stored bans, then loops until ctx ends.
+func (d *Daemon) Run(ctx context.Context) error {
+	res, err := d.eng.Start(ctx)
+	if err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	d.log.Info("ctguard running", "dry_run", d.dryRun, "restored_bans", res.Restored, "took", res.Took.Round(time.Millisecond),
+		"reader", d.src.ReaderName(), "max", d.sys.Max, "established_timeout", d.agg.Config().EstablishedTimeout)
+	var lastScan time.Time
+	lastCount := -1
+	for {
+		d.mu.Lock()
+		cfg := d.cfg
+		pressure := d.result.Pressure
+		d.mu.Unlock()
+		st, err := d.src.Stats(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.log.Error("read conntrack stats", "err", err)
+		} else {
+			d.addSample(time.Now(), st)
+			due := time.Since(lastScan) >= cfg.Daemon.Interval[pressure] ||
+				(lastCount >= 0 && int(st.Count)-lastCount >= cfg.Daemon.ScanOnGrowth)
+			if due {
+				lastScan, lastCount = time.Now(), int(st.Count)
+				d.cycle(ctx, st)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.reload:
+			d.doReload()
+			lastScan = time.Time{}
+		case <-time.After(cfg.Daemon.Poll):
+		}
+	}
+}
+
+func (d *Daemon) doReload() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfgPath != "" {
+		c, err := config.Load(d.cfgPath)
+		if err != nil {
+			d.log.Error("reload: config rejected, keeping the running one", "err", err)
+			return
+		}
+		if c.Daemon.DryRun != d.cfg.Daemon.DryRun || c.Daemon.StateDir != d.cfg.Daemon.StateDir || c.Daemon.Socket != d.cfg.Daemon.Socket {
+			d.log.Warn("reload: daemon.dry_run, state_dir and socket need a restart; keeping the running values")
+			c.Daemon.DryRun, c.Daemon.StateDir, c.Daemon.Socket = d.cfg.Daemon.DryRun, d.cfg.Daemon.StateDir, d.cfg.Daemon.Socket
+		}
+		d.cfg = c
+	}
+	if err := d.loadHost(); err != nil {
+		d.log.Error("reload: host facts", "err", err)
+	}
+	d.allowAt = time.Time{} // re-read the allowlist at the next cycle
+	d.log.Info("reloaded", "config", d.cfgPath)
+}
+
+const sampleWindow = time.Minute
+
+func (d *Daemon) addSample(t time.Time, st conntrack.Stats) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stats = st
+	d.samples = append(d.samples, forecast.Sample{Time: t, Count: float64(st.Count)})
+	cut := 0
+	for cut < len(d.samples) && t.Sub(d.samples[cut].Time) > sampleWindow {
+		cut++
+	}
+	d.samples = d.samples[cut:]
+}
+
+// rate is the growth over the recent window (entries/s).
+func (d *Daemon) rate() (float64, bool) {
+	// Weigh the last 15 s: an attack's onset must not be averaged away.
+	s := d.samples
+	for len(s) > 2 && s[len(s)-1].Time.Sub(s[0].Time) > 15*time.Second {
+		s = s[1:]
+	}
+	return forecast.Rate(s)
+}
+
+// cycle is one scan, decision and enforcement.
+func (d *Daemon) cycle(ctx context.Context, st conntrack.Stats) {
+	start := time.Now()
+	if rr, err := d.eng.Reconcile(ctx); err != nil {
+		d.log.Error("reconcile", "err", err)
+	} else if rr.Rebuilt {
+		d.mu.Lock()
+		d.counters.Rebuilds++
+		d.mu.Unlock()
+		d.log.Warn("ctguard table was missing or wrong: rebuilt", "problem", rr.Problem, "restored_bans", rr.Restored)
+	}
+	d.mu.Lock()
+	cfg := d.cfg
+	refresh := time.Since(d.allowAt) >= cfg.Allow.Refresh || d.allowed == nil
+	d.mu.Unlock()
+	if refresh {
+		l, err := d.eng.Allowlist()
+		if err != nil {
+			d.log.Error("allowlist", "err", err)
+		} else {
+			d.mu.Lock()
+			d.allowed, d.allowAt = l, time.Now()
+			d.mu.Unlock()
+		}
+	}
+
+	d.mu.Lock()
+	agg := d.agg
+	d.mu.Unlock()
+	snap, err := d.src.Scan(ctx, agg)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.mu.Lock()
+			d.counters.ScanErrors++
+			d.counters.LastScanError = err.Error()
+			d.mu.Unlock()
+			d.log.Error("scan", "err", err)
+		}
+		return
+	}
+	now := time.Now()
+	active, err := d.st.ActiveIndex(now)
+	if err != nil {
+		d.log.Error("read active bans", "err", err)
+		return
+	}
+	bans := newBanIndex(active, snap.Config.V4Bits, snap.Config.V6Bits)
+	d.mu.Lock()
+	rate, rateOK := d.rate()
+	list := d.allowed
+	d.mu.Unlock()
+	in := policy.Input{
+		Now: now, Snapshot: snap, Count: int(st.Count), Max: int(st.Max), RatePerSec: rate, RateOK: rateOK,
+		Banned: bans.covered, BannedIn: bans.hostsIn,
+		History: func(p netip.Prefix) policy.Offence {
+			b, err := d.st.GetBan(p)
+			if err != nil {
+				return policy.Offence{}
+			}
+			return policy.Offence{Count: b.Count, Last: b.Last}
+		},
+	}
+	if list != nil {
+		in.Allowed = func(p netip.Prefix) (string, bool) {
+			e, ok := list.Check(p)
+			return e.String(), ok
+		}
+	}
+	res := policy.Decide(in, cfg.Policy)
+	events := d.enforce(ctx, now, res)
+	if res.Valve != nil {
+		d.valve(ctx, res.Valve, cfg.Daemon.ValveMaxDelete)
+	}
+	d.mu.Lock()
+	d.snap, d.result, d.cycleAt = snap, res, now
+	d.cycles++
+	d.counters.Scans++
+	d.events = append(d.events, events...)
+	if len(d.events) > maxEvents {
+		d.events = append(d.events[:0:0], d.events[len(d.events)-maxEvents:]...)
+	}
+	d.mu.Unlock()
+	d.log.Debug("cycle", "entries", snap.Total, "count", st.Count, "max", st.Max, "pressure", res.Pressure,
+		"threshold", res.Threshold, "bans", len(res.Bans), "scan", snap.Duration.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// enforce applies the decisions (or, in dry-run, records them in the
+// throw-away store only) and logs one line per decision with its evidence.
+func (d *Daemon) enforce(ctx context.Context, now time.Time, res policy.Result) []Event {
+	var events []Event
+	if res.Breaker != nil {
+		d.mu.Lock()
+		d.counters.BreakerTrips++
+		d.mu.Unlock()
+		d.log.Warn("BLAST-RADIUS BREAKER: more bans wanted than allowed in one cycle; banning only the top ones",
+			"wanted", res.Breaker.Wanted, "cap", res.Breaker.Cap, "pressure", res.Pressure)
+	}
+	for _, s := range res.Skips {
+		events = append(events, Event{Time: now, Target: s.Target, Action: "skip", Detail: s.Why, Decision: policy.Decision{Target: s.Target, Score: s.Score}})
+		d.log.Info("not banned", "target", s.Target, "score", s.Score, "why", s.Why)
+	}
+	if len(res.Bans) == 0 {
+		return events
+	}
+	reqs := make([]enforce.BanRequest, len(res.Bans))
+	for i, b := range res.Bans {
+		reqs[i] = enforce.BanRequest{Prefix: b.Target, TTL: b.TTL, Reason: b.Reason, Evidence: evidence(b)}
+	}
+	results, err := d.eng.BanMany(ctx, reqs)
+	if err != nil {
+		d.log.Error("ban batch failed", "bans", len(reqs), "err", err)
+	}
+	action := "ban"
+	if d.dryRun {
+		action = "would-ban"
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, b := range res.Bans {
+		ev := Event{Time: now, Target: b.Target, Action: action, Decision: b}
+		var r enforce.BanResult
+		if i < len(results) {
+			r = results[i]
+		}
+		switch {
+		case r.Err != nil:
+			ev.Action, ev.Detail = "refused", r.Err.Error()
+			d.counters.BanErrors++
+		case r.CoveredBy.IsValid():
+			ev.Action, ev.Detail = "covered", "already covered by "+r.CoveredBy.String()
+		case err != nil && i >= len(results):
+			ev.Action, ev.Detail = "error", err.Error()
+			d.counters.BanErrors++
+		default:
+			d.counters.BansByReason[b.Reason]++
+			ev.Detail = fmt.Sprintf("purged %d, remaining %d", r.Ban.Purged, r.Ban.Remaining)
+		}
+		events = append(events, ev)
+		d.log.Info("decision", "action", ev.Action, "target", b.Target, "reason", b.Reason, "score", b.Score,
+			"threshold", b.Threshold, "pressure", b.Pressure, "ttl", b.TTL, "entries", b.Counts.Entries,
+			"idle", b.Counts.Idle, "orphan", b.Counts.Orphan, "half_open", b.Counts.HalfOpen, "active", b.Counts.Active,
+			"members", b.Members, "previous_bans", b.Offences, "outcome", ev.Detail)
+	}
+	return events
+}
+
+func evidence(b policy.Decision) string {
+	return fmt.Sprintf("score %.1f >= %.0f at %s pressure: %d entries (idle %d, orphan %d, half-open %d, active %d, stalled %d, closing %d, other %d), oldest idle %ds, members %d, previous bans %d",
+		b.Score, b.Threshold, b.Pressure, b.Counts.Entries, b.Counts.Idle, b.Counts.Orphan, b.Counts.HalfOpen, b.Counts.Active,
+		b.Counts.Stalled, b.Counts.Closing, b.Counts.Other, b.Counts.MaxIdle, b.Members, b.Offences)
+}
+
+// valve deletes the oldest idle ASSURED entries of the given holders.
+func (d *Daemon) valve(ctx context.Context, v *policy.Valve, maxDelete int) {
+	conn := d.src.Conn()
+	free := min(v.Free, maxDelete)
+	if conn == nil || free <= 0 {
+		return
+	}
+	if d.dryRun {
+		d.log.Warn("valve (dry run): would delete the oldest idle entries", "entries", free, "holders", len(v.Holders))
+		return
+	}
+	holders := map[netip.Prefix]bool{}
+	for _, h := range v.Holders {
+		holders[h] = true
+	}
+	d.mu.Lock()
+	cfg := d.agg.Config()
+	d.mu.Unlock()
+	h := &oldest{}
+	err := conn.Dump(ctx, conntrack.DumpOptions{Status: conntrack.StatusAssured, StatusMask: conntrack.StatusAssured}, func(e *conntrack.Entry) error {
+		if !holders[netip.PrefixFrom(e.Orig.Src, e.Orig.Src.BitLen())] {
+			return nil
+		}
+		cl, idle := snapshot.Classify(e, &cfg)
+		if cl != snapshot.Idle {
+			return nil
+		}
+		h.keep(victim{*e, idle}, free)
+		return nil
+	})
+	if err != nil {
+		d.log.Error("valve: dump", "err", err)
+		return
+	}
+	es := make([]conntrack.Entry, len(*h))
+	for i, v := range *h {
+		es[i] = v.e
+	}
+	n, err := conn.DeleteEntries(ctx, es)
+	d.mu.Lock()
+	d.counters.ValveRuns++
+	d.counters.ValveDeleted += uint64(n)
+	d.mu.Unlock()
+	d.log.Warn("EMERGENCY VALVE: deleted the oldest idle entries of the top holders", "deleted", n, "wanted", v.Free, "holders", len(v.Holders), "err", err)
+}
+
+type victim struct {
+	e    conntrack.Entry
+	idle uint32
+}
+
+// oldest is a min-heap on idle time: it keeps the N most idle entries.
+type oldest []victim
+
+// keep offers v; the heap holds at most n, the most idle seen.
+func (h *oldest) keep(v victim, n int) {
+	if h.Len() < n {
+		heap.Push(h, v)
+	} else if n > 0 && v.idle > (*h)[0].idle {
+		(*h)[0] = v
+		heap.Fix(h, 0)
+	}
+}
+
+func (h oldest) Len() int           { return len(h) }
+func (h oldest) Less(i, j int) bool { return h[i].idle < h[j].idle }
+func (h oldest) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *oldest) Push(x any)        { *h = append(*h, x.(victim)) }
+func (h *oldest) Pop() any {
+	old := *h
+	v := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return v
+}
+
+// banIndex answers the policy's questions about active bans.
+type banIndex struct {
+	all   map[netip.Prefix]bool
+	nets  []netip.Prefix
+	hosts map[netip.Prefix]int // grouping prefix -> banned single addresses inside
+}
+
+// newBanIndex indexes the active bans; v4Bits and v6Bits are the lengths
+// the snapshot groups sources by.
+func newBanIndex(active []store.Active, v4Bits, v6Bits int) *banIndex {
+	b := &banIndex{all: make(map[netip.Prefix]bool, len(active)), hosts: map[netip.Prefix]int{}}
+	for _, a := range active {
+		b.all[a.Prefix] = true
+		if !a.Prefix.IsSingleIP() {
+			b.nets = append(b.nets, a.Prefix)
+			continue
+		}
+		bits := v4Bits
+		if a.Prefix.Addr().Is6() {
+			bits = v6Bits
+		}
+		if k, err := a.Prefix.Addr().Prefix(bits); err == nil {
+			b.hosts[k]++
+		}
+	}
+	return b
+}
+
+// covered reports whether an active ban is p or contains it.
+func (b *banIndex) covered(p netip.Prefix) bool {
+	if b.all[p] {
+		return true
+	}
+	for _, n := range b.nets {
+		if n.Bits() <= p.Bits() && n.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostsIn counts the active single-address bans inside p (a grouping
+// prefix of the snapshot).
+func (b *banIndex) hostsIn(p netip.Prefix) int { return b.hosts[p] }
+
+// dryPurger counts what a purge would delete and deletes nothing.
+type dryPurger struct{ c *conntrack.Conn }
+
+func (p dryPurger) PurgeSource(ctx context.Context, pfx netip.Prefix) (int, error) {
+	return p.c.CountSource(ctx, pfx)
+}
+
+func (p dryPurger) CountSource(ctx context.Context, pfx netip.Prefix) (int, error) {
+	return p.c.CountSource(ctx, pfx)
+}

@@ -1,0 +1,81 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/metrics"
+	"github.com/ctguard/ctguard/internal/snapshot"
+)
+
+// MetricsState reads the daemon's state for a Prometheus scrape.
+func (d *Daemon) MetricsState() metrics.State {
+	active, _ := d.st.ActiveIndex(time.Now())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := metrics.State{
+		Count: float64(d.stats.Count), Max: float64(d.stats.Max),
+		Drop: float64(d.stats.Drop), EarlyDrop: float64(d.stats.EarlyDrop), InsertFailed: float64(d.stats.InsertFailed),
+		Pressure: float64(d.result.Pressure), BreakerTrips: float64(d.counters.BreakerTrips),
+		ValveRuns: float64(d.counters.ValveRuns), ValveDeleted: float64(d.counters.ValveDeleted),
+		TableRebuilds: float64(d.counters.Rebuilds), ScanErrors: float64(d.counters.ScanErrors),
+		DryRun: d.dryRun, States: map[string]float64{}, Classes: map[string]float64{},
+		BansActive: map[string]float64{"address": 0, "prefix": 0}, BansTotal: map[string]float64{},
+		GrowthPerSec: math.NaN(), SecondsToFull: metrics.Inf,
+	}
+	if r, ok := d.rate(); ok {
+		s.GrowthPerSec = r
+		if eta, ok := forecast.ETA(float64(d.stats.Count), float64(d.stats.Max), r); ok {
+			s.SecondsToFull = eta.Seconds()
+		}
+	}
+	for _, a := range active {
+		if a.Prefix.IsSingleIP() {
+			s.BansActive["address"]++
+		} else {
+			s.BansActive["prefix"]++
+		}
+	}
+	for k, v := range d.counters.BansByReason {
+		s.BansTotal[k] = float64(v)
+	}
+	if d.snap != nil {
+		for i, n := range d.snap.States {
+			if n > 0 {
+				s.States[conntrack.TCPState(i).String()] = float64(n)
+			}
+		}
+		for i, n := range d.snap.Classes {
+			s.Classes[snapshot.Class(i).String()] = float64(n)
+		}
+		s.ScanSeconds = d.snap.Duration.Seconds()
+		s.ScanEntries = float64(d.snap.Total)
+		s.Orphans = float64(d.snap.Orphans)
+	}
+	return s
+}
+
+// ServeMetrics serves /metrics on addr until ctx ends.
+func (d *Daemon) ServeMetrics(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics.Handler(metrics.New(d.MetricsState)))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
