@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/testutil"
 )
 
@@ -403,3 +404,38 @@ nft add rule ip nat pre tcp dport 9090 dnat to 198.51.100.2:8080`)
 		t.Fatal("unbanned source cannot reach the backend")
 	}
 }
+
+// TestRootBanManyPurgesEachSource: several sources in one BanMany go
+// through the lead's one-dump PurgeSources/CountSources, and each gets its
+// own count while an unbanned source keeps its entries.
+func TestRootBanManyPurgesEachSource(t *testing.T) {
+	l := newLab(t)
+	l.listen(8080)
+	held := map[string]int{"192.0.2.3": 2, "192.0.2.66": 3, "2001:db8::3": 4, "192.0.2.2": 2}
+	for src, n := range held {
+		if c := l.dialTimeout(src, 8080, n, 2*time.Second); len(c) != n {
+			t.Fatalf("setup %s: %d of %d", src, len(c), n)
+		}
+	}
+	rs, err := l.eng.BanMany(context.Background(), []BanRequest{
+		{Prefix: pfx("192.0.2.3"), TTL: time.Hour},
+		{Prefix: pfx("192.0.2.64/26"), TTL: time.Hour},
+		{Prefix: pfx("2001:db8::3"), TTL: time.Hour},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, src := range []string{"192.0.2.3", "192.0.2.66", "2001:db8::3"} {
+		if b := rs[i].Ban; rs[i].Err != nil || b.Purged != held[src] || b.Remaining != 0 || b.PurgeErr != "" {
+			t.Errorf("%s: %+v %v, want %d purged", src, b, rs[i].Err, held[src])
+		}
+		if n := l.count(src); n != 0 {
+			t.Errorf("%s kept %d entries", src, n)
+		}
+	}
+	if n := l.count("192.0.2.2"); n < 2 {
+		t.Errorf("unbanned source lost entries: %d left", n)
+	}
+}
+
+var _ BatchPurger = (*conntrack.Conn)(nil)

@@ -343,7 +343,16 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	ps := make([]netip.Prefix, len(accepted))
 	for k, i := range accepted {
 		ps[k] = reqs[i].Prefix
-		outs[k].purged, outs[k].remaining, outs[k].err = e.purge(ctx, reqs[i].Prefix)
+	}
+	if bp, ok := e.purger.(BatchPurger); ok && len(ps) > 1 {
+		purged, remaining, err := purgeMany(ctx, bp, ps)
+		for k := range outs {
+			outs[k] = outcome{purged[k], remaining[k], err}
+		}
+	} else {
+		for k, p := range ps {
+			outs[k].purged, outs[k].remaining, outs[k].err = e.purge(ctx, p)
+		}
 	}
 	recorded, err := e.store.UpdateBans(ps, func(k int, b *store.Ban) {
 		b.Purged, b.Remaining = outs[k].purged, outs[k].remaining
@@ -377,6 +386,25 @@ func (e *Engine) purge(ctx context.Context, p netip.Prefix) (purged, remaining i
 	remaining, err = e.purger.CountSource(ctx, p)
 	if err != nil {
 		return purged, 0, fmt.Errorf("re-count %s: %w", p, err)
+	}
+	return purged, remaining, nil
+}
+
+// purgeMany purges and re-counts disjoint prefixes in one pass each.
+func purgeMany(ctx context.Context, bp BatchPurger, ps []netip.Prefix) (purged, remaining []int, err error) {
+	purged, err = bp.PurgeSources(ctx, ps)
+	if len(purged) != len(ps) {
+		purged = make([]int, len(ps))
+	}
+	if err != nil {
+		return purged, make([]int, len(ps)), fmt.Errorf("purge %d sources: %w", len(ps), err)
+	}
+	remaining, err = bp.CountSources(ctx, ps)
+	if len(remaining) != len(ps) {
+		remaining = make([]int, len(ps))
+	}
+	if err != nil {
+		return purged, remaining, fmt.Errorf("re-count %d sources: %w", len(ps), err)
 	}
 	return purged, remaining, nil
 }

@@ -393,3 +393,38 @@ func TestKernelElements(t *testing.T) {
 		t.Fatalf("got %v", s)
 	}
 }
+
+func TestBanManyPurgesInOnePass(t *testing.T) {
+	f := newFixture(t)
+	bp := &FakeBatchPurger{FakePurger: FakePurger{Entries: f.ct.Entries}}
+	e := New(Config{Store: f.st, Firewall: f.fw, Purger: bp, Now: f.clk.now, Allow: f.eng.allowC})
+	reqs := []BanRequest{
+		{Prefix: pfx("198.51.100.7"), TTL: time.Hour},
+		{Prefix: pfx("2001:db8:5::/64"), TTL: time.Hour},
+		{Prefix: pfx("203.0.113.9"), TTL: time.Hour},
+		{Prefix: pfx("2001:db8:5::1"), TTL: time.Hour}, // covered by the /64 in the same batch
+	}
+	rs, err := e.BanMany(context.Background(), reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bp.Passes != 2 {
+		t.Fatalf("%d passes over the table for 3 sources, want 2 (one purge, one count)", bp.Passes)
+	}
+	for i, want := range []int{300, 15, 40} {
+		if rs[i].Err != nil || rs[i].Ban.Purged != want || rs[i].Ban.Remaining != 0 {
+			t.Errorf("%s: %+v, want %d purged", reqs[i].Prefix, rs[i].Ban, want)
+		}
+	}
+	if rs[3].CoveredBy != pfx("2001:db8:5::/64") {
+		t.Errorf("inner address: %+v", rs[3])
+	}
+	// A single ban keeps the cheaper per-source path (filtered flush).
+	bp.Passes = 0
+	if _, err := e.Ban(context.Background(), BanRequest{Prefix: pfx("198.51.100.8"), TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if bp.Passes != 2 {
+		t.Fatalf("single ban: %d calls", bp.Passes)
+	}
+}

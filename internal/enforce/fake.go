@@ -166,12 +166,15 @@ type FakePurger struct {
 	// purge (a source the ban did not stop), to exercise the re-count.
 	Refill int
 	Err    error
+	// Passes counts calls, to show whether the batch path ran.
+	Passes int
 }
 
 // PurgeSource implements Purger.
 func (p *FakePurger) PurgeSource(ctx context.Context, pfx netip.Prefix) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.Passes++
 	if p.Err != nil {
 		return 0, p.Err
 	}
@@ -189,6 +192,7 @@ func (p *FakePurger) PurgeSource(ctx context.Context, pfx netip.Prefix) (int, er
 func (p *FakePurger) CountSource(ctx context.Context, pfx netip.Prefix) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.Passes++
 	if p.Err != nil {
 		return 0, p.Err
 	}
@@ -200,3 +204,40 @@ func (p *FakePurger) CountSource(ctx context.Context, pfx netip.Prefix) (int, er
 	}
 	return n, nil
 }
+
+// FakeBatchPurger adds the one-pass methods of BatchPurger.
+type FakeBatchPurger struct{ FakePurger }
+
+// PurgeSources implements BatchPurger in one pass.
+func (p *FakeBatchPurger) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+	return p.many(ps, true)
+}
+
+// CountSources implements BatchPurger in one pass.
+func (p *FakeBatchPurger) CountSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+	return p.many(ps, false)
+}
+
+func (p *FakeBatchPurger) many(ps []netip.Prefix, purge bool) ([]int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.Passes++
+	out := make([]int, len(ps))
+	if p.Err != nil {
+		return out, p.Err
+	}
+	for a, c := range p.Entries {
+		for i, pfx := range ps {
+			if pfx.Contains(a) {
+				out[i] += c
+				if purge {
+					p.Entries[a] = p.Refill
+				}
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+var _ BatchPurger = (*FakeBatchPurger)(nil)
