@@ -13,5 +13,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CTGUARD_TEST_MAIN") == "1" {
 		os.Exit(run(context.Background(), &env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:]))
 	}
+	// Never talk to a daemon that may run on this machine.
+	os.Setenv("CTGUARD_SOCKET", "/nonexistent/ctguard-test.sock")
 	os.Exit(m.Run())
 }

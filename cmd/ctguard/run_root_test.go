@@ -160,6 +160,19 @@ func TestRootRunBansPurgesExplains(t *testing.T) {
 		t.Errorf("why for the spared source: %v\n%s", err, out)
 	}
 
+	// status and top answer from the daemon's last scan.
+	waitFor(t, "status through the daemon to count 30 entries", 5*time.Second, func() bool {
+		out, err := self(ns, "status", "--json", "--socket", sock).CombinedOutput()
+		var st map[string]any
+		return err == nil && json.Unmarshal(out, &st) == nil && st["daemon"] != nil && st["count"] == float64(30)
+	})
+	// (The scan that led to the ban still shows the bot; the next one not.)
+	waitFor(t, "top through the daemon to show only the spared source", 5*time.Second, func() bool {
+		out, err := self(ns, "top", "--json", "--socket", sock).CombinedOutput()
+		var rows []topRow
+		return err == nil && json.Unmarshal(out, &rows) == nil && len(rows) == 1 && rows[0].Source == "198.51.100.7" && rows[0].Entries == 30
+	})
+
 	// Flushing the ruleset is healed within an interval, ban included.
 	ns.MustRun(t, "nft", "flush", "ruleset")
 	waitFor(t, "the table rebuilt after nft flush ruleset", 10*time.Second, func() bool {

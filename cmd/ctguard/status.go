@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/snapshot"
 )
 
@@ -49,6 +51,7 @@ type statusReport struct {
 	Scan          scanCost        `json:"scan"`
 	Timeouts      map[string]int  `json:"timeouts"`
 	Fallback      string          `json:"reader_fallback,omitempty"`
+	Daemon        *daemonStatus   `json:"daemon,omitempty"`
 }
 
 type histBucket struct {
@@ -69,6 +72,8 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	sf.register(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	sample := fs.Duration("sample", 5*time.Second, "how long to sample the entry count for the growth rate (0: no rate)")
+	sock := socketFlag(fs)
+	direct := fs.Bool("direct", false, "read the kernel even when a daemon runs (by default its last scan is shown)")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
@@ -77,6 +82,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	}
 	if *sample < 0 || *sample > time.Hour {
 		return usagef("--sample %v: want 0 to 1h", *sample)
+	}
+	if !*direct {
+		if cl, err := daemon.Dial(*sock); err == nil {
+			return statusFromDaemon(ctx, e, cl, *asJSON)
+		}
 	}
 	s, err := sf.open(ctx)
 	if err != nil {
@@ -118,7 +128,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	r := buildStatus(st, snap, samples, s)
+	r := buildStatus(st, snap, samples, hostInfo{s.sys.Buckets, s.sys.Kernel, s.sys.Timeouts, s.src.Fallback}, len(snap.Sources))
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
@@ -128,12 +138,20 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast.Sample, s *scanner) *statusReport {
+// hostInfo is what status shows of the host besides the table.
+type hostInfo struct {
+	buckets  int
+	kernel   string
+	timeouts map[string]int
+	fallback string
+}
+
+func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast.Sample, h hostInfo, sources int) *statusReport {
 	r := &statusReport{
-		Count: st.Count, Max: st.Max, Buckets: s.sys.Buckets, Kernel: s.sys.Kernel,
+		Count: st.Count, Max: st.Max, Buckets: h.buckets, Kernel: h.kernel,
 		States: map[string]int{}, Protocols: map[string]int{}, Classes: map[string]int{},
 		Assured: snap.Assured, Inbound: snap.Inbound, Outbound: snap.Outbound, Forwarded: snap.Forwarded,
-		Sources: len(snap.Sources), KernelStats: st, Timeouts: s.sys.Timeouts, Fallback: s.src.Fallback,
+		Sources: sources, KernelStats: st, Timeouts: h.timeouts, Fallback: h.fallback,
 		Scan: scanCost{Entries: snap.Total, DurationMS: float64(snap.Duration.Microseconds()) / 1000, Reader: snap.Reader},
 	}
 	if snap.Sockets {
@@ -222,6 +240,20 @@ func printStatus(w io.Writer, r *statusReport) {
 	if r.Fallback != "" {
 		fmt.Fprintf(w, "note       netlink unavailable (%s): read /proc instead\n", r.Fallback)
 	}
+	if d := r.Daemon; d != nil {
+		mode := "enforcing"
+		if d.DryRun {
+			mode = "DRY RUN (nothing enforced)"
+		}
+		var total uint64
+		for _, n := range d.Counters.BansByReason {
+			total += n
+		}
+		fmt.Fprintf(w, "daemon     %s, pressure %s (ban at score %.0f), %d bans active, %d made since start; last scan %s ago\n",
+			mode, d.Pressure, d.Threshold, d.ActiveBans, total, forecast.Format(time.Since(d.LastCycle)))
+		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d\n",
+			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors)
+	}
 }
 
 // joinCounts renders a map as "K n  K n" sorted by count, descending.
@@ -248,4 +280,35 @@ func joinCounts(m map[string]int, empty string) string {
 		parts[i] = fmt.Sprintf("%s %d", x.k, x.n)
 	}
 	return strings.Join(parts, "  ")
+}
+
+// daemonStatus is what a running daemon adds to status.
+type daemonStatus struct {
+	DryRun     bool            `json:"dry_run"`
+	Pressure   policy.Pressure `json:"pressure"`
+	Threshold  float64         `json:"threshold"`
+	LastCycle  time.Time       `json:"last_cycle"`
+	Cycles     uint64          `json:"cycles"`
+	ActiveBans int             `json:"active_bans"`
+	Counters   daemon.Counters `json:"counters"`
+}
+
+func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON bool) error {
+	var d daemon.StatusReply
+	if err := cl.Call(ctx, daemon.Request{Op: "status"}, &d); err != nil {
+		return err
+	}
+	if d.Snapshot == nil {
+		return fmt.Errorf("the daemon has not finished its first scan yet: try again in a second")
+	}
+	r := buildStatus(d.Stats, d.Snapshot, d.Samples, hostInfo{d.Buckets, d.Kernel, d.Timeouts, ""}, d.NumSources)
+	r.Daemon = &daemonStatus{DryRun: d.DryRun, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
+		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	printStatus(e.stdout, r)
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/forecast"
 	"github.com/ctguard/ctguard/internal/snapshot"
 )
@@ -48,6 +49,8 @@ func runTop(ctx context.Context, e *env, args []string) error {
 	prefix := fs.Bool("prefix", false, "group sources by prefix (--v4-prefix, --v6-prefix)")
 	watch := fs.Duration("watch", 0, "refresh every DURATION until interrupted (0: once)")
 	asJSON := fs.Bool("json", false, "print a JSON array (one per line with --watch)")
+	sock := socketFlag(fs)
+	direct := fs.Bool("direct", false, "scan the kernel even when a daemon runs (by default its last scan is shown)")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
@@ -64,13 +67,42 @@ func runTop(ctx context.Context, e *env, args []string) error {
 	if *watch < 0 || (*watch > 0 && *watch < 100*time.Millisecond) {
 		return usagef("--watch %v: want 0 (once) or at least 100ms", *watch)
 	}
-	s, err := sf.open(ctx)
-	if err != nil {
-		return err
+	// With a daemon running, show its last scan: no second full scan of a
+	// table that may be under attack.
+	var next func() (*snapshot.Snapshot, int, error)
+	if cl, err := daemon.Dial(*sock); err == nil && !*direct {
+		next = func() (*snapshot.Snapshot, int, error) {
+			var r daemon.TopReply
+			if err := cl.Call(ctx, daemon.Request{Op: "top", By: *by, Prefix: *prefix, N: *n}, &r); err != nil {
+				return nil, 0, err
+			}
+			if r.Snapshot == nil {
+				return nil, 0, fmt.Errorf("the daemon has not finished its first scan yet: try again in a second")
+			}
+			if *prefix {
+				return r.Snapshot, r.NumPrefixes, nil
+			}
+			return r.Snapshot, r.NumSources, nil
+		}
+	} else {
+		s, err := sf.open(ctx)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		next = func() (*snapshot.Snapshot, int, error) {
+			snap, err := s.scan(ctx)
+			if err != nil {
+				return nil, 0, err
+			}
+			if *prefix {
+				return snap, len(snap.Prefixes), nil
+			}
+			return snap, len(snap.Sources), nil
+		}
 	}
-	defer s.close()
 	for {
-		snap, err := s.scan(ctx)
+		snap, total, err := next()
 		if err != nil {
 			if ctx.Err() != nil && *watch > 0 {
 				return nil
@@ -102,7 +134,7 @@ func runTop(ctx context.Context, e *env, args []string) error {
 			if *watch > 0 {
 				fmt.Fprint(e.stdout, "\033[H\033[2J") // home + clear: refresh in place
 			}
-			printTop(e.stdout, snap, rows, *prefix, *by)
+			printTop(e.stdout, snap, total, rows, *prefix, *by)
 		}
 		if *watch == 0 {
 			return nil
@@ -131,10 +163,10 @@ func toRow(h snapshot.Holder, prefix bool) topRow {
 	return r
 }
 
-func printTop(w io.Writer, snap *snapshot.Snapshot, rows []topRow, prefix bool, by string) {
-	what, n := "sources", len(snap.Sources)
+func printTop(w io.Writer, snap *snapshot.Snapshot, n int, rows []topRow, prefix bool, by string) {
+	what := "sources"
 	if prefix {
-		what, n = "prefixes", len(snap.Prefixes)
+		what = "prefixes"
 	}
 	fmt.Fprintf(w, "%s  %d entries, %d inbound from %d %s (%d outbound); top %d by %s; scan %.1f ms via %s\n",
 		snap.Time.Format("15:04:05"), snap.Total, snap.Inbound, n, what, snap.Outbound, len(rows), by,

@@ -206,6 +206,7 @@ type StatusReply struct {
 	Kernel     string             `json:"kernel"`
 	Timeouts   map[string]int     `json:"timeouts"`
 	Reader     string             `json:"reader"`
+	NumSources int                `json:"num_sources"`
 }
 
 // Status is what `status` shows of a running daemon.
@@ -222,6 +223,7 @@ func (d *Daemon) Status() StatusReply {
 	r.Counters.BansByReason = maps(d.counters.BansByReason)
 	if d.snap != nil {
 		s := *d.snap
+		r.NumSources = len(s.Sources)
 		s.Sources, s.Prefixes = nil, nil
 		s.Config.Local = nil
 		r.Snapshot = &s
