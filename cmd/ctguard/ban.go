@@ -14,6 +14,7 @@ import (
 
 	"github.com/ctguard/ctguard/internal/allow"
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/store"
 )
@@ -28,11 +29,10 @@ func init() {
 }
 
 // enforcer is what the enforcement commands (ban, unban, list, allow,
-// purge) need. Today it is an *enforce.Engine opened in this process on the
-// store and the kernel. Once the daemon owns the store, openEnforcer will
-// first try the daemon's control socket and return a client with the same
-// methods, so the commands do not change and never block on the database
-// lock.
+// purge) need. When a daemon answers on the control socket it is a
+// *daemon.Client (the daemon owns the store and the table); otherwise an
+// *enforce.Engine opened in this process on the store and the kernel. The
+// commands do not care which, and never block on the database lock.
 type enforcer interface {
 	Ban(ctx context.Context, r enforce.BanRequest) (enforce.BanResult, error)
 	Unban(ctx context.Context, p netip.Prefix) (store.Ban, error)
@@ -44,10 +44,14 @@ type enforcer interface {
 	Counters(ctx context.Context) (enforce.Counters, error)
 }
 
-var _ enforcer = (*enforce.Engine)(nil)
+var (
+	_ enforcer = (*enforce.Engine)(nil)
+	_ enforcer = (*daemon.Client)(nil)
+)
 
 // enforceFlags are the flags shared by the enforcement commands.
 type enforceFlags struct {
+	socket     *string
 	stateDir   string
 	procfs     string
 	resolvConf string
@@ -57,7 +61,8 @@ type enforceFlags struct {
 }
 
 func (f *enforceFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.stateDir, "state-dir", "", "directory of the ban database (default $CTGUARD_STATE_DIR or "+store.DefaultDir+")")
+	f.socket = socketFlag(fs)
+	fs.StringVar(&f.stateDir, "state-dir", "", "directory of the ban database when no daemon runs (default $CTGUARD_STATE_DIR or "+store.DefaultDir+")")
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root for the allowlist (routes, SSH sessions)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers are allowlisted")
 	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "comma-separated sshd ports whose open sessions' peers are allowlisted")
@@ -93,15 +98,20 @@ type session struct {
 	close func()
 }
 
-// openEnforcer opens the store and the kernel side. kernel=false (list)
-// skips the firewall reconcile and conntrack, so reading the ban list
-// changes nothing.
+// open returns the running daemon's client when one answers on the
+// control socket, else opens the store and the kernel side here.
+// kernel=false (list) skips the firewall reconcile and conntrack, so
+// reading the ban list changes nothing.
 func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session, error) {
+	if f.socket != nil && *f.socket != "" {
+		if cl, err := daemon.Dial(*f.socket); err == nil {
+			return &session{enforcer: cl, close: func() {}}, nil
+		}
+	}
 	st, err := store.Open(store.Dir(f.stateDir), store.Options{})
 	if errors.Is(err, store.ErrLocked) {
-		// The control socket belongs to the daemon issue; until it exists,
-		// say who holds the store instead of waiting.
-		return nil, fmt.Errorf("%w: the ctguard daemon owns the ban list; stop it, or use its control socket once available", err)
+		// A daemon holds the store but does not answer on the socket.
+		return nil, fmt.Errorf("%w, but no daemon answers on %s (pass --socket, or stop the other process)", err, *f.socket)
 	}
 	if err != nil {
 		return nil, err

@@ -3,12 +3,16 @@ package main
 import (
 	"encoding/json"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/daemon"
+	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/store"
 	"github.com/ctguard/ctguard/internal/testutil"
 )
@@ -17,7 +21,7 @@ import (
 // (the state directory is not even created).
 func TestEnforceUsageErrors(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	sd := []string{"--state-dir", dir}
+	sd := []string{"--state-dir", dir, "--socket", "/nonexistent/ctguard.sock"}
 	cases := []struct {
 		args []string
 		want string
@@ -62,7 +66,7 @@ func TestEnforceNeedsRoot(t *testing.T) {
 	t.Cleanup(func() { geteuid = old })
 	dir := filepath.Join(t.TempDir(), "state")
 	for _, args := range [][]string{{"ban", "192.0.2.7"}, {"unban", "192.0.2.7"}, {"list"}, {"purge", "192.0.2.7"}, {"allow", "192.0.2.7"}} {
-		_, errs, code := runCLI(t, append(args, "--state-dir", dir)...)
+		_, errs, code := runCLI(t, append(args, "--state-dir", dir, "--socket", "/nonexistent/ctguard.sock")...)
 		if code != 1 || !strings.Contains(errs, "needs root") || !strings.Contains(errs, "sudo") {
 			t.Errorf("%v as non-root: exit %d, %q", args, code, errs)
 		}
@@ -81,8 +85,8 @@ func TestEnforceStoreLocked(t *testing.T) {
 	}
 	defer st.Close()
 	start := time.Now()
-	_, errs, code := runCLI(t, "list", "--state-dir", dir)
-	if code != 1 || !strings.Contains(errs, "locked by a running ctguard (pid") {
+	_, errs, code := runCLI(t, "list", "--state-dir", dir, "--socket", "/nonexistent/ctguard.sock")
+	if code != 1 || !strings.Contains(errs, "locked by a running ctguard (pid") || !strings.Contains(errs, "no daemon answers on /nonexistent/ctguard.sock") {
 		t.Fatalf("exit %d, %q", code, errs)
 	}
 	if time.Since(start) > 3*time.Second {
@@ -133,7 +137,8 @@ nft add rule inet t c ct state established,related accept`)
 		var out, errs string
 		var code int
 		vic.Do(t, func() {
-			out, errs, code = runCLI(t, append(args, "--state-dir", dir, "--procfs", "/proc/thread-self", "--resolv-conf", "/nonexistent")...)
+			out, errs, code = runCLI(t, append(args, "--state-dir", dir, "--socket", "/nonexistent/ctguard.sock",
+				"--procfs", "/proc/thread-self", "--resolv-conf", "/nonexistent")...)
 		})
 		return out, errs, code
 	}
@@ -203,5 +208,65 @@ nft add rule inet t c ct state established,related accept`)
 	}
 	if out, _, code := cli("list", "--allowlist"); code != 0 || !strings.Contains(out, "203.0.113.1/32") || !strings.Contains(out, "local address") {
 		t.Fatalf("list --allowlist:\n%s", out)
+	}
+}
+
+// TestEnforceGoesThroughDaemonSocket: with a daemon answering on the
+// control socket, the commands send their request there and never open the
+// store. The server here stands in for the daemon's protocol.
+func TestEnforceGoesThroughDaemonSocket(t *testing.T) {
+	testutil.RequireRoot(t) // the commands refuse non-root before dialling
+	sock := filepath.Join(t.TempDir(), "ctguard.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var got []daemon.Request
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			var req daemon.Request
+			if json.NewDecoder(c).Decode(&req) == nil {
+				mu.Lock()
+				got = append(got, req)
+				mu.Unlock()
+				var res any
+				switch req.Op {
+				case "ban":
+					p := netip.MustParsePrefix(req.Target)
+					res = struct {
+						enforce.BanResult
+						Err string `json:"error,omitempty"`
+					}{BanResult: enforce.BanResult{Prefix: p, Ban: store.Ban{Prefix: p, Count: 3, Expires: time.Now().Add(req.TTL), Purged: 42}}}
+				case "list":
+					res = []store.Ban{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Reason: "via daemon", Expires: time.Now().Add(time.Hour)}}
+				}
+				b, _ := json.Marshal(res)
+				json.NewEncoder(c).Encode(daemon.Response{Result: b})
+			}
+			c.Close()
+		}
+	}()
+	dir := filepath.Join(t.TempDir(), "state")
+	out, errs, code := runCLI(t, "ban", "198.51.100.7", "--ttl", "3h", "--reason", "r", "--socket", sock, "--state-dir", dir)
+	if code != 0 || !strings.Contains(out, "banned 198.51.100.7/32 for 3h0m0s") || !strings.Contains(out, "(ban #3)") || !strings.Contains(out, "purged 42") {
+		t.Fatalf("ban via socket: exit %d\n%s\n%s", code, out, errs)
+	}
+	out, _, code = runCLI(t, "list", "--socket", sock, "--state-dir", dir)
+	if code != 0 || !strings.Contains(out, "via daemon") {
+		t.Fatalf("list via socket: exit %d\n%s", code, out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[0].Op != "ban" || got[0].Target != "198.51.100.7/32" || got[0].TTL != 3*time.Hour || got[0].Reason != "r" || got[1].Op != "list" {
+		t.Fatalf("requests %+v", got)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatal("the store was opened although a daemon answered")
 	}
 }

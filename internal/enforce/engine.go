@@ -206,7 +206,7 @@ type BanRequest struct {
 // BanResult is what became of one BanRequest.
 type BanResult struct {
 	Prefix    netip.Prefix
-	Err       error        // refused or failed; nothing was changed for it
+	Err       error        `json:"-"` // refused or failed; nothing was changed for it (not serialisable: callers send its text)
 	CoveredBy netip.Prefix // valid when skipped: an active prefix ban already covers it
 	Refreshed bool         // it was already banned; the timeout was renewed
 	Replaced  []netip.Prefix

@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"strings"
@@ -426,5 +427,23 @@ func TestBanManyPurgesInOnePass(t *testing.T) {
 	}
 	if bp.Passes != 2 {
 		t.Fatalf("single ban: %d calls", bp.Passes)
+	}
+}
+
+// TestBanResultJSON: results cross the daemon's control socket as JSON; an
+// error value must not make them undecodable.
+func TestBanResultJSON(t *testing.T) {
+	in := BanResult{Prefix: pfx("192.0.2.7"), Err: errors.New("refused"), CoveredBy: pfx("192.0.2.0/24"),
+		Replaced: []netip.Prefix{pfx("192.0.2.0/28")}, Ban: store.Ban{Prefix: pfx("192.0.2.7"), Count: 2, Purged: 9}}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out BanResult
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+	if out.Prefix != in.Prefix || out.CoveredBy != in.CoveredBy || out.Ban.Purged != 9 || len(out.Replaced) != 1 || out.Err != nil {
+		t.Fatalf("round trip: %+v", out)
 	}
 }
