@@ -93,8 +93,6 @@ func explain(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, conntrack.ErrPermission):
-		return fmt.Errorf("%w (not root, or no CAP_NET_ADMIN)", err)
 	case errors.Is(err, conntrack.ErrNotLoaded):
 		return fmt.Errorf("%w: this host tracks no connections, so its table cannot fill; nothing to do (modprobe nf_conntrack to enable tracking)", err)
 	case errors.Is(err, conntrack.ErrNoProcFile):
