@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -169,6 +170,9 @@ nft add rule inet t c ct state established,related accept`)
 		rows[0].Reason != "test" || rows[0].Purged != 2 || rows[0].ExpiresInSeconds < 590 {
 		t.Fatalf("list --json: exit %d\n%s", code, out)
 	}
+	if out, _, code := cli("list"); code != 0 || !regexp.MustCompile(`dropped before conntrack: [1-9]\d* packets`).MatchString(out) {
+		t.Fatalf("list does not show the drops:\n%s", out)
+	}
 	// After `nft flush ruleset`, the next command restores the table.
 	vic.MustRun(t, "nft", "flush", "ruleset")
 	if out, errs, code := cli("purge", "203.0.113.3"); code != 0 || !strings.Contains(errs, "restored table inet ctguard") || !strings.Contains(out, "purged") {
@@ -243,6 +247,8 @@ func TestEnforceGoesThroughDaemonSocket(t *testing.T) {
 						enforce.BanResult
 						Err string `json:"error,omitempty"`
 					}{BanResult: enforce.BanResult{Prefix: p, Ban: store.Ban{Prefix: p, Count: 3, Expires: time.Now().Add(req.TTL), Purged: 42}}}
+				case "counters":
+					res = enforce.Counters{Ban4: enforce.Counter{Packets: 7, Bytes: 420}}
 				case "list":
 					res = []store.Ban{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Reason: "via daemon", Expires: time.Now().Add(time.Hour)}}
 				}
@@ -258,12 +264,13 @@ func TestEnforceGoesThroughDaemonSocket(t *testing.T) {
 		t.Fatalf("ban via socket: exit %d\n%s\n%s", code, out, errs)
 	}
 	out, _, code = runCLI(t, "list", "--socket", sock, "--state-dir", dir)
-	if code != 0 || !strings.Contains(out, "via daemon") {
+	if code != 0 || !strings.Contains(out, "via daemon") || !strings.Contains(out, "7 packets, 420 bytes") {
 		t.Fatalf("list via socket: exit %d\n%s", code, out)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(got) != 2 || got[0].Op != "ban" || got[0].Target != "198.51.100.7/32" || got[0].TTL != 3*time.Hour || got[0].Reason != "r" || got[1].Op != "list" {
+	if len(got) != 3 || got[0].Op != "ban" || got[0].Target != "198.51.100.7/32" || got[0].TTL != 3*time.Hour || got[0].Reason != "r" ||
+		got[1].Op != "list" || got[2].Op != "counters" {
 		t.Fatalf("requests %+v", got)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {

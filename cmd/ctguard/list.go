@@ -76,6 +76,7 @@ func runList(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stdout, "no active bans")
 		return nil
 	}
+	defer printCounters(ctx, e, s)
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PREFIX\tSTATE\tEXPIRES IN\tCOUNT\tPURGED\tREMAINING\tREASON")
 	for _, r := range rows {
@@ -120,4 +121,17 @@ func printAllowlist(e *env, s *session, asJSON bool) error {
 		fmt.Fprintf(e.stderr, "warning: %s\n", w)
 	}
 	return tw.Flush()
+}
+
+// printCounters adds the kernel's drop counters under the table (reading
+// them changes nothing); a missing table is worth saying.
+func printCounters(ctx context.Context, e *env, s *session) {
+	c, err := s.Counters(ctx)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "drop counters unavailable: %v\n", err)
+		return
+	}
+	t := c.Total()
+	fmt.Fprintf(e.stdout, "\ndropped before conntrack: %d packets, %d bytes (addresses v4 %d / v6 %d, prefixes v4 %d / v6 %d packets)\n",
+		t.Packets, t.Bytes, c.Ban4.Packets, c.Ban6.Packets, c.Net4.Packets, c.Net6.Packets)
 }

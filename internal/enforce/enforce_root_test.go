@@ -52,6 +52,16 @@ func TestRootBanDropsBeforeConntrackAndPurges(t *testing.T) {
 	// Others are untouched.
 	l.requireTracking("192.0.2.2", 8080)
 
+	// An accept elsewhere, even earlier in prerouting (firewalld-style
+	// "ct state established accept" or a blanket accept), ends only its own
+	// base chain: the ban still drops.
+	l.vic.Script(t, `nft add table inet other
+nft add chain inet other pre '{ type filter hook prerouting priority -350; }'
+nft add rule inet other pre accept`)
+	if c := l.dial("192.0.2.3", 8080, 2); len(c) != 0 || l.count("192.0.2.3") != 0 {
+		t.Fatal("an earlier accept in another table bypassed the ban")
+	}
+
 	// Unban: the source gets through again.
 	if _, err := l.eng.Unban(context.Background(), pfx("192.0.2.3")); err != nil {
 		t.Fatal(err)
