@@ -129,12 +129,15 @@ func (c *Conn) send(b []byte) error {
 	}
 }
 
-// read receives one datagram into c.rbuf. It calls recvfrom directly: the
-// unix package's wrapper allocates a Sockaddr per call.
-func (c *Conn) read(flags int) (int, error) {
+// read receives one datagram into c.rbuf.
+func (c *Conn) read(flags int) (int, error) { return recv(c.fd, c.rbuf, flags) }
+
+// recv calls recvfrom directly: the unix package's wrapper allocates a
+// Sockaddr per call.
+func recv(fd int, buf []byte, flags int) (int, error) {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&c.rbuf[0])),
-			uintptr(len(c.rbuf)), uintptr(flags), 0, 0)
+		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])),
+			uintptr(len(buf)), uintptr(flags), 0, 0)
 		if e == unix.EINTR {
 			continue
 		}

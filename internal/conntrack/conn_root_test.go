@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ctguard/ctguard/internal/testutil"
 )
@@ -230,3 +231,46 @@ func TestRootPurgeManyAndDelete(t *testing.T) {
 		t.Fatalf("198.51.100.2 holds %d, want 3", n)
 	}
 }
+
+func TestRootEvents(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNS(t)
+	c := openIn(t, ns)
+	var l *Listener
+	var err error
+	ns.Do(t, func() { l, err = Listen(EventNew, EventDestroy) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	src := netip.MustParseAddr("198.51.100.9")
+	es := synthetic(src, netip.MustParseAddr("192.0.2.10"), 50, 1000, 1000)
+	if n, err := c.Create(ctx, es); err != nil || n != 50 {
+		t.Fatalf("create: %d %v", n, err)
+	}
+	if n, err := c.PurgeSource(ctx, netip.PrefixFrom(src, 32)); err != nil || n != 50 {
+		t.Fatalf("purge: %d %v", n, err)
+	}
+	news, destroys := 0, 0
+	err = l.Run(ctx, func(k EventKind, e *Entry) error {
+		if e != nil && e.Orig.Src == src {
+			switch k {
+			case EventNew:
+				news++
+			case EventDestroy:
+				destroys++
+			}
+		}
+		if news == 50 && destroys == 50 {
+			return errStop
+		}
+		return nil
+	})
+	if err != errStop {
+		t.Fatalf("events: %d new, %d destroy (want 50 each); %v; lost %d", news, destroys, err, l.Lost)
+	}
+}
+
+var errStop = fmt.Errorf("stop")
