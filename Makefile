@@ -61,3 +61,50 @@ lab-test:
 # Remove namespaces left by lab runs that were killed.
 lab-clean: lab-build
 	$(LAB_BIN) cleanup
+
+# Install the daemon as a systemd service (as root, after `make build`):
+# binary, unit and, only if absent, the default config with every key
+# commented out. DESTDIR stages into another root (packaging, tests);
+# PREFIX moves the binary, and the unit is rewritten to match.
+PREFIX  ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+CONFDIR ?= /etc/ctguard
+UNITDIR ?= /etc/systemd/system
+# systemctl only for the real root, and only where systemd runs.
+SYSTEMD_LIVE = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null
+
+.PHONY: install uninstall
+
+install:
+	@test -x $(BIN) || { echo "$(BIN) is missing: run 'make build' first (as your user, not root)"; exit 1; }
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/ctguard
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	sed -e 's|/usr/local/sbin/ctguard|$(SBINDIR)/ctguard|g' -e 's|/etc/ctguard/ctguard.toml|$(CONFDIR)/ctguard.toml|g' \
+	  packaging/ctguard.service > $(DESTDIR)$(UNITDIR)/.ctguard.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/.ctguard.service.tmp
+	mv -f $(DESTDIR)$(UNITDIR)/.ctguard.service.tmp $(DESTDIR)$(UNITDIR)/ctguard.service
+	@if [ -e $(DESTDIR)$(CONFDIR)/ctguard.toml ]; then \
+	  echo "keeping the existing $(DESTDIR)$(CONFDIR)/ctguard.toml (the shipped defaults are in packaging/ctguard.toml)"; \
+	else \
+	  echo "install -m 0644 packaging/ctguard.toml $(DESTDIR)$(CONFDIR)/ctguard.toml"; \
+	  install -m 0644 packaging/ctguard.toml $(DESTDIR)$(CONFDIR)/ctguard.toml; \
+	fi
+	@if $(SYSTEMD_LIVE); then systemctl daemon-reload; fi
+	@echo "installed; start with: systemctl enable --now ctguard (try 'ctguard run --dry-run --config $(CONFDIR)/ctguard.toml' first)"
+
+# Stops and disables the service (real root only), removes the binary and
+# the unit, and the config only if it is still the shipped one. Keeps the
+# ban store (/var/lib/ctguard); bans in the kernel expire by themselves.
+uninstall:
+	@if $(SYSTEMD_LIVE); then systemctl disable --now ctguard.service 2>/dev/null || true; fi
+	rm -f $(DESTDIR)$(SBINDIR)/ctguard $(DESTDIR)$(UNITDIR)/ctguard.service
+	@if [ -e $(DESTDIR)$(CONFDIR)/ctguard.toml ]; then \
+	  if cmp -s packaging/ctguard.toml $(DESTDIR)$(CONFDIR)/ctguard.toml; then \
+	    echo "rm -f $(DESTDIR)$(CONFDIR)/ctguard.toml"; rm -f $(DESTDIR)$(CONFDIR)/ctguard.toml; \
+	  else \
+	    echo "keeping $(DESTDIR)$(CONFDIR)/ctguard.toml: it was changed"; \
+	  fi; \
+	fi
+	@rmdir $(DESTDIR)$(CONFDIR) 2>/dev/null || true
+	@if $(SYSTEMD_LIVE); then systemctl daemon-reload; fi
+	@echo "uninstalled; kept the ban store /var/lib/ctguard. Bans still in the kernel expire by themselves; to lift them now: nft delete table inet ctguard"
