@@ -91,11 +91,21 @@ type ReconcileResult struct {
 	Took     time.Duration
 }
 
-// Start recreates the own table atomically with every unexpired stored ban.
-// It runs once when ctguard starts.
+// HistoryRetention is how long ended and expired ban records are kept (for
+// repeat-offender counts and `ctguard why`) before Start prunes them.
+const HistoryRetention = 30 * 24 * time.Hour
+
+// Start recreates the own table atomically with every unexpired stored ban,
+// after pruning records that ended more than HistoryRetention ago. It runs
+// once when ctguard starts.
 func (e *Engine) Start(ctx context.Context) (ReconcileResult, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if n, err := e.store.Prune(e.now().Add(-HistoryRetention)); err != nil {
+		return ReconcileResult{}, err
+	} else if n > 0 {
+		e.log.Info("pruned old ban records", "records", n, "older_than", HistoryRetention)
+	}
 	return e.rebuild(ctx, "")
 }
 

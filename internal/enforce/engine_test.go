@@ -447,3 +447,21 @@ func TestBanResultJSON(t *testing.T) {
 		t.Fatalf("round trip: %+v", out)
 	}
 }
+
+func TestStartPrunesOldHistory(t *testing.T) {
+	f := newFixture(t)
+	f.ban(t, "198.51.100.7", time.Hour)
+	f.clk.add(2 * time.Hour)
+	f.ban(t, "203.0.113.9", time.Hour)
+	f.clk.add(HistoryRetention)
+	if all, _ := f.eng.List(true); len(all) != 2 {
+		t.Fatalf("setup: %d records", len(all))
+	}
+	if _, err := f.eng.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	all, _ := f.eng.List(true)
+	if len(all) != 1 || all[0].Prefix != pfx("203.0.113.9") {
+		t.Fatalf("after prune: %+v", all)
+	}
+}

@@ -34,10 +34,14 @@ var (
 	bucketBans  = []byte("bans")
 	bucketAllow = []byte("allow")
 	bucketMeta  = []byte("meta")
-	// bucketIndex maps each unended ban's prefix to its expiry (8 bytes,
-	// Unix nanoseconds, big endian), so that restoring 100k bans and the
-	// overlap checks of a ban do not decode every full record.
-	bucketIndex = []byte("index")
+	// bucketIndex maps every ban record's prefix to when it stops (8 bytes,
+	// Unix nanoseconds, big endian: the expiry, or the end if lifted early)
+	// and a state byte (0 in force until then, 1 ended), so that restoring
+	// 100k bans, the overlap checks of a ban and pruning do not decode the
+	// full records.
+	bucketIndex = []byte("idx")
+	// bucketOldIndex is the first index format (no state byte); dropped at open.
+	bucketOldIndex = []byte("index")
 )
 
 const schemaVersion = "1"
@@ -143,6 +147,11 @@ func Open(dir string, opt Options) (*Store, error) {
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketBans, bucketAllow, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if tx.Bucket(bucketOldIndex) != nil {
+			if err := tx.DeleteBucket(bucketOldIndex); err != nil {
 				return err
 			}
 		}
@@ -343,18 +352,14 @@ func (s *Store) ActiveBans(now time.Time) ([]Ban, error) {
 func (s *Store) Prune(cutoff time.Time) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBans)
+		b, idx := tx.Bucket(bucketBans), tx.Bucket(bucketIndex)
 		var dead [][]byte
-		if err := b.ForEach(func(k, v []byte) error {
-			var rec Ban
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode %s: %w", k, err)
+		cut := uint64(cutoff.UnixNano())
+		if err := idx.ForEach(func(k, v []byte) error {
+			if len(v) != indexLen {
+				return fmt.Errorf("index %s: bad value", k)
 			}
-			end := rec.Expires
-			if !rec.Ended.IsZero() && rec.Ended.Before(end) {
-				end = rec.Ended
-			}
-			if end.Before(cutoff) {
+			if binary.BigEndian.Uint64(v) < cut {
 				dead = append(dead, append([]byte(nil), k...))
 			}
 			return nil
@@ -365,7 +370,7 @@ func (s *Store) Prune(cutoff time.Time) (int, error) {
 			if err := b.Delete(k); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketIndex).Delete(k); err != nil {
+			if err := idx.Delete(k); err != nil {
 				return err
 			}
 		}
@@ -464,14 +469,19 @@ func putBan(tx *bolt.Tx, rec Ban) error {
 	if err := put(tx.Bucket(bucketBans), rec.Prefix, rec); err != nil {
 		return err
 	}
-	idx := tx.Bucket(bucketIndex)
+	var v [indexLen]byte
+	until := rec.Expires
 	if !rec.Ended.IsZero() {
-		return idx.Delete(key(rec.Prefix))
+		v[8] = 1
+		if rec.Ended.Before(until) {
+			until = rec.Ended
+		}
 	}
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], uint64(rec.Expires.UnixNano()))
-	return idx.Put(key(rec.Prefix), v[:])
+	binary.BigEndian.PutUint64(v[:], uint64(until.UnixNano()))
+	return tx.Bucket(bucketIndex).Put(key(rec.Prefix), v[:])
 }
+
+const indexLen = 9
 
 func rebuildIndex(tx *bolt.Tx) error {
 	if _, err := tx.CreateBucket(bucketIndex); err != nil {
@@ -500,11 +510,11 @@ func (s *Store) ActiveIndex(now time.Time) ([]Active, error) {
 	nowNs := uint64(now.UnixNano())
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
-			if len(v) != 8 {
+			if len(v) != indexLen {
 				return fmt.Errorf("index %s: bad value", k)
 			}
 			exp := binary.BigEndian.Uint64(v)
-			if exp <= nowNs {
+			if exp <= nowNs || v[8] != 0 {
 				return nil
 			}
 			p, err := netip.ParsePrefix(string(k))

@@ -197,8 +197,14 @@ func TestActiveIndex(t *testing.T) {
 	if got := idx(); got != want {
 		t.Fatalf("index %q, want %q", got, want)
 	}
-	// An index lost (older database) is rebuilt at open.
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketIndex) }); err != nil {
+	// An index lost, or in the first format, is rebuilt at open.
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketIndex); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket(bucketOldIndex)
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -209,10 +215,27 @@ func TestActiveIndex(t *testing.T) {
 	if got := idx(); got != want {
 		t.Fatalf("rebuilt index %q, want %q", got, want)
 	}
-	if _, err := s.Prune(t0.Add(2 * time.Hour)); err != nil {
-		t.Fatal(err)
+	// Prune by the index: the ended record goes first (ended at t0), then
+	// the expired ones.
+	if n, err := s.Prune(t0.Add(30 * time.Minute)); err != nil || n != 2 {
+		t.Fatalf("prune at +30m: %d, %v; want the ended /32 and the expired /24", n, err)
+	}
+	if _, err := s.GetBan(netip.MustParsePrefix("192.0.2.2/32")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ended record kept: %v", err)
+	}
+	if n, err := s.Prune(t0.Add(2 * time.Hour)); err != nil || n != 2 {
+		t.Fatalf("prune at +2h: %d, %v", n, err)
 	}
 	if act, _ := s.ActiveIndex(t0); len(act) != 0 {
 		t.Fatalf("index after prune: %v", act)
 	}
+	if all, _ := s.Bans(); len(all) != 0 {
+		t.Fatalf("records after prune: %v", all)
+	}
+	s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketOldIndex) != nil {
+			t.Error("old index bucket not dropped")
+		}
+		return nil
+	})
 }
