@@ -319,7 +319,7 @@ func TestRootUnbanOfExpiredElement(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	// Deleting expired elements together with a live one: not an error, and
 	// the live one is really deleted. The log shows that the kernel did
-	// refuse the batch and the one-by-one path ran.
+	// refuse the batch and the splitting path ran.
 	var logs bytes.Buffer
 	l.fw.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	err := l.fw.Apply(ctx, Change{Delete: []netip.Prefix{pfx("198.51.100.1"), pfx("198.51.100.64/26"), pfx("198.51.100.2")},
@@ -329,6 +329,37 @@ func TestRootUnbanOfExpiredElement(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "total=3 already_expired=2") {
 		t.Fatalf("fallback path not taken as expected; log:\n%s", logs.String())
+	}
+
+	// Many live elements around a few expired ones: still correct, and the
+	// live ones are all gone.
+	var live, dead []Element
+	for i := range 2000 {
+		live = append(live, Element{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), TTL: time.Hour})
+	}
+	for i := range 3 {
+		dead = append(dead, Element{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 0, byte(i)}), 32), TTL: time.Second})
+	}
+	if err := l.fw.Apply(ctx, Change{Add: append(live, dead...)}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	var all []netip.Prefix
+	for i, e := range live {
+		all = append(all, e.Prefix)
+		if i%700 == 0 {
+			all = append(all, dead[i/700].Prefix)
+		}
+	}
+	logs.Reset()
+	if err := l.fw.Apply(ctx, Change{Delete: all}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "total=2003 already_expired=3") {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+	if out := l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); strings.Contains(out, "198.18.") {
+		t.Fatalf("live elements survived:\n%s", out)
 	}
 	out := l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4")
 	if strings.Contains(out, "198.51.100.2") || !strings.Contains(out, "198.51.100.3") {

@@ -20,12 +20,13 @@ import (
 // through the daemon's control socket once the daemon owns the store (the
 // method set is the control protocol: plain request and result structs).
 type Engine struct {
-	store  *store.Store
-	fw     Firewall
-	purger Purger
-	allowC allow.Config
-	log    *slog.Logger
-	now    func() time.Time
+	store   *store.Store
+	fw      Firewall
+	purger  Purger
+	allowMu sync.Mutex // guards allowC (SIGHUP replaces it while bans run)
+	allowC  allow.Config
+	log     *slog.Logger
+	now     func() time.Time
 
 	mu      sync.Mutex // serialises changes: the store and the kernel move together
 	tableID TableID
@@ -68,8 +69,10 @@ func (e *Engine) Allowlist() (*allow.List, error) {
 	if err != nil {
 		return nil, err
 	}
+	e.allowMu.Lock()
 	cfg := e.allowC
 	cfg.Static = slices.Clone(cfg.Static)
+	e.allowMu.Unlock()
 	for _, a := range rt {
 		cfg.Static = append(cfg.Static, allow.Entry{Prefix: a.Prefix, Source: allow.Runtime, Detail: a.Note, Expires: a.Expires})
 	}
@@ -81,6 +84,14 @@ func (e *Engine) Allowlist() (*allow.List, error) {
 		e.log.Warn("allowlist source unavailable", "err", w)
 	}
 	return l, nil
+}
+
+// SetAllowConfig replaces where the allowlist comes from (a config reload);
+// the next Allowlist call reads the new sources.
+func (e *Engine) SetAllowConfig(c allow.Config) {
+	e.allowMu.Lock()
+	e.allowC = c
+	e.allowMu.Unlock()
 }
 
 // ReconcileResult says what Reconcile or Start did.
@@ -217,7 +228,7 @@ type BanRequest struct {
 type BanResult struct {
 	Prefix    netip.Prefix
 	Err       error        `json:"-"` // refused or failed; nothing was changed for it (not serialisable: callers send its text)
-	CoveredBy netip.Prefix // valid when skipped: an active prefix ban already covers it
+	CoveredBy netip.Prefix // valid when skipped: an active prefix ban already covers it (itself: a duplicate in the batch)
 	Refreshed bool         // it was already banned; the timeout was renewed
 	Replaced  []netip.Prefix
 	Ban       store.Ban // the record after the ban, with the purge outcome
@@ -270,6 +281,7 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 
 	var ch Change
 	var accepted []int
+	inBatch := map[netip.Prefix]bool{}
 	for _, i := range order {
 		r := &reqs[i]
 		res := &results[i]
@@ -291,6 +303,11 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			res.CoveredBy = q
 			continue
 		}
+		if inBatch[p] {
+			res.CoveredBy = p // the same prefix earlier in this batch
+			continue
+		}
+		inBatch[p] = true
 		if !isHost(p) {
 			for _, q := range nets.inside(p) {
 				res.Replaced = append(res.Replaced, q)

@@ -465,3 +465,25 @@ func TestStartPrunesOldHistory(t *testing.T) {
 		t.Fatalf("after prune: %+v", all)
 	}
 }
+
+func TestBanManyDuplicates(t *testing.T) {
+	f := newFixture(t)
+	rs, err := f.eng.BanMany(context.Background(), []BanRequest{
+		{Prefix: pfx("198.51.100.7"), TTL: time.Hour},
+		{Prefix: pfx("198.51.100.7"), TTL: 2 * time.Hour},
+		{Prefix: pfx("203.0.113.0/28"), TTL: time.Hour},
+		{Prefix: pfx("203.0.113.0/28"), TTL: time.Hour},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs[0].Err != nil || rs[0].Ban.Count != 1 || rs[1].CoveredBy != pfx("198.51.100.7") || rs[3].CoveredBy != pfx("203.0.113.0/28") {
+		t.Fatalf("duplicates: %+v", rs)
+	}
+	if b, _ := f.st.GetBan(pfx("198.51.100.7")); b.Count != 1 {
+		t.Fatalf("counted %d times", b.Count)
+	}
+	if got := elemList(f.fw); got != "198.51.100.7/32 203.0.113.0/28" {
+		t.Fatalf("kernel %q", got)
+	}
+}

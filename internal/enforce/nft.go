@@ -332,28 +332,14 @@ func (n *NFT) Apply(ctx context.Context, ch Change) error {
 		return nil
 	}
 	// Some element to delete had already expired and the kernel refused the
-	// whole batch: delete one by one, treating ENOENT as done, then add
-	// everything in one batch.
-	gone := 0
-	for _, d := range dels {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		c, err := n.conn()
-		if err != nil {
-			return err
-		}
-		if _, err := n.queue(c, opDel, []Element{d}, false); err != nil {
-			return err
-		}
-		if err := c.Flush(); err != nil {
-			if !errors.Is(err, syscall.ENOENT) {
-				return fmt.Errorf("delete %s: %w", d.Prefix, err)
-			}
-			gone++
-		}
+	// whole batch: delete in halves, down to single elements, treating
+	// ENOENT on a single element as done (k expired among n cost about
+	// k*log2(n) small batches, not n), then add everything in one batch.
+	gone, err := n.deleteTolerant(ctx, dels)
+	if err != nil {
+		return err
 	}
-	n.log.Debug("deleted elements one by one", "total", len(dels), "already_expired", gone)
+	n.log.Debug("deleted elements around expired ones", "total", len(dels), "already_expired", gone)
 	if len(ch.Add) == 0 {
 		return nil
 	}
@@ -368,6 +354,38 @@ func (n *NFT) Apply(ctx context.Context, ch Change) error {
 		return fmt.Errorf("apply %d adds: %w", len(ch.Add), err)
 	}
 	return nil
+}
+
+// deleteTolerant deletes dels, splitting a batch the kernel refuses with
+// ENOENT until the missing elements are isolated. It returns how many were
+// already gone.
+func (n *NFT) deleteTolerant(ctx context.Context, dels []Element) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	c, err := n.conn()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := n.queue(c, opDel, dels, false); err != nil {
+		return 0, err
+	}
+	err = c.Flush()
+	switch {
+	case err == nil:
+		return 0, nil
+	case !errors.Is(err, syscall.ENOENT):
+		return 0, fmt.Errorf("delete %d elements: %w", len(dels), err)
+	case len(dels) == 1:
+		return 1, nil
+	}
+	half := len(dels) / 2
+	a, err := n.deleteTolerant(ctx, dels[:half])
+	if err != nil {
+		return a, err
+	}
+	b, err := n.deleteTolerant(ctx, dels[half:])
+	return a + b, err
 }
 
 // Check implements Firewall. It reads the table, its sets, the chain and
