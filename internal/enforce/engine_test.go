@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -485,5 +487,41 @@ func TestBanManyDuplicates(t *testing.T) {
 	}
 	if got := elemList(f.fw); got != "198.51.100.7/32 203.0.113.0/28" {
 		t.Fatalf("kernel %q", got)
+	}
+}
+
+// FuzzParseTarget: any input either fails with ErrBadTarget or yields a
+// prefix the kernel sets can hold as is.
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"192.0.2.1", "192.0.2.0/24", "2001:db8::/32", "::ffff:192.0.2.1", "::ffff:192.0.2.0/120",
+		"fe80::1%eth0", "1.2.3.4/0", "::/0", "192.0.2.1/24", "", "/", "::ffff:0:0/96", "0.0.0.0/8"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, _, err := ParseTarget(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadTarget) {
+				t.Fatalf("%q: error %v is not ErrBadTarget", s, err)
+			}
+			return
+		}
+		a := p.Addr()
+		if !p.IsValid() || p.Masked() != p || a.Is4In6() || a.Zone() != "" ||
+			a.Is4() && p.Bits() < MinBits4 || a.Is6() && p.Bits() < MinBits6 {
+			t.Fatalf("%q -> %v: not a usable ban target", s, p)
+		}
+	})
+}
+
+func TestExplainErrors(t *testing.T) {
+	if err := explain(fmt.Errorf("netlink: %w", syscall.EPERM)); !errors.Is(err, ErrPermission) || !errors.Is(err, syscall.EPERM) && !strings.Contains(err.Error(), "operation not permitted") {
+		t.Errorf("EPERM: %v", err)
+	}
+	if err := explain(syscall.EPROTONOSUPPORT); !errors.Is(err, ErrNoNFTables) {
+		t.Errorf("EPROTONOSUPPORT: %v", err)
+	}
+	other := errors.New("boom")
+	if explain(other) != other {
+		t.Error("other errors must pass through")
 	}
 }

@@ -121,6 +121,26 @@ func (n *NFT) conn() (*nftables.Conn, error) {
 	return c, nil
 }
 
+// ErrNoNFTables means the kernel has no nf_tables (or no netfilter netlink).
+var ErrNoNFTables = errors.New("the kernel has no nftables support (nf_tables module not loaded?)")
+
+// ErrPermission means the caller lacks CAP_NET_ADMIN.
+var ErrPermission = errors.New("changing the firewall needs root (CAP_NET_ADMIN): run with sudo")
+
+// explain turns the errnos a user can act on into sentences, keeping the
+// original error for the details.
+func explain(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%w (%v)", ErrPermission, err)
+	case errors.Is(err, syscall.EPROTONOSUPPORT), errors.Is(err, syscall.EAFNOSUPPORT):
+		return fmt.Errorf("%w (%v)", ErrNoNFTables, err)
+	}
+	return err
+}
+
 // setFor picks the set an element belongs to.
 func (n *NFT) setFor(p netip.Prefix) *nftables.Set {
 	switch {
@@ -292,7 +312,7 @@ func (n *NFT) Setup(ctx context.Context, elems []Element) (TableID, error) {
 	}
 	t1 := time.Now()
 	if err := c.Flush(); err != nil {
-		return 0, fmt.Errorf("setup table inet %s with %d bans (%d element messages): %w", TableName, len(elems), msgs, err)
+		return 0, fmt.Errorf("setup table inet %s with %d bans (%d element messages): %w", TableName, len(elems), msgs, explain(err))
 	}
 	id, _, err := n.tableInfo()
 	if err != nil {
@@ -327,7 +347,7 @@ func (n *NFT) Apply(ctx context.Context, ch Change) error {
 	err = c.Flush()
 	if err == nil || len(dels) == 0 || !errors.Is(err, syscall.ENOENT) {
 		if err != nil {
-			return fmt.Errorf("apply %d deletes, %d adds: %w", len(dels), len(ch.Add), err)
+			return fmt.Errorf("apply %d deletes, %d adds: %w", len(dels), len(ch.Add), explain(err))
 		}
 		return nil
 	}
@@ -398,7 +418,7 @@ func (n *NFT) Check(ctx context.Context, want TableID) (string, error) {
 	defer n.mu.Unlock()
 	id, exists, err := n.tableInfo()
 	if err != nil {
-		return "", fmt.Errorf("check table: %w", err)
+		return "", fmt.Errorf("check table: %w", explain(err))
 	}
 	if !exists {
 		return "table inet " + TableName + " is missing", nil
