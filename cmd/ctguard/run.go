@@ -76,7 +76,9 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	go func() { errc <- d.Run(ctx) }()
 	err = <-errc
 	cancel()
-	if err == nil {
+	if err == nil && cfg.Daemon.DryRun {
+		log.Info("ctguard stopped (dry run: nothing was changed in the kernel)")
+	} else if err == nil {
 		log.Info("ctguard stopped; bans stay in the kernel until they expire")
 	}
 	return err

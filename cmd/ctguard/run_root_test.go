@@ -104,6 +104,14 @@ func startDaemon(t *testing.T, ns *testutil.NS, args ...string) (*syncBuf, *exec
 	return &log, cmd
 }
 
+func mustRead(t *testing.T, p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	end := time.Now().Add(d)
@@ -179,6 +187,28 @@ func TestRootRunBansPurgesExplains(t *testing.T) {
 		out, err := ns.Run("nft", "list", "set", "inet", "ctguard", "ban4")
 		return err == nil && strings.Contains(out, "203.0.113.110")
 	})
+
+	// SIGHUP reloads the allowlist: a newly allowed heavy holder is spared.
+	os.WriteFile(cfg, []byte(strings.Replace(mustRead(t, cfg), "[daemon]", "[allow]\naddresses = [\"203.0.113.120\"]\n\n[daemon]", 1)), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload", 5*time.Second, func() bool { return strings.Contains(log.String(), "msg=reloaded") })
+	heavy := make([]conntrack.Entry, 150)
+	for i := range heavy {
+		src, dst, p := netip.MustParseAddr("203.0.113.120"), netip.MustParseAddr("192.0.2.10"), uint16(30000+i)
+		heavy[i] = conntrack.Entry{Proto: conntrack.ProtoTCP, Orig: conntrack.Tuple{Src: src, Dst: dst, SrcPort: p, DstPort: 443},
+			Reply:  conntrack.Tuple{Src: dst, Dst: src, SrcPort: 443, DstPort: p},
+			Status: conntrack.StatusConfirmed | conntrack.StatusSeenReply | conntrack.StatusAssured, Timeout: 431000,
+			TCPState: conntrack.TCPEstablished, HasTCPState: true}
+	}
+	if n, err := c.Create(context.Background(), heavy); err != nil || n != 150 {
+		t.Fatalf("create: %d %v", n, err)
+	}
+	waitFor(t, "the allowlisted holder to be spared", 5*time.Second, func() bool {
+		return strings.Contains(log.String(), `msg="not banned" target=203.0.113.120/32`)
+	})
+	if n := count(t, c, "203.0.113.120/32"); n != 150 {
+		t.Errorf("the allowlisted source lost entries: %d left", n)
+	}
 
 	// SIGHUP reloads; a broken config is refused and the old one kept.
 	os.WriteFile(cfg, []byte("[daemon]\npoll = \"nope\"\n"), 0o644)

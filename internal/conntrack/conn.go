@@ -366,6 +366,16 @@ type Stats struct {
 
 // Stats reads the entry count, the limit and the per-CPU counters.
 func (c *Conn) Stats(ctx context.Context) (Stats, error) {
+	return c.stats(ctx, true)
+}
+
+// Count reads only the entry count and the limit: one small request, cheap
+// enough to poll every second.
+func (c *Conn) Count(ctx context.Context) (Stats, error) {
+	return c.stats(ctx, false)
+}
+
+func (c *Conn) stats(ctx context.Context, perCPU bool) (Stats, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var s Stats
@@ -394,7 +404,7 @@ func (c *Conn) Stats(ctx context.Context) (Stats, error) {
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil || !perCPU {
 		return s, err
 	}
 	seq = c.nextSeq()

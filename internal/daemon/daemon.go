@@ -55,6 +55,9 @@ type Daemon struct {
 	allowAt  time.Time
 	reload   chan struct{}
 	cfgPath  string
+	// interfaces overrides the host's addresses (tests).
+	interfaces    func() ([]netip.Prefix, error)
+	socketsWarned bool
 }
 
 // Counters are the daemon's running totals (for metrics and status).
@@ -154,7 +157,14 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 			}
 		}
 	}
-	prefixes, _ := c.AllowPrefixes()
+	d.interfaces = o.Interfaces
+	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Log: d.log, Allow: d.allowConfig(c)})
+	return d, nil
+}
+
+// allowConfig is where the allowlist comes from under config c.
+func (d *Daemon) allowConfig(c config.Config) allow.Config {
+	prefixes, _ := c.AllowPrefixes() // validated at load
 	var static []allow.Entry
 	for _, p := range prefixes {
 		static = append(static, allow.Entry{Prefix: p, Source: allow.Configured, Detail: "allow.addresses"})
@@ -163,12 +173,8 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	for i, p := range c.Allow.SSHPorts {
 		ports[i] = uint16(p)
 	}
-	d.eng = enforce.New(enforce.Config{
-		Store: st, Firewall: fw, Purger: purger, Log: d.log,
-		Allow: allow.Config{ProcRoot: c.Daemon.Procfs, ResolvConf: c.Allow.ResolvConf, SSHPorts: ports,
-			Static: static, InterfaceAddrs: o.Interfaces},
-	})
-	return d, nil
+	return allow.Config{ProcRoot: c.Daemon.Procfs, ResolvConf: c.Allow.ResolvConf, SSHPorts: ports,
+		Static: static, InterfaceAddrs: d.interfaces}
 }
 
 // loadHost reads the sysctls and local addresses and builds the
@@ -226,19 +232,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 		cfg := d.cfg
 		pressure := d.result.Pressure
 		d.mu.Unlock()
-		st, err := d.src.Stats(ctx)
+		st, err := d.src.Count(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			d.log.Error("read conntrack stats", "err", err)
+			d.log.Error("read conntrack count", "err", err)
 		} else {
 			d.addSample(time.Now(), st)
 			due := time.Since(lastScan) >= cfg.Daemon.Interval[pressure] ||
 				(lastCount >= 0 && int(st.Count)-lastCount >= cfg.Daemon.ScanOnGrowth)
 			if due {
 				lastScan, lastCount = time.Now(), int(st.Count)
-				d.cycle(ctx, st)
+				d.cycle(ctx)
 			}
 		}
 		select {
@@ -261,11 +267,34 @@ func (d *Daemon) doReload() {
 			d.log.Error("reload: config rejected, keeping the running one", "err", err)
 			return
 		}
-		if c.Daemon.DryRun != d.cfg.Daemon.DryRun || c.Daemon.StateDir != d.cfg.Daemon.StateDir || c.Daemon.Socket != d.cfg.Daemon.Socket {
-			d.log.Warn("reload: daemon.dry_run, state_dir and socket need a restart; keeping the running values")
-			c.Daemon.DryRun, c.Daemon.StateDir, c.Daemon.Socket = d.cfg.Daemon.DryRun, d.cfg.Daemon.StateDir, d.cfg.Daemon.Socket
+		// What the process was built from stays; say so instead of half
+		// applying it.
+		old := d.cfg
+		c.Daemon.DryRun = d.dryRun
+		var kept []string
+		for _, k := range []struct {
+			name    string
+			changed bool
+		}{
+			{"daemon.state_dir", c.Daemon.StateDir != old.Daemon.StateDir},
+			{"daemon.socket", c.Daemon.Socket != old.Daemon.Socket},
+			{"daemon.reader", c.Daemon.Reader != old.Daemon.Reader},
+			{"daemon.procfs", c.Daemon.Procfs != old.Daemon.Procfs},
+			{"daemon.sockets", c.Daemon.Sockets != old.Daemon.Sockets},
+			{"metrics", c.Metrics != old.Metrics},
+			{"log", c.Log != old.Log},
+		} {
+			if k.changed {
+				kept = append(kept, k.name)
+			}
+		}
+		c.Daemon.StateDir, c.Daemon.Socket, c.Daemon.Reader = old.Daemon.StateDir, old.Daemon.Socket, old.Daemon.Reader
+		c.Daemon.Procfs, c.Daemon.Sockets, c.Metrics, c.Log = old.Daemon.Procfs, old.Daemon.Sockets, old.Metrics, old.Log
+		if len(kept) > 0 {
+			d.log.Warn("reload: these settings need a restart; keeping the running values", "keys", kept)
 		}
 		d.cfg = c
+		d.eng.SetAllowConfig(d.allowConfig(c))
 	}
 	if err := d.loadHost(); err != nil {
 		d.log.Error("reload: host facts", "err", err)
@@ -279,7 +308,8 @@ const sampleWindow = time.Minute
 func (d *Daemon) addSample(t time.Time, st conntrack.Stats) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.stats = st
+	// Only the count and the limit: the kernel counters come with each scan.
+	d.stats.Count, d.stats.Max = st.Count, st.Max
 	d.samples = append(d.samples, forecast.Sample{Time: t, Count: float64(st.Count)})
 	cut := 0
 	for cut < len(d.samples) && t.Sub(d.samples[cut].Time) > sampleWindow {
@@ -299,8 +329,18 @@ func (d *Daemon) rate() (float64, bool) {
 }
 
 // cycle is one scan, decision and enforcement.
-func (d *Daemon) cycle(ctx context.Context, st conntrack.Stats) {
+func (d *Daemon) cycle(ctx context.Context) {
 	start := time.Now()
+	st, err := d.src.Stats(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("read conntrack stats", "err", err)
+		}
+		return
+	}
+	d.mu.Lock()
+	d.stats = st
+	d.mu.Unlock()
 	if rr, err := d.eng.Reconcile(ctx); err != nil {
 		d.log.Error("reconcile", "err", err)
 	} else if rr.Rebuilt {
@@ -322,12 +362,22 @@ func (d *Daemon) cycle(ctx context.Context, st conntrack.Stats) {
 			d.allowed, d.allowAt = l, time.Now()
 			d.mu.Unlock()
 		}
+		// Addresses change (DHCP, SLAAC): inbound attribution follows.
+		if local, err := scan.LocalAddrs(); err == nil {
+			d.mu.Lock()
+			d.agg.SetLocal(local)
+			d.mu.Unlock()
+		}
 	}
 
 	d.mu.Lock()
 	agg := d.agg
 	d.mu.Unlock()
 	snap, err := d.src.Scan(ctx, agg)
+	if d.src.SocketsErr != nil && !d.socketsWarned {
+		d.socketsWarned = true
+		d.log.Warn("cannot list TCP sockets: the orphan signal is off", "err", d.src.SocketsErr)
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			d.mu.Lock()

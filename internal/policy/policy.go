@@ -58,13 +58,16 @@ func (p *Pressure) UnmarshalText(b []byte) error {
 
 // Weights say how much one entry of each class counts toward a score.
 type Weights struct {
-	Idle     float64 `toml:"idle"`      // idle ESTABLISHED (nearly all ASSURED: unevictable)
-	Orphan   float64 `toml:"orphan"`    // active ESTABLISHED with no socket behind it
-	HalfOpen float64 `toml:"half_open"` // SYN_RECV, unreplied: evictable
-	Stalled  float64 `toml:"stalled"`
-	Active   float64 `toml:"active"` // live traffic
-	Closing  float64 `toml:"closing"`
-	Other    float64 `toml:"other"`
+	Idle float64 `toml:"idle"` // idle ESTABLISHED (nearly all ASSURED: unevictable) with no socket known
+	// IdleServed is an idle entry with an application socket behind it: the
+	// application holds it and will time it out (quiet websockets, pools).
+	IdleServed float64 `toml:"idle_served"`
+	Orphan     float64 `toml:"orphan"`    // active ESTABLISHED with no socket behind it
+	HalfOpen   float64 `toml:"half_open"` // SYN_RECV, unreplied: evictable
+	Stalled    float64 `toml:"stalled"`
+	Active     float64 `toml:"active"` // live traffic
+	Closing    float64 `toml:"closing"`
+	Other      float64 `toml:"other"`
 }
 
 // Config is the policy's part of the configuration. Zero values are not
@@ -122,7 +125,7 @@ func Default() Config {
 	return Config{
 		ElevatedFill: 0.50, HighFill: 0.75, CriticalFill: 0.90,
 		ElevatedETA: 6 * time.Hour, HighETA: 30 * time.Minute, CriticalETA: 5 * time.Minute,
-		Weights: Weights{Idle: 1, Orphan: 1, HalfOpen: 0.2, Stalled: 0.1, Active: 0.01, Closing: 0.02, Other: 0.02},
+		Weights: Weights{Idle: 1, IdleServed: 0.25, Orphan: 1, HalfOpen: 0.2, Stalled: 0.1, Active: 0.01, Closing: 0.02, Other: 0.02},
 		// The brief's bots hold ~300 unevictable entries each; a NAT gateway
 		// with 60 live users scores 0.6.
 		Threshold:           [NumPressures]float64{100, 60, 30, 15},
@@ -181,7 +184,7 @@ func (c *Config) Validate() error {
 	for _, x := range []struct {
 		k string
 		v float64
-	}{{"weights.idle", w.Idle}, {"weights.orphan", w.Orphan}, {"weights.half_open", w.HalfOpen}, {"weights.stalled", w.Stalled},
+	}{{"weights.idle", w.Idle}, {"weights.idle_served", w.IdleServed}, {"weights.orphan", w.Orphan}, {"weights.half_open", w.HalfOpen}, {"weights.stalled", w.Stalled},
 		{"weights.active", w.Active}, {"weights.closing", w.Closing}, {"weights.other", w.Other},
 		{"prefix_factor", c.PrefixFactor}, {"prefix_member_score", c.PrefixMemberScore}} {
 		if x.v < 0 || math.IsNaN(x.v) || math.IsInf(x.v, 0) {
@@ -208,7 +211,8 @@ func (c *Config) Validate() error {
 func (c *Config) Score(h *snapshot.Counts) float64 {
 	w := c.Weights
 	orphanActive := min(h.OrphanActive, h.Active)
-	return w.Idle*float64(h.Idle) + w.Orphan*float64(orphanActive) + w.Active*float64(h.Active-orphanActive) +
+	served := min(h.ServedIdle, h.Idle)
+	return w.Idle*float64(h.Idle-served) + w.IdleServed*float64(served) + w.Orphan*float64(orphanActive) + w.Active*float64(h.Active-orphanActive) +
 		w.HalfOpen*float64(h.HalfOpen) + w.Stalled*float64(h.Stalled) + w.Closing*float64(h.Closing) + w.Other*float64(h.Other)
 }
 

@@ -95,6 +95,17 @@ func (s *Source) Conn() *conntrack.Conn { return s.nl }
 // ReaderName is "netlink" or "proc".
 func (s *Source) ReaderName() string { return s.reader.Name() }
 
+// Count reads the entry count and the limit only (cheap: for polling).
+func (s *Source) Count(ctx context.Context) (conntrack.Stats, error) {
+	if s.nl != nil {
+		return s.nl.Count(ctx)
+	}
+	var st conntrack.Stats
+	sc, err := ReadSysctls(s.procfs)
+	st.Count, st.Max = uint32(sc.Count), uint32(sc.Max)
+	return st, err
+}
+
 // Stats reads count, max and the kernel counters: over netlink, or from
 // procfs files for the /proc reader.
 func (s *Source) Stats(ctx context.Context) (conntrack.Stats, error) {

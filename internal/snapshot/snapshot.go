@@ -195,6 +195,10 @@ type Counts struct {
 	// the active ones among them: fresh entries no application holds.
 	Orphan       uint32 `json:"orphan"`
 	OrphanActive uint32 `json:"orphan_active"`
+	// ServedIdle counts idle entries that do have a socket behind them: an
+	// application holds them (a quiet websocket, a keepalive pool) and
+	// will time them out itself.
+	ServedIdle uint32 `json:"served_idle"`
 }
 
 func (c *Counts) add(cl Class, assured bool, idle uint32) {
@@ -312,6 +316,12 @@ func NewAggregator(cfg Config) *Aggregator {
 // Config returns the effective configuration.
 func (a *Aggregator) Config() Config { return a.cfg }
 
+// SetLocal replaces the host's addresses (they change: DHCP, SLAAC).
+func (a *Aggregator) SetLocal(l *LocalSet) {
+	a.cfg.Local = l
+	a.snap.Config.Local = l
+}
+
 // Reset starts a new scan.
 func (a *Aggregator) Reset() {
 	clear(a.src)
@@ -360,15 +370,19 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 		a.src[k] = i
 		a.srcs = append(a.srcs, Holder{Key: netip.PrefixFrom(src, src.BitLen())})
 	}
-	orphan := false
+	orphan, servedIdle := false, false
 	if a.socks != nil && (cl == Idle || cl == Active) && idle >= a.cfg.OrphanMinAge && a.cfg.Local.Contains(e.Reply.Src) {
 		// The entry ends at a local port (no DNAT elsewhere): a served
 		// socket should exist for it.
 		orphan = !a.socks.Has(sockets.KeyOf(src, e.Orig.SrcPort, e.Reply.SrcPort))
+		servedIdle = !orphan && cl == Idle
 	}
 	a.srcs[i].add(cl, assured, idle)
 	if orphan {
 		a.srcs[i].addOrphan(cl)
+	}
+	if servedIdle {
+		a.srcs[i].ServedIdle++
 	}
 
 	p := a.prefixOf(src)
@@ -381,6 +395,9 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 	a.pfxs[j].add(cl, assured, idle)
 	if orphan {
 		a.pfxs[j].addOrphan(cl)
+	}
+	if servedIdle {
+		a.pfxs[j].ServedIdle++
 	}
 }
 

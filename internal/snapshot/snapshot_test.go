@@ -205,6 +205,12 @@ func TestOrphans(t *testing.T) {
 	a.Add(mk("203.0.113.9", 101, 431999)) // 1 s old: too young to judge
 	s := a.Snapshot()
 	nat, bot := find(s.Sources, "198.51.100.1"), find(s.Sources, "203.0.113.9")
+	socks.Add(sockets.KeyOf(netip.MustParseAddr("198.51.100.1"), 99, 443))
+	a.Reset()
+	a.Add(mk("198.51.100.1", 99, 1000)) // idle, but an application holds it
+	if h := a.Snapshot().Sources[0]; h.ServedIdle != 1 || h.Orphan != 0 || h.Idle != 1 {
+		t.Errorf("served idle entry: %+v", h)
+	}
 	if nat.Orphan != 0 || bot.Orphan != 11 || bot.OrphanActive != 10 || bot.Entries != 13 || !s.Sockets || s.Orphans != 11 {
 		t.Errorf("nat %+v\nbot %+v\nsnapshot orphans %d sockets %v", nat, bot, s.Orphans, s.Sockets)
 	}

@@ -29,6 +29,20 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "fill" {
+		// scanbench fill NETNS ENTRIES SOURCES: fill an existing namespace
+		// (for measurements of the daemon on a table of a given size).
+		var n, srcs int
+		fmt.Sscan(os.Args[3], &n)
+		fmt.Sscan(os.Args[4], &srcs)
+		created, err := fill(os.Args[2], n, srcs)
+		fmt.Printf("created %d entries from %d sources in %s\n", created, srcs, os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fill:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "floor" {
 		if err := floor(); err != nil {
 			fmt.Fprintln(os.Stderr, "floor:", err)
