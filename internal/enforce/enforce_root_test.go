@@ -191,12 +191,23 @@ func TestRootReconcileAfterFlushRuleset(t *testing.T) {
 	l.loadStateful()
 	l.requireTracking("192.0.2.3", 8080) // the ban is really gone
 
+	// Someone else's tables, before ctguard rebuilds its own.
+	l.vic.Script(t, `nft add table ip other
+nft add chain ip other c '{ type filter hook prerouting priority -400; }'
+nft add rule ip other c ip saddr 203.0.113.0/24 counter accept`)
+	others := func() string {
+		return l.vic.MustRun(t, "nft", "list", "table", "inet", "t") + l.vic.MustRun(t, "nft", "list", "table", "ip", "other")
+	}
+	before := others()
 	r, err := l.eng.Reconcile(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !r.Rebuilt || r.Restored != 3 || !strings.Contains(r.Problem, "missing") {
 		t.Fatalf("reconcile: %+v", r)
+	}
+	if after := others(); after != before {
+		t.Fatalf("reconcile touched other tables:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 	for _, src := range []string{"192.0.2.3", "192.0.2.66", "2001:db8::3"} {
 		if c := l.dial(src, 8080, 2); len(c) != 0 {
