@@ -30,6 +30,9 @@ type Engine struct {
 
 	mu      sync.Mutex // serialises changes: the store and the kernel move together
 	tableID TableID
+
+	warnMu sync.Mutex
+	warned map[string]bool
 }
 
 // Config wires an Engine.
@@ -52,7 +55,7 @@ func New(c Config) *Engine {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, allowC: c.Allow, log: c.Log, now: c.Now}
+	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, allowC: c.Allow, log: c.Log, now: c.Now, warned: map[string]bool{}}
 	if v, err := c.Store.Meta(metaTableID); err == nil && v != "" {
 		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
 			e.tableID = TableID(id)
@@ -80,9 +83,16 @@ func (e *Engine) Allowlist() (*allow.List, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The list is re-read for every ban and every daemon cycle: say each
+	// distinct problem once, not every time.
+	e.warnMu.Lock()
 	for _, w := range l.Warnings {
-		e.log.Warn("allowlist source unavailable", "err", w)
+		if !e.warned[w] {
+			e.warned[w] = true
+			e.log.Warn("allowlist source unavailable", "err", w)
+		}
 	}
+	e.warnMu.Unlock()
 	return l, nil
 }
 

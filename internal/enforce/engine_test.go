@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
@@ -524,4 +525,33 @@ func TestExplainErrors(t *testing.T) {
 	if explain(other) != other {
 		t.Error("other errors must pass through")
 	}
+}
+
+func TestAllowlistWarnsOnce(t *testing.T) {
+	f := newFixture(t)
+	var logs strings.Builder
+	var mu sync.Mutex
+	cfg := f.eng.allowC
+	cfg.ResolvConf = "/nonexistent/resolv.conf"
+	e := New(Config{Store: f.st, Firewall: f.fw, Allow: cfg,
+		Log: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
+	for range 3 {
+		if _, err := e.Allowlist(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(logs.String(), "/nonexistent/resolv.conf"); n != 1 {
+		t.Fatalf("warned %d times:\n%s", n, logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
