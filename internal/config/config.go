@@ -84,7 +84,7 @@ func Default() Config {
 	return Config{
 		Daemon: Daemon{
 			Poll:           time.Second,
-			Interval:       [policy.NumPressures]time.Duration{15 * time.Second, 5 * time.Second, 2 * time.Second, time.Second},
+			Interval:       [policy.NumPressures]time.Duration{30 * time.Second, 5 * time.Second, 2 * time.Second, time.Second},
 			ScanOnGrowth:   200,
 			StateDir:       "/var/lib/ctguard",
 			Socket:         "/run/ctguard/ctguard.sock",

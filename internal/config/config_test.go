@@ -22,7 +22,7 @@ func TestDefaultsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Daemon.Interval[0] != 15*time.Second || c.Policy.Threshold[0] != 100 {
+	if c.Daemon.Interval[0] != 30*time.Second || c.Policy.Threshold[0] != 100 {
 		t.Errorf("defaults %+v", c.Daemon)
 	}
 }
