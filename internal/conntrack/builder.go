@@ -107,3 +107,17 @@ func (m *builder) tuple(typ uint16, t *Tuple, proto uint8) {
 	m.endNest()
 	m.endNest()
 }
+
+// sourceFilter adds a kernel-side match on one IPv4 original source: the
+// tuple carrying it and CTA_FILTER saying only that field counts. Never for
+// IPv6: the kernel's IPv6 filter is inverted.
+func (m *builder) sourceFilter(src netip.Addr) {
+	m.nest(ctaTupleOrig)
+	m.nest(ctaTupleIP)
+	m.addr(ctaIPv4Src, ctaIPv6Src, src)
+	m.endNest()
+	m.endNest()
+	m.nest(ctaFilter)
+	m.u32ne(ctaFilterOrigFlags, filterIPSrc)
+	m.endNest()
+}

@@ -307,14 +307,7 @@ func (c *Conn) buildDump(seq uint32, o *DumpOptions) {
 		c.w.u32be(ctaStatusMask, uint32(o.StatusMask))
 	}
 	if v4src {
-		c.w.nest(ctaTupleOrig)
-		c.w.nest(ctaTupleIP)
-		c.w.addr(ctaIPv4Src, ctaIPv6Src, src)
-		c.w.endNest()
-		c.w.endNest()
-		c.w.nest(ctaFilter)
-		c.w.u32ne(ctaFilterOrigFlags, filterIPSrc)
-		c.w.endNest()
+		c.w.sourceFilter(src)
 	}
 	c.w.end()
 }

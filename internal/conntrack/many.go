@@ -95,7 +95,22 @@ func (c *Conn) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, erro
 			return out, nil
 		}
 	}
+	return c.dumpAndDelete(ctx, ps)
+}
+
+// dumpAndDelete dumps the table once, matches every entry against ps here
+// and deletes the matches in batches; it returns the deletions per prefix.
+func (c *Conn) dumpAndDelete(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+	out := make([]int, len(ps))
 	m := newPrefixMatcher(ps)
+	o := DumpOptions{}
+	if len(ps) == 1 {
+		p := canonical(ps[0])
+		o.Family = familyOf(p.Addr())
+		if p.IsSingleIP() && p.Addr().Is4() {
+			o.Source = p.Addr() // filtered in the kernel: a walk, no copies
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.prepare(); err != nil {
@@ -104,7 +119,7 @@ func (c *Conn) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, erro
 	var vs []victim
 	var owner []int
 	seq := c.nextSeq()
-	c.buildDump(seq, &DumpOptions{})
+	c.buildDump(seq, &o)
 	e := &c.entry
 	err := c.dump(ctx, "dump for purge", seq, func(typ uint16, b []byte) error {
 		if typ&0xff != ctMsgNew {

@@ -35,39 +35,8 @@ func (c *Conn) PurgeSource(ctx context.Context, p netip.Prefix) (int, error) {
 			return n, err
 		}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.prepare(); err != nil {
-		return 0, err
-	}
-	o := DumpOptions{Family: familyOf(p.Addr())}
-	if p.IsSingleIP() && p.Addr().Is4() {
-		o.Source = p.Addr()
-	}
-	var vs []victim
-	seq := c.nextSeq()
-	c.buildDump(seq, &o)
-	e := &c.entry
-	err := c.dump(ctx, "dump for purge", seq, func(typ uint16, b []byte) error {
-		if typ&0xff != ctMsgNew {
-			return nil
-		}
-		if err := ParseMessage(b, e); err != nil {
-			return err
-		}
-		if e.Family == o.Family && p.Contains(e.Orig.Src) {
-			vs = append(vs, victim{orig: e.Orig, proto: e.Proto, zone: e.Zone, id: e.ID})
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("purge %s: %w", p, err)
-	}
-	n, err := c.deleteEntries(ctx, vs)
-	if err != nil {
-		return n, fmt.Errorf("purge %s: %w", p, err)
-	}
-	return n, nil
+	n, err := c.dumpAndDelete(ctx, []netip.Prefix{p})
+	return n[0], err
 }
 
 var errFlushUnsupported = errors.New("filtered flush not supported by this kernel")
@@ -101,14 +70,7 @@ func (c *Conn) flushSource(ctx context.Context, src netip.Addr) (int, error) {
 	// Version 1 restricts the flush to nfgen_family (version 0 would mean
 	// every family on older kernels).
 	c.w.begin(ctMsgDelete, nlmFRequest|nlmFAck, seq, FamilyIPv4, 1)
-	c.w.nest(ctaTupleOrig)
-	c.w.nest(ctaTupleIP)
-	c.w.addr(ctaIPv4Src, ctaIPv6Src, src)
-	c.w.endNest()
-	c.w.endNest()
-	c.w.nest(ctaFilter)
-	c.w.u32ne(ctaFilterOrigFlags, filterIPSrc)
-	c.w.endNest()
+	c.w.sourceFilter(src)
 	c.w.end()
 	err = c.dump(ctx, "filtered flush", seq, func(uint16, []byte) error { return nil })
 	if err != nil {
