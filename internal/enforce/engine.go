@@ -402,6 +402,11 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	}
 	for k, i := range accepted {
 		results[i].Ban = recorded[k]
+		if outs[k].err == nil && outs[k].remaining > 0 {
+			// The drop runs before conntrack, so entries that survive the
+			// purge (or came back) point at a path the ban does not see.
+			e.log.Warn("entries remain after ban and purge", "prefix", ps[k], "remaining", outs[k].remaining, "purged", outs[k].purged)
+		}
 		e.log.Info("banned", "prefix", ps[k], "ttl", reqs[i].TTL, "reason", reqs[i].Reason,
 			"refreshed", results[i].Refreshed, "replaced", len(results[i].Replaced),
 			"purged", outs[k].purged, "remaining", outs[k].remaining, "purge_err", outs[k].err)
