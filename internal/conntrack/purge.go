@@ -28,7 +28,7 @@ func (c *Conn) PurgeSource(ctx context.Context, p netip.Prefix) (int, error) {
 	if !p.IsValid() {
 		return 0, fmt.Errorf("purge: invalid prefix %v", p)
 	}
-	p = netip.PrefixFrom(p.Addr().Unmap(), min(p.Bits(), p.Addr().Unmap().BitLen())).Masked()
+	p = canonical(p)
 	if p.Addr().Is4() && p.IsSingleIP() {
 		n, err := c.flushSource(ctx, p.Addr())
 		if !errors.Is(err, errFlushUnsupported) {
@@ -106,9 +106,8 @@ func (c *Conn) CountSource(ctx context.Context, p netip.Prefix) (int, error) {
 	if !p.IsValid() {
 		return 0, fmt.Errorf("count: invalid prefix %v", p)
 	}
-	a := p.Addr().Unmap()
-	p = netip.PrefixFrom(a, min(p.Bits(), a.BitLen())).Masked()
-	o := DumpOptions{Family: familyOf(a)}
+	p = canonical(p)
+	o := DumpOptions{Family: familyOf(p.Addr())}
 	if p.IsSingleIP() {
 		o.Source = p.Addr()
 	}
