@@ -24,11 +24,14 @@ type BotConfig struct {
 	PerSource int     // connections per source
 	Active    int     // sources active at a time
 	Rate      float64 // connections per second, all sources together
-	Workers   int     // concurrent connects; default 128
+	Workers   int     // concurrent connects; default 256
 	Dst       netip.AddrPort
 	Duration  time.Duration // hard stop
-	Timeout   time.Duration // connect timeout; default 2 s
-	Name      string
+	// Timeout bounds one connect; default 500 ms (the lab's RTT is well under
+	// a millisecond). Short, so that a banned or starved source does not tie
+	// up a worker: real bots are independent of each other.
+	Timeout time.Duration
+	Name    string
 }
 
 // Validate checks the bounds.
@@ -117,10 +120,10 @@ func Bots(ctx context.Context, cfg BotConfig, w *wire.Writer) error {
 		return err
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = 128
+		cfg.Workers = 256
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 2 * time.Second
+		cfg.Timeout = 500 * time.Millisecond
 	}
 	if cfg.Name == "" {
 		cfg.Name = "bots"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/ctguard/ctguard/test/e2e/baseline"
@@ -18,11 +19,20 @@ var ErrUnavailable = errors.New("defense unavailable")
 // Defense is what runs in the victim to protect it, plus where the monitor
 // finds its bans.
 type Defense struct {
-	Name   string
-	Proc   *Proc  // nil: nothing runs
-	Bin    string // binary for Proc; "" means the lab binary
-	IPSets []string
-	Note   string // how it was run, for the results table
+	Name     string
+	Proc     *Proc  // nil: nothing runs
+	Bin      string // binary for Proc; "" means the lab binary
+	IPSets   []string
+	NFTTable string // nftables table whose sets are the bans ("inet ctguard")
+	Note     string // how it was run, for the results table
+	// Native marks a Proc that is not a ctglab role: it gets no --duration
+	// (the runner stops it), its stdout is a log, not wire records, and it
+	// is ready once NFTTable exists in the victim.
+	Native bool
+	// Prepare, if set, gets a fresh private directory and returns extra
+	// arguments for Proc (ctguard: a config with its state and socket there,
+	// so the daemon in the victim never touches the host's /var/lib/ctguard).
+	Prepare func(dir string) ([]string, error)
 }
 
 // DefenseNames lists the defenses the runner knows.
@@ -50,11 +60,32 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 		if err := ctguardAvailable(ctx, ctguardBin); err != nil {
 			return Defense{Name: name}, err
 		}
-		// The daemon exists: wire it in here (issue 6) — its ban sets live in
-		// nftables table inet ctguard, which the monitor does not read yet.
-		return Defense{Name: name}, fmt.Errorf("%w: the lab does not read ctguard's nftables ban sets yet (issue 6)", ErrUnavailable)
+		bin, err := filepath.Abs(ctguardBin)
+		if err != nil {
+			return Defense{Name: name}, err
+		}
+		return Defense{
+			Name:     name,
+			Proc:     &Proc{Name: "ctguard", Role: topo.Victim, Args: []string{"run"}},
+			Bin:      bin,
+			NFTTable: "inet ctguard",
+			Native:   true,
+			Note:     "ctguard run, built-in defaults",
+			Prepare:  ctguardConfig,
+		}, nil
 	}
 	return Defense{}, fmt.Errorf("unknown defense %q (have %v)", name, DefenseNames)
+}
+
+// ctguardConfig writes a config that changes only where the daemon keeps
+// its state and control socket; everything else stays at the defaults.
+func ctguardConfig(dir string) ([]string, error) {
+	path := filepath.Join(dir, "ctguard.toml")
+	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\n", filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"))
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return nil, fmt.Errorf("ctguard config: %w", err)
+	}
+	return []string{"--config", path}, nil
 }
 
 func ctguardAvailable(ctx context.Context, bin string) error {

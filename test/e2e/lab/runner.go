@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -87,6 +88,7 @@ type run struct {
 	rec   Records
 	ready map[string]bool
 	procs []*proc
+	dirs  []string // private directories to remove at the end
 }
 
 // Run runs one scenario under one defense in a fresh topology and always
@@ -113,6 +115,9 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	defer func() {
 		cancel()
 		r.waitAll()
+		for _, d := range r.dirs {
+			_ = os.RemoveAll(d)
+		}
 	}()
 	if err := t.Setup(runCtx); err != nil {
 		return nil, fmt.Errorf("topology: %w", err)
@@ -133,6 +138,9 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	for _, s := range def.IPSets {
 		monArgs = append(monArgs, "--ipset", s)
 	}
+	if def.NFTTable != "" {
+		monArgs = append(monArgs, "--nft-table", def.NFTTable)
+	}
 	if _, err := r.start(runCtx, Proc{Name: "monitor", Role: topo.Victim, Args: monArgs}, "", total+2*time.Second); err != nil {
 		return nil, err
 	}
@@ -147,10 +155,7 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		h.done <- nil
 	}
 	if def.Proc != nil {
-		if _, err := r.start(runCtx, *def.Proc, def.Bin, total+2*time.Second); err != nil {
-			return nil, err
-		}
-		if err := r.waitReady(runCtx, def.Proc.Name, 10*time.Second); err != nil {
+		if err := r.startDefense(runCtx, def, total); err != nil {
 			return nil, err
 		}
 	}
@@ -225,6 +230,76 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// startDefense starts the defense and waits until it is ready.
+func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration) error {
+	p := *def.Proc
+	if def.Prepare != nil {
+		dir, err := os.MkdirTemp("", "ctglab-"+def.Name+"-")
+		if err != nil {
+			return err
+		}
+		r.dirs = append(r.dirs, dir)
+		extra, err := def.Prepare(dir)
+		if err != nil {
+			return err
+		}
+		p.Args = append(append([]string(nil), p.Args...), extra...)
+	}
+	if !def.Native {
+		if _, err := r.start(ctx, p, def.Bin, total+2*time.Second); err != nil {
+			return err
+		}
+		return r.waitReady(ctx, p.Name, 10*time.Second)
+	}
+	h, err := r.startNative(ctx, p, def.Bin)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		args := append([]string{"nft", "list", "table"}, strings.Fields(def.NFTTable)...)
+		if _, err := r.topo.Output(ctx, topo.Victim, args...); err == nil {
+			return nil
+		}
+		select {
+		case err := <-h.done:
+			h.done <- err
+			return fmt.Errorf("%s exited before it was ready: %v: %s", p.Name, err, h.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: table %s not there after 15 s: %s", p.Name, def.NFTTable, h.stderr.String())
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// startNative runs a program that is not a lab role (ctguard itself): no
+// --duration, its output is kept as a log tail; the runner stops it.
+func (r *run) startNative(ctx context.Context, p Proc, bin string) (*proc, error) {
+	cmd := r.topo.Command(ctx, p.Role, append([]string{bin}, p.Args...)...)
+	h := &proc{p: p, cmd: cmd, done: make(chan error, 1), stderr: &tail{}}
+	cmd.Stdout, cmd.Stderr = h.stderr, h.stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	r.mu.Lock()
+	r.procs = append(r.procs, h)
+	r.mu.Unlock()
+	r.opt.Log.Debug("started", "proc", p.Name, "pid", cmd.Process.Pid, "args", strings.Join(p.Args, " "))
+	go func() {
+		err := cmd.Wait()
+		if err != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%s: %w: %s", p.Name, err, h.stderr.String())
+			r.opt.Log.Warn("process failed", "proc", p.Name, "err", err)
+		}
+		h.done <- err
+	}()
+	return h, nil
 }
 
 // start runs p in its namespace, bounded by dur (the process's own

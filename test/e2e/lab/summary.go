@@ -124,7 +124,11 @@ func Summarize(res *Result) Summary {
 			base = sm
 		}
 		s.Max = max(s.Max, sm.Max)
-		s.Peak = max(s.Peak, sm.Count)
+		if !t.Before(res.AttackStart) {
+			// Peak during the attack: a short run's prefill (and the defense's
+			// reaction to it in the warmup) happens before.
+			s.Peak = max(s.Peak, sm.Count)
+		}
 		if sm.Count > 0 {
 			s.Tracked = true
 		}
@@ -292,7 +296,8 @@ func Rows(res *Result) []Row {
 var CSVStates = []string{"ESTABLISHED", "SYN_RECV", "SYN_SENT", "TIME_WAIT", "UDP_UNREPLIED", "UDP", "OTHER"}
 
 // WriteCSV writes rows, keeping every step-th row (step >= 1) so committed
-// files stay small; rows with state samples are always kept.
+// files stay small; rows with state samples are always kept. Probe counts
+// of dropped rows are added to the next kept row, so none are lost.
 func WriteCSV(w io.Writer, rows []Row, step int) error {
 	if step < 1 {
 		step = 1
@@ -312,7 +317,10 @@ func WriteCSV(w io.Writer, rows []Row, step int) error {
 		}
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	}
+	pending, pendingOK := 0, 0
 	for i, r := range rows {
+		pending += r.Probes
+		pendingOK += r.ProbesOK
 		if i%step != 0 && r.States == nil && i != len(rows)-1 {
 			continue
 		}
@@ -325,8 +333,9 @@ func WriteCSV(w io.Writer, rows []Row, step int) error {
 			}
 		}
 		rec = append(rec, strconv.FormatInt(r.Drop, 10), strconv.FormatInt(r.EarlyDrop, 10), strconv.FormatInt(r.InsertFailed, 10),
-			strconv.Itoa(r.Probes), strconv.Itoa(r.ProbesOK), f(r.ProbeOKPct), f(r.LatencyMS),
+			strconv.Itoa(pending), strconv.Itoa(pendingOK), f(r.ProbeOKPct), f(r.LatencyMS),
 			strconv.Itoa(r.Bans), strconv.Itoa(r.BansAttack), strconv.Itoa(r.BansLegit))
+		pending, pendingOK = 0, 0
 		if err := cw.Write(rec); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"encoding/csv"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +130,14 @@ func TestRowsAndCSV(t *testing.T) {
 	if len(recs) != 6 || recs[0][0] != "t_s" {
 		t.Fatalf("csv: %v", recs)
 	}
+	probes := 0
+	for _, r := range recs[1:] {
+		n, _ := strconv.Atoi(r[14])
+		probes += n
+	}
+	if recs[0][14] != "probes" || probes != 12 {
+		t.Fatalf("downsampled CSV holds %d probes, want all 12", probes)
+	}
 }
 
 func TestMarkdownTable(t *testing.T) {
@@ -156,5 +165,23 @@ func TestScenariosBounded(t *testing.T) {
 	}
 	if _, err := Find("nope", true); err == nil {
 		t.Fatal("Find accepted an unknown scenario")
+	}
+}
+
+func TestReadSeriesRoundTrip(t *testing.T) {
+	rows := Rows(fakeResult())
+	var b bytes.Buffer
+	if err := WriteCSV(&b, rows, 1); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ReadSeries(&b, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.T) != len(rows) || s.T[0] != -2 || s.Fill[5] != 100 {
+		t.Fatalf("series %+v", s)
+	}
+	if _, err := ReadSeries(strings.NewReader("a,b\n1,2\n"), "bad"); err == nil {
+		t.Fatal("no error for a CSV without the columns")
 	}
 }

@@ -22,6 +22,7 @@ type Config struct {
 	StatesEvery time.Duration // default 5 s; 0 keeps the default, <0 disables
 	Duration    time.Duration // hard stop
 	IPSets      []string      // ban lists to sample (`ipset save`); empty: none
+	NFTTable    string        // nftables table whose sets hold bans, e.g. "inet ctguard"
 	Procfs      string        // default /proc
 }
 
@@ -88,8 +89,8 @@ func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) erro
 		mu.Lock()
 		s.States, states = states, nil
 		mu.Unlock()
-		if len(cfg.IPSets) > 0 {
-			bans, err := readIPSets(ctx, cfg.IPSets)
+		if len(cfg.IPSets) > 0 || cfg.NFTTable != "" {
+			bans, err := readBans(ctx, cfg)
 			if err != nil && ctx.Err() == nil {
 				log.Warn("bans", "err", err)
 			} else if err == nil && !slices.Equal(bans, lastBans) {
@@ -151,6 +152,26 @@ func readStates(ctx context.Context, procfs string) (map[string]int64, error) {
 		return nil, fmt.Errorf("conntrack -L: %w", err)
 	}
 	return m, perr
+}
+
+func readBans(ctx context.Context, cfg Config) ([]string, error) {
+	var bans []string
+	if len(cfg.IPSets) > 0 {
+		b, err := readIPSets(ctx, cfg.IPSets)
+		if err != nil {
+			return nil, err
+		}
+		bans = append(bans, b...)
+	}
+	if cfg.NFTTable != "" {
+		b, err := readNFTTable(ctx, cfg.NFTTable)
+		if err != nil {
+			return nil, err
+		}
+		bans = append(bans, b...)
+	}
+	slices.Sort(bans)
+	return bans, nil
 }
 
 func readIPSets(ctx context.Context, sets []string) ([]string, error) {

@@ -39,7 +39,7 @@ const (
 	right   = 30
 	panelH  = 210
 	gap     = 70
-	top     = 80
+	top     = 110
 	noteRow = 18
 )
 
@@ -61,7 +61,11 @@ func (c Chart) WriteSVG(w io.Writer) error {
 		return fmt.Errorf("plot: no time range")
 	}
 	tmin, tmax = math.Floor(tmin), math.Ceil(tmax)
-	height := top + 2*panelH + gap + 60 + noteRow*(len(c.Notes)+1)
+	var notes []string
+	for _, n := range c.Notes {
+		notes = append(notes, wrap(n, 125)...)
+	}
+	height := top + 2*panelH + gap + 60 + noteRow*(len(notes)+1)
 	bw := bufio.NewWriter(w)
 	p := func(format string, a ...any) { fmt.Fprintf(bw, format, a...) }
 	plotW := float64(width - left - right)
@@ -70,8 +74,8 @@ func (c Chart) WriteSVG(w io.Writer) error {
 	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">`+"\n", width, height, width, height)
 	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	p(`<text x="%d" y="30" font-size="20" font-weight="bold">%s</text>`+"\n", left, esc(c.Title))
-	if c.Subtitle != "" {
-		p(`<text x="%d" y="52" font-size="13" fill="#444">%s</text>`+"\n", left, esc(c.Subtitle))
+	for i, line := range wrap(c.Subtitle, 120) {
+		p(`<text x="%d" y="%d" font-size="13" fill="#444">%s</text>`+"\n", left, 52+16*i, esc(line))
 	}
 	panels := []struct {
 		title string
@@ -148,11 +152,29 @@ func (c Chart) WriteSVG(w io.Writer) error {
 		p(`<text x="%.0f" y="%.0f" font-size="13">%s</text>`+"\n", lx+36, ly, esc(s.Name))
 		lx += 60 + 8*float64(len(s.Name))
 	}
-	for i, n := range c.Notes {
+	for i, n := range notes {
 		p(`<text x="%d" y="%.0f" font-size="12" fill="#333">%s</text>`+"\n", left, ly+float64(noteRow*(i+1)), esc(n))
 	}
 	p("</svg>\n")
 	return bw.Flush()
+}
+
+// wrap breaks s into lines of at most n bytes at spaces; continuation
+// lines are indented.
+func wrap(s string, n int) []string {
+	if s == "" {
+		return nil
+	}
+	var out []string
+	for len(s) > n {
+		i := strings.LastIndexByte(s[:n], ' ')
+		if i <= 0 {
+			i = n
+		}
+		out = append(out, s[:i])
+		s = "    " + strings.TrimLeft(s[i:], " ")
+	}
+	return append(out, s)
 }
 
 func niceStep(span float64) float64 {

@@ -53,3 +53,13 @@ func TestWriteSVG(t *testing.T) {
 		t.Fatal("no error for mismatched series")
 	}
 }
+
+func TestWrap(t *testing.T) {
+	got := wrap("aaa bbb ccc ddd", 8)
+	if len(got) != 3 || got[0] != "aaa bbb" || got[1] != "    ccc" {
+		t.Fatalf("%q", got)
+	}
+	if wrap("", 10) != nil {
+		t.Fatal("empty string wraps to lines")
+	}
+}

@@ -151,3 +151,53 @@ func kernel() string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+func init() {
+	register(&command{"plot", "redraw a scenario's SVG from the CSVs (and summaries) in a results directory", runPlot})
+}
+
+func runPlot(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("plot", e)
+	name := fs.String("scenario", "bots-v4", "scenario")
+	dir := fs.String("dir", "out/demo", "directory with <scenario>-<defense>.csv files")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	sc, err := lab.Find(*name, false)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	c := lab.Chart(nil)
+	c.Title, c.Subtitle, c.AttackTo = "ctguard lab: "+sc.Name, sc.Desc, sc.AttackFor.Seconds()
+	for _, d := range lab.DefenseNames {
+		f, err := os.Open(filepath.Join(*dir, fmt.Sprintf("%s-%s.csv", sc.Name, d)))
+		if err != nil {
+			continue
+		}
+		s, err := lab.ReadSeries(f, d)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		c.Series = append(c.Series, s)
+		if b, err := os.ReadFile(filepath.Join(*dir, fmt.Sprintf("%s-%s.summary", sc.Name, d))); err == nil {
+			c.Notes = append(c.Notes, strings.TrimSpace(string(b)))
+		}
+	}
+	if len(c.Series) == 0 {
+		return fmt.Errorf("no %s-*.csv in %s", sc.Name, *dir)
+	}
+	path := filepath.Join(*dir, sc.Name+".svg")
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = c.WriteSVG(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		fmt.Fprintln(e.stdout, "wrote", path)
+	}
+	return err
+}

@@ -77,6 +77,11 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 		if err != nil {
 			return res.Summary, res, fmt.Errorf("write %s: %w", path, err)
 		}
+		sumPath := filepath.Join(outDir, fmt.Sprintf("%s-%s.summary", sc.Name, def.Name))
+		note := fmt.Sprintf("%s (%s): %s\n", def.Name, def.Note, res.Summary.Line())
+		if err := os.WriteFile(sumPath, []byte(note), 0o644); err != nil {
+			return res.Summary, res, err
+		}
 		if os.Getenv("CTGLAB_RECORDS") != "" {
 			if err := writeRecords(filepath.Join(outDir, fmt.Sprintf("%s-%s.jsonl", sc.Name, def.Name)), res); err != nil {
 				return res.Summary, res, err

@@ -109,13 +109,14 @@ func runMonitor(ctx context.Context, e *env, args []string) error {
 	se := fs.Duration("states-every", 5*time.Second, "state-count interval (negative: off)")
 	var sets listFlag
 	fs.Var(&sets, "ipset", "ipset whose members are the defense's bans (repeatable)")
+	nft := fs.String("nft-table", "", `nftables table whose sets hold bans ("inet ctguard")`)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if err := needDuration(*d); err != nil {
 		return err
 	}
-	return monitor.Run(ctx, monitor.Config{Interval: *iv, StatesEvery: *se, Duration: *d, IPSets: sets}, wire.NewWriter(e.stdout), e.log)
+	return monitor.Run(ctx, monitor.Config{Interval: *iv, StatesEvery: *se, Duration: *d, IPSets: sets, NFTTable: *nft}, wire.NewWriter(e.stdout), e.log)
 }
 
 func runBaseline(ctx context.Context, e *env, args []string) error {
@@ -148,7 +149,7 @@ func runBots(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&c.PerSource, "per-source", 0, "connections per source")
 	fs.IntVar(&c.Active, "active", 0, "sources active at a time")
 	fs.Float64Var(&c.Rate, "rate", 0, "connections per second")
-	fs.IntVar(&c.Workers, "workers", 128, "concurrent connects")
+	fs.IntVar(&c.Workers, "workers", 256, "concurrent connects")
 	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port")
 	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
 	if err := parse(fs, args); err != nil {

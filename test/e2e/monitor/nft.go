@@ -1,0 +1,99 @@
+package monitor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os/exec"
+	"sort"
+	"strings"
+)
+
+// ParseNFTSets returns every address and prefix in the sets of an
+// `nft -j list table ...` document (ctguard keeps its bans in such sets),
+// sorted. Elements may be plain strings, prefixes, ranges, or wrapped in
+// {"elem": {"val": ...}} when they carry timeouts.
+func ParseNFTSets(r io.Reader) ([]string, error) {
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Name string            `json:"name"`
+				Elem []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.NewDecoder(r).Decode(&doc); err != nil {
+		return nil, fmt.Errorf("nft json: %w", err)
+	}
+	var out []string
+	for _, o := range doc.Nftables {
+		if o.Set == nil {
+			continue
+		}
+		for _, raw := range o.Set.Elem {
+			v, err := nftValue(raw)
+			if err != nil {
+				return nil, fmt.Errorf("set %s: %w", o.Set.Name, err)
+			}
+			out = append(out, v)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func nftValue(raw json.RawMessage) (string, error) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return "", fmt.Errorf("element %q: %w", s, err)
+		}
+		return a.String(), nil
+	}
+	var obj struct {
+		Elem *struct {
+			Val json.RawMessage `json:"val"`
+		} `json:"elem"`
+		Prefix *struct {
+			Addr string `json:"addr"`
+			Len  int    `json:"len"`
+		} `json:"prefix"`
+		Range []string `json:"range"`
+	}
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return "", fmt.Errorf("element %s: %w", raw, err)
+	}
+	switch {
+	case obj.Elem != nil:
+		return nftValue(obj.Elem.Val)
+	case obj.Prefix != nil:
+		p, err := netip.ParsePrefix(fmt.Sprintf("%s/%d", obj.Prefix.Addr, obj.Prefix.Len))
+		if err != nil {
+			return "", err
+		}
+		return p.String(), nil
+	case len(obj.Range) == 2:
+		return strings.Join(obj.Range, "-"), nil
+	}
+	return "", fmt.Errorf("element %s: unknown shape", raw)
+}
+
+// readNFTTable lists a table's set elements; a missing table (the defense
+// has not set up yet) is an empty ban list.
+func readNFTTable(ctx context.Context, table string) ([]string, error) {
+	args := append([]string{"-j", "list", "table"}, strings.Fields(table)...)
+	cmd := exec.CommandContext(ctx, "nft", args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		if strings.Contains(errb.String(), "No such file or directory") {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("nft list table %s: %w: %s", table, err, strings.TrimSpace(errb.String()))
+	}
+	return ParseNFTSets(&out)
+}
