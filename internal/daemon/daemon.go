@@ -630,3 +630,15 @@ func (p dryPurger) PurgeSource(ctx context.Context, pfx netip.Prefix) (int, erro
 func (p dryPurger) CountSource(ctx context.Context, pfx netip.Prefix) (int, error) {
 	return p.c.CountSource(ctx, pfx)
 }
+
+// PurgeSources counts what a batch purge would delete, in one table pass.
+func (p dryPurger) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+	return p.c.CountSources(ctx, ps)
+}
+
+// CountSources counts in one table pass.
+func (p dryPurger) CountSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+	return p.c.CountSources(ctx, ps)
+}
+
+var _ enforce.BatchPurger = dryPurger{}
