@@ -26,7 +26,7 @@ func (f *scanFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root (for sysctls and the /proc reader)")
 	fs.IntVar(&f.v4Bits, "v4-prefix", snapshot.DefaultV4Bits, "IPv4 prefix length that sources are grouped by")
 	fs.IntVar(&f.v6Bits, "v6-prefix", snapshot.DefaultV6Bits, "IPv6 prefix length that sources are grouped by")
-	fs.BoolVar(&f.sockets, "sockets", true, "list TCP sockets to count orphan entries (ESTABLISHED in conntrack, no socket behind them)")
+	fs.BoolVar(&f.sockets, "sockets", true, "list TCP sockets to count orphan entries (ESTABLISHED in conntrack, no socket behind them or one whose client never sent a byte)")
 	fs.UintVar(&f.idleSecs, "idle-threshold", snapshot.DefaultIdleThreshold, "seconds without traffic after which an ESTABLISHED entry counts as idle")
 }
 

@@ -220,7 +220,7 @@ func printStatus(w io.Writer, r *statusReport) {
 	fmt.Fprintf(w, "classes    %s (assured %d)\n", strings.Join(cl, "  "), r.Assured)
 	fmt.Fprintf(w, "sources    %d inbound entries from %d sources; %d outbound, %d forwarded\n", r.Inbound, r.Sources, r.Outbound, r.Forwarded)
 	if r.Orphans != nil {
-		fmt.Fprintf(w, "orphans    %d inbound ESTABLISHED entries have no socket behind them\n", *r.Orphans)
+		fmt.Fprintf(w, "orphans    %d inbound ESTABLISHED entries have no socket behind them, or one whose client never sent a byte\n", *r.Orphans)
 	}
 	var hist []string
 	lo := "0s"

@@ -65,7 +65,7 @@ func New(read func() State) *prometheus.Registry {
 		"breaker":       desc("breaker_trips_total", "Cycles in which the blast-radius breaker capped the bans."),
 		"valve_runs":    desc("valve_runs_total", "Emergency valve activations."),
 		"valve_deleted": desc("valve_deleted_entries_total", "Entries the emergency valve deleted."),
-		"orphans":       desc("orphan_entries", "Inbound ESTABLISHED entries with no socket behind them at the last scan."),
+		"orphans":       desc("orphan_entries", "Inbound ESTABLISHED entries with no socket behind them, or one whose client never sent a byte, at the last scan."),
 		"rebuilds":      desc("table_rebuilds_total", "Times ctguard's nftables table had to be rebuilt."),
 		"scan_errors":   desc("scan_errors_total", "Failed scans."),
 		"dry_run":       desc("dry_run", "1 when running in dry-run mode (no kernel changes)."),

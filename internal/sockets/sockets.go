@@ -23,6 +23,11 @@ import (
 
 // TCP states (include/net/tcp_states.h).
 const (
+	inetDiagInfo = 2 // INET_DIAG_INFO: struct tcp_info
+
+	// Offset of tcpi_bytes_received in struct tcp_info (Linux 4.1+).
+	tcpiBytesReceived = 128
+
 	tcpEstablished = 1
 	tcpSynRecv     = 3
 	tcpListen      = 10
@@ -46,9 +51,15 @@ func KeyOf(remote netip.Addr, remotePort, localPort uint16) Key {
 	return Key{Remote: remote.As16(), RemotePort: remotePort, LocalPort: localPort}
 }
 
-// Set is the served TCP sockets of one namespace at one moment.
+// Set is the served TCP sockets of one namespace at one moment. A socket
+// counts as served when its peer has sent at least one byte (tcp_info's
+// bytes_received), or when the kernel does not say: an accepted connection
+// whose client never sent a request is as silent as one that was never
+// accepted (a quiet websocket or a pooled client sent its request first).
 type Set struct {
 	m map[Key]struct{}
+	// Silent counts sockets left out because their peer never sent a byte.
+	Silent int
 }
 
 // Has reports whether a served socket exists for the connection.
@@ -95,6 +106,7 @@ func (d *Dumper) Dump(ctx context.Context) (*Set, error) {
 		d.set.m = map[Key]struct{}{}
 	}
 	clear(d.set.m)
+	d.set.Silent = 0
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("open sock_diag socket: %w", err)
@@ -120,6 +132,7 @@ func (d *Dumper) dumpFamily(ctx context.Context, fd int, family uint8, seq uint3
 	ne.PutUint32(req[8:], seq)
 	req[16] = family
 	req[17] = unix.IPPROTO_TCP
+	req[18] = 1 << (inetDiagInfo - 1) // ask for tcp_info
 	ne.PutUint32(req[20:], served)
 	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sock_diag request: %w", err)
@@ -166,7 +179,7 @@ func (d *Dumper) dumpFamily(ctx context.Context, fd int, family uint8, seq uint3
 // add decodes one inet_diag_msg: family, state, timer, retrans, then the
 // sockid (sport, dport big endian; then src and dst, 16 bytes each).
 func (d *Dumper) add(p []byte) {
-	if len(p) < 4+48 {
+	if len(p) < 72 { // sizeof(struct inet_diag_msg)
 		return
 	}
 	state := p[1]
@@ -183,5 +196,32 @@ func (d *Dumper) add(p []byte) {
 	} else {
 		remote = [16]byte(id[20:36])
 	}
+	if silent(p[72:]) {
+		d.set.Silent++
+		return
+	}
 	d.set.m[Key{Remote: remote, RemotePort: rport, LocalPort: lport}] = struct{}{}
+}
+
+// silent reports whether the attributes after an inet_diag_msg carry a
+// tcp_info saying the peer never sent a byte. Without one (old kernels,
+// short structs) the socket counts as served.
+func silent(attrs []byte) bool {
+	ne := binary.NativeEndian
+	for len(attrs) >= 4 {
+		l := int(ne.Uint16(attrs))
+		typ := ne.Uint16(attrs[2:]) & 0x3fff
+		if l < 4 || l > len(attrs) {
+			return false
+		}
+		if typ == inetDiagInfo {
+			v := attrs[4:l]
+			if len(v) < tcpiBytesReceived+8 {
+				return false
+			}
+			return ne.Uint64(v[tcpiBytesReceived:]) == 0
+		}
+		attrs = attrs[min((l+3)&^3, len(attrs)):]
+	}
+	return false
 }

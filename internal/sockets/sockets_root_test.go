@@ -13,64 +13,91 @@ import (
 	"github.com/ctguard/ctguard/internal/testutil"
 )
 
-// A silent client of a TCP_DEFER_ACCEPT listener has no served socket (its
-// request sock waits in SYN_RECV); a client that sent a request has one.
-func TestRootDeferAcceptOrphan(t *testing.T) {
+func listen(t *testing.T, addr string, deferAccept bool) net.Listener {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		if !deferAccept {
+			return nil
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 30)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c) // accepted and kept, never read
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// A client that sent a request has a served socket. A silent client has
+// none: under TCP_DEFER_ACCEPT its request sock waits in SYN_RECV, and on a
+// plain listener the accepted socket has received no byte.
+func TestRootServedAndSilent(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNS(t)
-	var ln net.Listener
-	var talker, silent net.Conn
 	var set *Set
+	ports := map[string]uint16{}
 	ns.Do(t, func() {
-		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 30)
-			})
+		listen(t, "[::]:8443", true)
+		listen(t, "[::]:8444", false)
+		dial := func(name, addr string, talk bool) {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
 			if err != nil {
-				return err
+				t.Fatal(err)
 			}
-			return serr
-		}}
-		var err error
-		if ln, err = lc.Listen(context.Background(), "tcp", "[::]:8443"); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
+			t.Cleanup(func() { c.Close() })
+			if talk {
+				c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
 			}
-		}()
-		if talker, err = net.DialTimeout("tcp", "127.0.0.1:8443", time.Second); err != nil {
-			t.Fatal(err)
+			ports[name] = uint16(c.LocalAddr().(*net.TCPAddr).Port)
 		}
-		talker.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
-		if silent, err = net.DialTimeout("tcp", "[::1]:8443", time.Second); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond) // let the request be accepted
+		dial("talker-defer", "127.0.0.1:8443", true)
+		dial("silent-defer", "[::1]:8443", false)
+		dial("talker-plain", "127.0.0.1:8444", true)
+		dial("silent-plain", "[::1]:8444", false)
+		time.Sleep(200 * time.Millisecond) // let the server side accept
 		var d Dumper
+		var err error
 		if set, err = d.Dump(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	})
-	defer ln.Close()
-	defer talker.Close()
-	defer silent.Close()
-	tp := uint16(talker.LocalAddr().(*net.TCPAddr).Port)
-	sp := uint16(silent.LocalAddr().(*net.TCPAddr).Port)
-	if !set.Has(KeyOf(netip.MustParseAddr("127.0.0.1"), tp, 8443)) {
-		t.Errorf("the talking client has no served socket (%d sockets)", set.Len())
+	v4, v6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
+	cases := []struct {
+		name   string
+		remote netip.Addr
+		lport  uint16
+		want   bool
+	}{
+		{"talker-defer", v4, 8443, true},
+		{"silent-defer", v6, 8443, false},
+		{"talker-plain", v4, 8444, true},
+		{"silent-plain", v6, 8444, false},
 	}
-	if set.Has(KeyOf(netip.MustParseAddr("::1"), sp, 8443)) {
-		t.Error("the silent client of a TCP_DEFER_ACCEPT listener counted as served")
+	for _, c := range cases {
+		if got := set.Has(KeyOf(c.remote, ports[c.name], c.lport)); got != c.want {
+			t.Errorf("%s: served = %v, want %v (%d served, %d silent)", c.name, got, c.want, set.Len(), set.Silent)
+		}
 	}
-	// The clients' own ends are served sockets too (outbound, local port = theirs).
-	if !set.Has(KeyOf(netip.MustParseAddr("::1"), 8443, sp)) {
-		t.Error("the silent client's own socket is missing")
+	if set.Silent == 0 {
+		t.Error("no silent sockets counted")
 	}
 }
