@@ -23,7 +23,7 @@ var metrics = []metric{
 	{"probes ok while full", func(s Summary) string { return pct(s.ProbesFullOK, s.ProbesFull) }},
 	{"probe latency p50/p95", func(s Summary) string { return fmt.Sprintf("%s/%s ms", ms(s.ProbeP50), ms(s.ProbeP95)) }},
 	{"first attacker ban", func(s Summary) string { return dur(s.FirstBan) }},
-	{"attacker addresses banned", func(s Summary) string { return fmt.Sprint(s.AttackBans) }},
+	{"attack bans (addresses/prefixes)", func(s Summary) string { return fmt.Sprint(s.AttackBans) }},
 	{"false bans (legit)", func(s Summary) string {
 		if len(s.FalseBanList) == 0 {
 			return "0"
@@ -116,9 +116,14 @@ func Chart(runs []*Result) plot.Chart {
 	c.AttackTo = first.AttackEnd.Sub(first.AttackStart).Seconds()
 	for _, r := range runs {
 		c.Series = append(c.Series, r.Series())
-		s := r.Summary
-		c.Notes = append(c.Notes, fmt.Sprintf("%s (%s): peak %.0f%%, full after %s, legit probes ok %s, ok while full %s, attackers banned %d, legit banned %d",
-			r.Defense.Name, r.Defense.Note, s.PeakPct, dur(s.FullAfter), pct(s.ProbesOK, s.Probes), pct(s.ProbesFullOK, s.ProbesFull), s.AttackBans, s.FalseBans))
+		c.Notes = append(c.Notes, Note(r))
 	}
 	return c
+}
+
+// Note is a run's summary in words, for plot legends.
+func Note(r *Result) string {
+	s := r.Summary
+	return fmt.Sprintf("%s (%s): peak %.0f%%, full after %s, legit probes ok %s, ok while full %s, attack bans %d, legit banned %d",
+		r.Defense.Name, r.Defense.Note, s.PeakPct, dur(s.FullAfter), pct(s.ProbesOK, s.Probes), pct(s.ProbesFullOK, s.ProbesFull), s.AttackBans, s.FalseBans)
 }

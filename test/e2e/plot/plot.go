@@ -102,6 +102,7 @@ func (c Chart) WriteSVG(w io.Writer) error {
 		// x ticks.
 		step := niceStep(tmax - tmin)
 		for t := math.Ceil(tmin/step) * step; t <= tmax+1e-9; t += step {
+			t := t + 0 // print 0, not -0
 			p(`<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#999"/>`+"\n", x(t), x(t), y0+panelH, y0+panelH+5)
 			p(`<text x="%.1f" y="%.1f" font-size="12" text-anchor="middle" fill="#333">%g</text>`+"\n", x(t), y0+panelH+18, t)
 		}

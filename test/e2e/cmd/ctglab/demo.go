@@ -119,7 +119,7 @@ func runResults(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(&b, "# Lab results\n\nRegenerate with `%s` (as root; about %.0f minutes). Written by `ctglab results` on %s, kernel %s.\n\n",
 		cmd, time.Since(started).Minutes()+0.5, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel())
 	b.WriteString("Probes: a fresh TCP connection to the victim's :443 every 250 ms from addresses outside every attack range, 2 s timeout. ")
-	b.WriteString("\"Full\" means count >= 99% of nf_conntrack_max (262,144). Times are from the attack's start. ")
+	fmt.Fprintf(&b, "\"Full\" means count >= %.1f%% of nf_conntrack_max (262,144). Times are from the attack's start. ", 100*lab.FullFraction)
 	b.WriteString("Every scenario also runs a benign crowd (30 conn/s) and two NAT gateways with 60 live users each. ")
 	b.WriteString("The baseline is the brief's method (threshold 30, ipset + `conntrack -D --src`, iptables INPUT drop) at the interval the scenario lists. ")
 	b.WriteString("Attacker, victim and defense share one 2-core machine: a defense that burns CPU also slows the attack.\n\n")
@@ -181,7 +181,8 @@ func runPlot(ctx context.Context, e *env, args []string) error {
 		}
 		c.Series = append(c.Series, s)
 		if b, err := os.ReadFile(filepath.Join(*dir, fmt.Sprintf("%s-%s.summary", sc.Name, d))); err == nil {
-			c.Notes = append(c.Notes, strings.TrimSpace(string(b)))
+			first, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+			c.Notes = append(c.Notes, first)
 		}
 	}
 	if len(c.Series) == 0 {

@@ -78,7 +78,8 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 			return res.Summary, res, fmt.Errorf("write %s: %w", path, err)
 		}
 		sumPath := filepath.Join(outDir, fmt.Sprintf("%s-%s.summary", sc.Name, def.Name))
-		note := fmt.Sprintf("%s (%s): %s\n", def.Name, def.Note, res.Summary.Line())
+		// First line: the legend note for `ctglab plot`; second: the summary.
+		note := lab.Note(res) + "\n" + res.Summary.Line() + "\n"
 		if err := os.WriteFile(sumPath, []byte(note), 0o644); err != nil {
 			return res.Summary, res, err
 		}
