@@ -81,7 +81,8 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 // its state and control socket; everything else stays at the defaults.
 func ctguardConfig(dir string) ([]string, error) {
 	path := filepath.Join(dir, "ctguard.toml")
-	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\n", filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"))
+	// Debug logging: one line per cycle in the run's log (it changes no decision).
+	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n", filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("ctguard config: %w", err)
 	}

@@ -29,6 +29,9 @@ type Options struct {
 	// During, if set, runs in the victim's steady state right after the
 	// attack stops (tests compare ss and conntrack there).
 	During func(ctx context.Context, t *topo.Topology) error
+	// DefenseLog, if set, receives the whole log of a native defense
+	// (ctguard's decisions), not just the tail kept for errors.
+	DefenseLog io.Writer
 }
 
 // Records is everything the processes reported.
@@ -283,7 +286,11 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 func (r *run) startNative(ctx context.Context, p Proc, bin string) (*proc, error) {
 	cmd := r.topo.Command(ctx, p.Role, append([]string{bin}, p.Args...)...)
 	h := &proc{p: p, cmd: cmd, done: make(chan error, 1), stderr: &tail{}}
-	cmd.Stdout, cmd.Stderr = h.stderr, h.stderr
+	var w io.Writer = h.stderr
+	if r.opt.DefenseLog != nil {
+		w = io.MultiWriter(h.stderr, r.opt.DefenseLog)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", p.Name, err)
 	}

@@ -71,7 +71,7 @@ func floodProc(proto string, rate, count int) Proc {
 
 // Scenarios returns the scenario set. Short versions are for CI: the same
 // attacks, but the silent-bot ones start from a table already holding
-// 200,000 of the bots' entries (injected over ctnetlink, from other
+// 230,000 of the bots' entries (injected over ctnetlink, from other
 // addresses of the same attack range), so the live bots fill the rest in
 // seconds instead of half a minute.
 func Scenarios(short bool) []Scenario {
@@ -97,14 +97,14 @@ func Scenarios(short bool) []Scenario {
 			Desc:   "silent established bots (the brief's attack): 1500 rotating IPv4 sources x 300 connections, 64 active, up to 30k conn/s",
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 5 * time.Second,
 			Attack:  []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 1500, 300, 64, 30000, victim443v4)},
-			Prefill: prefill(prefillProc("198.18.64.0/18", "seq", 0, 667, 300, victim443v4)),
+			Prefill: prefill(prefillProc("198.18.64.0/18", "seq", 0, 767, 300, victim443v4)),
 		},
 		{
 			Name:   "bots-v6",
 			Desc:   "silent established bots over IPv6: 1500 sources (one /64 each) x 300 connections, 64 active, up to 30k conn/s",
 			Family: 6, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 5 * time.Second,
 			Attack:  []Proc{botProc("bots", topo.BotV6.String(), "per64", 0, 1500, 300, 64, 30000, victim443v6)},
-			Prefill: prefill(prefillProc("2001:db8:bad:8000::/49", "per64", 0, 667, 300, victim443v6)),
+			Prefill: prefill(prefillProc("2001:db8:bad:8000::/49", "per64", 0, 767, 300, victim443v6)),
 		},
 		{
 			Name:   "bots-slow",
@@ -135,7 +135,7 @@ func Scenarios(short bool) []Scenario {
 			Desc:   "distributed silent bots: 14400 sources in 60 /24s, 28 connections each (under the threshold of 30), 2000 active, up to 15k conn/s",
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
 			Attack:  []Proc{botProc("low-and-slow", topo.SlowV4.String(), "spread24", 60, 14400, 28, 2000, 15000, victim443v4)},
-			Prefill: prefill(prefillProc("198.19.64.0/18", "spread24", 60, 7143, 28, victim443v4)),
+			Prefill: prefill(prefillProc("198.19.64.0/18", "spread24", 60, 8220, 28, victim443v4)),
 		},
 	}
 }

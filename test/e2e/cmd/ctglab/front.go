@@ -57,7 +57,20 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 		return lab.Summary{}, nil, err
 	}
 	e.log.Info("running", "scenario", sc.Name, "defense", def.Name, "seconds", sc.Total().Seconds())
-	res, err := lab.Run(ctx, sc, def, lab.Options{LabBin: bin, Log: e.log})
+	opt := lab.Options{LabBin: bin, Log: e.log}
+	if outDir != "" && def.Native {
+		// Keep the defense's own log beside the CSV: every decision it made.
+		if err := os.MkdirAll(outDir, 0o755); err != nil {
+			return lab.Summary{}, nil, err
+		}
+		f, err := os.Create(filepath.Join(outDir, fmt.Sprintf("%s-%s.log", sc.Name, def.Name)))
+		if err != nil {
+			return lab.Summary{}, nil, err
+		}
+		defer f.Close()
+		opt.DefenseLog = f
+	}
+	res, err := lab.Run(ctx, sc, def, opt)
 	if err != nil {
 		return lab.Summary{}, nil, fmt.Errorf("%s/%s: %w", sc.Name, def.Name, err)
 	}
