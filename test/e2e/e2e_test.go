@@ -125,14 +125,27 @@ func runScenario(t *testing.T, name, defense string) lab.Summary {
 
 func rate(ok, n int) float64 { return lab.ProbeRate(ok, n) }
 
+// needFull fails a run whose table never filled, and says whether that is
+// because the generator could not make enough connections (a machine too
+// loaded to run the attack: inconclusive, not a pass) or despite them.
+func needFull(t *testing.T, s lab.Summary) {
+	t.Helper()
+	if s.FullAfter >= 0 {
+		return
+	}
+	if s.AttackSent+s.Prefilled < s.Max {
+		t.Fatalf("table never full (peak %.1f%%), but the generator made only %d connections (+%d prefilled) for a %d-entry table: the machine was too loaded to run this attack, result inconclusive",
+			s.PeakPct, s.AttackSent, s.Prefilled, s.Max)
+	}
+	t.Fatalf("table never full (peak %.1f%%) although %d connections (+%d prefilled) were made: the attack should fill it", s.PeakPct, s.AttackSent, s.Prefilled)
+}
+
 // The brief's attack without a defense: the table fills with unevictable
 // ESTABLISHED entries and new connections fail while it is full.
 func TestSilentBotsV4Undefended(t *testing.T) {
 	needLab(t)
 	s := runScenario(t, "bots-v4", "none")
-	if s.FullAfter < 0 {
-		t.Fatalf("table never full (peak %.1f%%): the attack should fill it", s.PeakPct)
-	}
+	needFull(t, s)
 	if s.ProbesFull < 8 {
 		t.Fatalf("only %d probes while full", s.ProbesFull)
 	}
@@ -147,9 +160,7 @@ func TestSilentBotsV4Undefended(t *testing.T) {
 func TestSilentBotsV6Undefended(t *testing.T) {
 	needLab(t)
 	s := runScenario(t, "bots-v6", "none")
-	if s.FullAfter < 0 {
-		t.Fatalf("table never full (peak %.1f%%)", s.PeakPct)
-	}
+	needFull(t, s)
 	if r := rate(s.ProbesFullOK, s.ProbesFull); s.ProbesFull < 8 || r > 20 {
 		t.Fatalf("probes while full: %d/%d ok, want many probes and <= 20%% ok", s.ProbesFullOK, s.ProbesFull)
 	}
@@ -183,8 +194,8 @@ func TestSilentBotsV4Baseline(t *testing.T) {
 	if s.AttackBans == 0 || s.FirstBan < 0 || s.FirstBan > 15*time.Second {
 		t.Fatalf("baseline banned %d attackers, first after %s: want bans within 15 s", s.AttackBans, s.FirstBan)
 	}
-	// 900 sources rotate through; one scan cannot ban them all in time.
-	if s.AttackBans >= 900 {
+	// 1500 sources rotate through; one scan cannot ban them all in time.
+	if s.AttackBans >= 1500 {
 		t.Fatalf("baseline banned all %d sources: the rotating attack should outrun it", s.AttackBans)
 	}
 }
@@ -250,9 +261,7 @@ func TestLowAndSlowBaseline(t *testing.T) {
 	if s.AttackBans != 0 {
 		t.Fatalf("baseline banned %d low-and-slow sources; each holds only 28 entries", s.AttackBans)
 	}
-	if s.FullAfter < 0 {
-		t.Fatalf("table never full (peak %.1f%%)", s.PeakPct)
-	}
+	needFull(t, s)
 	// Looser than for the concentrated bots: the baseline's bans of the NAT
 	// gateways and its deletes free a few slots that probes sometimes win.
 	if r := rate(s.ProbesFullOK, s.ProbesFull); s.ProbesFull < 8 || r > 50 {

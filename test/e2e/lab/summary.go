@@ -37,6 +37,7 @@ type Summary struct {
 	OtherBans          int           // anything else
 	FalseBanList       []string
 	AttackSent         int64 // connections/packets the attack generators made
+	Prefilled          int64 // entries injected before the run (short scenarios)
 	AttackFailed       int64
 	Drop, EarlyDrop    int64 // kernel counters over the run
 	InsertFailed       int64
@@ -190,6 +191,9 @@ func Summarize(res *Result) Summary {
 	}
 	sort.Float64s(lat)
 	s.ProbeP50, s.ProbeP95 = quantile(lat, 0.5), quantile(lat, 0.95)
+	if pr := res.Records.Progress["prefill"]; pr != nil {
+		s.Prefilled = pr.Sent
+	}
 	for _, p := range res.Scenario.Attack {
 		if pr := res.Records.Progress[p.Name]; pr != nil {
 			s.AttackSent += pr.Sent

@@ -39,7 +39,7 @@ func TestClassify(t *testing.T) {
 func fakeResult() *Result {
 	at := time.UnixMilli(1_000_000_000)
 	res := &Result{Scenario: Scenario{Name: "s", Attack: []Proc{{Name: "bots"}}}, Defense: Defense{Name: "d"}, AttackStart: at}
-	res.Records.Progress = map[string]*wire.Progress{"bots": {Sent: 1234, Failed: 5}}
+	res.Records.Progress = map[string]*wire.Progress{"bots": {Sent: 1234, Failed: 5}, "prefill": {Sent: 77}}
 	for sec := -2; sec <= 9; sec++ {
 		t := at.Add(time.Duration(sec) * time.Second).UnixMilli()
 		count := int64(1000)
@@ -78,7 +78,7 @@ func TestSummarize(t *testing.T) {
 	if s.FirstBan != 4*time.Second || s.AttackBans != 1 || s.FalseBans != 1 || s.FalseBanList[0] != "203.0.113.10" {
 		t.Fatalf("bans: %+v", s)
 	}
-	if s.Drop != 90 || s.EarlyDrop != 0 || s.AttackSent != 1234 || !s.Tracked {
+	if s.Drop != 90 || s.EarlyDrop != 0 || s.AttackSent != 1234 || s.Prefilled != 77 || !s.Tracked {
 		t.Fatalf("counters: %+v", s)
 	}
 	line := s.Line()

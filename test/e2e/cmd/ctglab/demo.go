@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -116,8 +117,8 @@ func runResults(ctx context.Context, e *env, args []string) error {
 	if *short {
 		cmd = "bin/ctglab results --short"
 	}
-	fmt.Fprintf(&b, "# Lab results\n\nRegenerate with `%s` (as root; about %.0f minutes). Written by `ctglab results` on %s, kernel %s.\n\n",
-		cmd, time.Since(started).Minutes()+0.5, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel())
+	fmt.Fprintf(&b, "# Lab results\n\nRegenerate with `%s` (as root; about %.0f minutes). Written by `ctglab results` on %s, kernel %s, %s.\n\n",
+		cmd, time.Since(started).Minutes()+0.5, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel(), ctguardVersion(ctx, *ctg))
 	b.WriteString("Probes: a fresh TCP connection to the victim's :443 every 250 ms from addresses outside every attack range, 2 s timeout. ")
 	fmt.Fprintf(&b, "\"Full\" means count >= %.1f%% of nf_conntrack_max (262,144). Times are from the attack's start. ", 100*lab.FullFraction)
 	b.WriteString("Every scenario also runs a benign crowd (30 conn/s) and two NAT gateways with 60 live users each. ")
@@ -201,4 +202,12 @@ func runPlot(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stdout, "wrote", path)
 	}
 	return err
+}
+
+func ctguardVersion(ctx context.Context, bin string) string {
+	out, err := exec.CommandContext(ctx, bin, "version").Output()
+	if err != nil {
+		return "ctguard unavailable"
+	}
+	return strings.TrimSpace(string(out))
 }
