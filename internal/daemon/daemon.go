@@ -27,6 +27,7 @@ import (
 	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/scan"
 	"github.com/ctguard/ctguard/internal/snapshot"
+	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -158,7 +159,8 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		}
 	}
 	d.interfaces = o.Interfaces
-	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Log: d.log, Allow: d.allowConfig(c)})
+	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Log: d.log, Allow: d.allowConfig(c),
+		AllowMaxAge: c.Allow.Refresh})
 	return d, nil
 }
 
@@ -174,7 +176,10 @@ func (d *Daemon) allowConfig(c config.Config) allow.Config {
 		ports[i] = uint16(p)
 	}
 	return allow.Config{ProcRoot: c.Daemon.Procfs, ResolvConf: c.Allow.ResolvConf, SSHPorts: ports,
-		Static: static, InterfaceAddrs: d.interfaces}
+		Static: static, InterfaceAddrs: d.interfaces,
+		SSHPeers: func(ports []uint16) ([]netip.AddrPort, error) {
+			return sockets.Peers(context.Background(), ports)
+		}}
 }
 
 // loadHost reads the sysctls and local addresses and builds the
@@ -417,7 +422,9 @@ func (d *Daemon) cycle(ctx context.Context) {
 		}
 	}
 	res := policy.Decide(in, cfg.Policy)
+	decided := time.Now()
 	events := d.enforce(ctx, now, res)
+	enforced := time.Now()
 	if res.Valve != nil {
 		d.valve(ctx, res.Valve, cfg.Daemon.ValveMaxDelete)
 	}
@@ -431,7 +438,9 @@ func (d *Daemon) cycle(ctx context.Context) {
 	}
 	d.mu.Unlock()
 	d.log.Debug("cycle", "entries", snap.Total, "count", st.Count, "max", st.Max, "pressure", res.Pressure,
-		"threshold", res.Threshold, "bans", len(res.Bans), "scan", snap.Duration.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+		"threshold", res.Threshold, "bans", len(res.Bans), "scan", snap.Duration.Round(time.Millisecond),
+		"decide", decided.Sub(now).Round(time.Millisecond), "enforce", enforced.Sub(decided).Round(time.Millisecond),
+		"took", time.Since(start).Round(time.Millisecond))
 }
 
 // enforce applies the decisions (or, in dry-run, records them in the

@@ -20,13 +20,16 @@ import (
 // through the daemon's control socket once the daemon owns the store (the
 // method set is the control protocol: plain request and result structs).
 type Engine struct {
-	store   *store.Store
-	fw      Firewall
-	purger  Purger
-	allowMu sync.Mutex // guards allowC (SIGHUP replaces it while bans run)
-	allowC  allow.Config
-	log     *slog.Logger
-	now     func() time.Time
+	store       *store.Store
+	fw          Firewall
+	purger      Purger
+	allowMu     sync.Mutex // guards allowC and the cache (SIGHUP replaces allowC while bans run)
+	allowC      allow.Config
+	allowMaxAge time.Duration
+	allowCache  *allow.List
+	allowAt     time.Time
+	log         *slog.Logger
+	now         func() time.Time
 
 	mu      sync.Mutex // serialises changes: the store and the kernel move together
 	tableID TableID
@@ -41,8 +44,12 @@ type Config struct {
 	Firewall Firewall
 	Purger   Purger       // nil: bans still apply, purges report an error
 	Allow    allow.Config // sources of the allowlist; runtime entries come from the store
-	Log      *slog.Logger
-	Now      func() time.Time
+	// AllowMaxAge lets Allowlist reuse a list this young (the daemon under
+	// attack: reading the SSH sessions walks every socket, and a victim can
+	// hold 200,000 half-open ones). 0 re-reads every time (commands).
+	AllowMaxAge time.Duration
+	Log         *slog.Logger
+	Now         func() time.Time
 }
 
 const metaTableID = "nft_table_id"
@@ -68,6 +75,13 @@ func New(c Config) *Engine {
 // SSH sessions come and go).
 func (e *Engine) Allowlist() (*allow.List, error) {
 	now := e.now()
+	e.allowMu.Lock()
+	if e.allowCache != nil && e.allowMaxAge > 0 && now.Sub(e.allowAt) < e.allowMaxAge {
+		l := e.allowCache
+		e.allowMu.Unlock()
+		return l, nil
+	}
+	e.allowMu.Unlock()
 	rt, err := e.store.Allows(now)
 	if err != nil {
 		return nil, err
@@ -83,6 +97,9 @@ func (e *Engine) Allowlist() (*allow.List, error) {
 	if err != nil {
 		return nil, err
 	}
+	e.allowMu.Lock()
+	e.allowCache, e.allowAt = l, now
+	e.allowMu.Unlock()
 	// The list is re-read for every ban and every daemon cycle: say each
 	// distinct problem once, not every time.
 	e.warnMu.Lock()
@@ -101,6 +118,14 @@ func (e *Engine) Allowlist() (*allow.List, error) {
 func (e *Engine) SetAllowConfig(c allow.Config) {
 	e.allowMu.Lock()
 	e.allowC = c
+	e.allowCache = nil
+	e.allowMu.Unlock()
+}
+
+// forgetAllowlist drops the cached list (a runtime entry came or went).
+func (e *Engine) forgetAllowlist() {
+	e.allowMu.Lock()
+	e.allowCache = nil
 	e.allowMu.Unlock()
 }
 
@@ -264,11 +289,13 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
+	t0 := time.Now()
 	results := make([]BanResult, len(reqs))
 	list, err := e.Allowlist()
 	if err != nil {
 		return nil, fmt.Errorf("ban: allowlist: %w", err)
 	}
+	tAllow := time.Since(t0)
 	activeList, err := e.store.ActiveIndex(now)
 	if err != nil {
 		return nil, err
@@ -381,6 +408,11 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	for k, i := range accepted {
 		ps[k] = reqs[i].Prefix
 	}
+	tPre := time.Since(t0)
+	defer func() {
+		e.log.Debug("ban batch timing", "bans", len(ps), "allowlist", tAllow.Round(time.Millisecond),
+			"kernel_and_store", (tPre - tAllow).Round(time.Millisecond), "purge_and_recount", (time.Since(t0) - tPre).Round(time.Millisecond))
+	}()
 	if bp, ok := e.purger.(BatchPurger); ok && len(ps) > 1 {
 		purged, remaining, err := purgeMany(ctx, bp, ps)
 		for k := range outs {
@@ -507,6 +539,7 @@ type AllowResult struct {
 func (e *Engine) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, note string) (AllowResult, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.forgetAllowlist()
 	now := e.now()
 	if ttl < 0 {
 		return AllowResult{}, fmt.Errorf("allow %s: %w: negative", p, ErrBadTTL)
@@ -571,5 +604,6 @@ func (e *Engine) Counters(ctx context.Context) (Counters, error) { return e.fw.C
 func (e *Engine) RemoveAllow(p netip.Prefix) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	defer e.forgetAllowlist()
 	return e.store.DeleteAllow(p)
 }

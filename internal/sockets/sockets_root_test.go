@@ -2,6 +2,7 @@ package sockets
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -78,6 +79,26 @@ func TestRootServedAndSilent(t *testing.T) {
 		var err error
 		if set, err = d.Dump(context.Background()); err != nil {
 			t.Fatal(err)
+		}
+		peers, err := Peers(context.Background(), []uint16{8444})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, p := range peers {
+			got[p.String()] = true
+		}
+		for _, name := range []string{"talker-plain", "silent-plain"} {
+			addr := "127.0.0.1"
+			if name == "silent-plain" {
+				addr = "[::1]"
+			}
+			if k := fmt.Sprintf("%s:%d", addr, ports[name]); !got[k] {
+				t.Errorf("Peers(8444) lacks %s (%s): %v", k, name, peers)
+			}
+		}
+		if len(peers) != 2 {
+			t.Errorf("Peers(8444) = %v, want the two clients of :8444 only", peers)
 		}
 	})
 	v4, v6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
