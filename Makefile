@@ -37,7 +37,7 @@ bench-scan: build
 	$(GO) run ./tools/scanbench -ctguard $(BIN) -runs 7
 	$(GO) test -run '^$$' -bench 'ParseAggregate|ParseRecorded|ParseProcLine' -benchmem ./internal/snapshot ./internal/conntrack
 
-# Attack lab (test/e2e, as root): see test/e2e/README-section.md.
+# Attack lab (test/e2e, as root): see README.md, "The attack lab".
 LAB_BIN := bin/ctglab
 
 .PHONY: lab-build demo lab lab-test lab-clean

@@ -172,6 +172,32 @@ func parseTargetArgs(fs *flag.FlagSet, args []string) (netip.Prefix, string, err
 	return p, note, nil
 }
 
+// targetCommand parses a command's flags and its one ADDR|CIDR, runs check
+// (flag values that need parsing), then checks privileges and opens the
+// enforcer. The caller closes the session.
+func targetCommand(ctx context.Context, e *env, c *command, fs *flag.FlagSet, ef *enforceFlags, args []string, check func() error) (netip.Prefix, *session, error) {
+	p, note, err := parseTargetArgs(fs, args)
+	if err != nil {
+		return p, nil, err
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return p, nil, err
+		}
+	}
+	if err := ef.validate(); err != nil {
+		return p, nil, err
+	}
+	if err := needRoot(c.name); err != nil {
+		return p, nil, err
+	}
+	if note != "" {
+		fmt.Fprintln(e.stderr, note)
+	}
+	s, err := ef.open(ctx, e, true)
+	return p, s, err
+}
+
 func runBan(ctx context.Context, e *env, args []string) error {
 	c := commands["ban"]
 	fs := newFlags(c, e)
@@ -179,24 +205,13 @@ func runBan(ctx context.Context, e *env, args []string) error {
 	ef.register(fs)
 	ttlS := fs.String("ttl", enforce.DefaultTTL.String(), fmt.Sprintf("how long the ban lasts (%s to %s; e.g. 90s, 30m, 12h, 7d)", enforce.MinTTL, enforce.FormatTTL(enforce.MaxTTL)))
 	reason := fs.String("reason", "manual", "why (recorded with the ban)")
-	p, note, err := parseTargetArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	ttl, err := enforce.ParseTTL(*ttlS)
-	if err != nil {
-		return usagef("--ttl: %v", err)
-	}
-	if err := ef.validate(); err != nil {
-		return err
-	}
-	if err := needRoot(c.name); err != nil {
-		return err
-	}
-	if note != "" {
-		fmt.Fprintln(e.stderr, note)
-	}
-	s, err := ef.open(ctx, e, true)
+	var ttl time.Duration
+	p, s, err := targetCommand(ctx, e, c, fs, &ef, args, func() (err error) {
+		if ttl, err = enforce.ParseTTL(*ttlS); err != nil {
+			return usagef("--ttl: %v", err)
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}

@@ -20,20 +20,7 @@ func runUnban(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(c, e)
 	var ef enforceFlags
 	ef.register(fs)
-	p, note, err := parseTargetArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := ef.validate(); err != nil {
-		return err
-	}
-	if err := needRoot(c.name); err != nil {
-		return err
-	}
-	if note != "" {
-		fmt.Fprintln(e.stderr, note)
-	}
-	s, err := ef.open(ctx, e, true)
+	p, s, err := targetCommand(ctx, e, c, fs, &ef, args, nil)
 	if err != nil {
 		return err
 	}

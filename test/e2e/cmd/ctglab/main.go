@@ -1,7 +1,7 @@
 // Command ctglab is ctguard's attack lab: one binary whose subcommands are
 // the lab's processes (server, monitor, baseline, generators; each run
 // inside a namespace by the runner) and the lab's front ends (run, demo,
-// results, cleanup). See test/e2e/README-section.md.
+// results, cleanup). See README.md, "The attack lab".
 package main
 
 import (
