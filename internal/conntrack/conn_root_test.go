@@ -274,3 +274,36 @@ func TestRootEvents(t *testing.T) {
 }
 
 var errStop = fmt.Errorf("stop")
+
+func TestRootMarkFilter(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNS(t)
+	c := openIn(t, ns)
+	ctx := context.Background()
+	es := synthetic(netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("192.0.2.10"), 20, 1000, 1000)
+	for i := range es {
+		es[i].Mark = uint32(i % 4) // marks 0..3, five entries each
+	}
+	if n, err := c.Create(ctx, es); err != nil || n != 20 {
+		t.Fatalf("create: %d %v", n, err)
+	}
+	count := func(o DumpOptions) int {
+		n := 0
+		if err := c.Dump(ctx, o, func(e *Entry) error {
+			if e.Mark&o.MarkMask != o.Mark {
+				return fmt.Errorf("entry with mark %d passed the filter %d/%d", e.Mark, o.Mark, o.MarkMask)
+			}
+			n++
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(DumpOptions{Mark: 2, MarkMask: 0xffffffff}); n != 5 {
+		t.Errorf("mark 2: %d entries, want 5", n)
+	}
+	if n := count(DumpOptions{Mark: 1, MarkMask: 1}); n != 10 {
+		t.Errorf("mark&1 == 1: %d entries, want 10 (marks 1 and 3)", n)
+	}
+}
