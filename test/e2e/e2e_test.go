@@ -228,10 +228,10 @@ func TestCtguardDefaults(t *testing.T) {
 	needLab(t)
 	t.Run("bots-v4", func(t *testing.T) {
 		s := runScenario(t, "bots-v4", "ctguard")
-		// The user's question is whether the server stays up. ctguard at
-		// 025eabb kept this attack under 60 %; at 06b9003 it first bans near
-		// full and the table touches 100 % for under a second (reported to
-		// the lead), so allow a brief full table but not a lasting one.
+		// The user's question is whether the server stays up. The short
+		// version starts from a prefilled table (76 %); full-length runs at
+		// 538f295 peak at 11 %. A full table for a moment on a loaded CI
+		// machine is tolerated, a lasting one is not.
 		if s.FullFor > 3*time.Second {
 			t.Errorf("table full for %s under ctguard (first full after %s)", s.FullFor, s.FullAfter)
 		}
@@ -351,5 +351,43 @@ func TestCleanupRemovesOnlyRecorded(t *testing.T) {
 	}
 	if _, err := os.Stat(rec); err == nil {
 		t.Fatal("record file kept")
+	}
+}
+
+// The brief's attack at the rate (200 new connections/s, bots of 300
+// silent connections, 4 active at a time): undefended the bots' entries
+// pile up; ctguard bans each bot early, so the table stays near the legit
+// background and every probe works.
+func TestBriefRate(t *testing.T) {
+	needLab(t)
+	none := runScenario(t, "bots-brief", "none")
+	guarded := runScenario(t, "bots-brief", "ctguard")
+	// 30 s at 200/s is 6,000 silent entries on top of the legit background.
+	if none.Peak-guarded.Peak < 4000 {
+		t.Errorf("peak %d undefended vs %d under ctguard: want the bots' ~6,000 entries gone", none.Peak, guarded.Peak)
+	}
+	if guarded.FirstBan < 0 || guarded.FirstBan > 10*time.Second {
+		t.Errorf("first ban after %s, want within 10 s", guarded.FirstBan)
+	}
+	if r := rate(guarded.ProbesOK, guarded.Probes); r < 99.5 {
+		t.Errorf("%.1f%% of probes ok under ctguard", r)
+	}
+	if guarded.FalseBans != 0 {
+		t.Errorf("false bans %v", guarded.FalseBanList)
+	}
+}
+
+// No attack at all, only a crowd of thousands of clients and two NAT
+// gateways with 60 live users each: ctguard must ban nobody, while the
+// brief's method bans the gateways.
+func TestCrowdAndNATNoBans(t *testing.T) {
+	needLab(t)
+	base := runScenario(t, "crowd-nat", "baseline")
+	if base.FalseBans < 2 {
+		t.Errorf("the brief's method banned %v: expected both NAT gateways", base.FalseBanList)
+	}
+	guarded := runScenario(t, "crowd-nat", "ctguard")
+	if guarded.FalseBans != 0 || guarded.AttackBans != 0 || guarded.OtherBans != 0 {
+		t.Errorf("ctguard banned %d legit (%v) and %d others with no attack running", guarded.FalseBans, guarded.FalseBanList, guarded.OtherBans)
 	}
 }

@@ -113,6 +113,21 @@ func Scenarios(short bool) []Scenario {
 			Attack: []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 1500, 300, 16, 3000, victim443v4)},
 		},
 		{
+			Name:   "bots-brief",
+			Desc:   "the brief's attack at the issue's rate: bots of 300 silent connections each, 4 active at a time, rotating, 200 new conn/s",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(30*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
+			Attack: []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 60, 300, 4, 200, victim443v4)},
+		},
+		{
+			Name:   "crowd-nat",
+			Desc:   "no attack: a benign crowd of 4,000 IPv6 and 250 IPv4 clients (short connections, 150 conn/s) next to the NAT gateways; any ban is a false ban",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(20*time.Second, 60*time.Second), BaselineEvery: 5 * time.Second,
+			Attack: []Proc{
+				{Name: "crowd-big6", Role: topo.Legit, Args: []string{"crowd", "--src", topo.CrowdV6.String(), "--n", "4000", "--rate", "100", "--dst", victim443v6}},
+				{Name: "crowd-big4", Role: topo.Legit, Args: []string{"crowd", "--src", topo.CrowdV4.String(), "--n", "250", "--rate", "50", "--dst", victim443v4}},
+			},
+		},
+		{
 			Name:   "nat-false-positive",
 			Desc:   "a small silent-bot attack (50 sources x 300 connections at 3k conn/s) next to the NAT gateways (60 live users each) and the crowd",
 			Family: 4, Warmup: warm, Tail: pick(12*time.Second, 15*time.Second), AttackFor: 6 * time.Second, BaselineEvery: 5 * time.Second,
