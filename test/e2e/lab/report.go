@@ -17,6 +17,7 @@ type metric struct {
 
 var metrics = []metric{
 	{"peak fill", func(s Summary) string { return fmt.Sprintf("%.1f%% (%d)", s.PeakPct, s.Peak) }},
+	{"peak attack entries", func(s Summary) string { return held(s.PeakAttackHeld) }},
 	{"time to full", func(s Summary) string { return dur(s.FullAfter) }},
 	{"time full", func(s Summary) string { return fmt.Sprintf("%.1fs", s.FullFor.Seconds()) }},
 	{"probes ok", func(s Summary) string { return pct(s.ProbesOK, s.Probes) }},

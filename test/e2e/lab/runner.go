@@ -137,7 +137,11 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	if err := r.waitReady(runCtx, "server", 10*time.Second); err != nil {
 		return nil, err
 	}
-	monArgs := []string{"monitor", "--interval", "250ms", "--states-every", "5s"}
+	statesEvery := sc.StatesEvery
+	if statesEvery <= 0 {
+		statesEvery = 5 * time.Second
+	}
+	monArgs := []string{"monitor", "--interval", "250ms", "--states-every", statesEvery.String()}
 	for _, s := range def.IPSets {
 		monArgs = append(monArgs, "--ipset", s)
 	}

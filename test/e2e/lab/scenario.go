@@ -35,6 +35,10 @@ type Scenario struct {
 	// BaselineEvery is the interval of the brief's method: 5 s for fast
 	// attacks, 10 s for slow ones (prior-art.md).
 	BaselineEvery time.Duration
+	// StatesEvery is how often the monitor walks the table for state and
+	// attack-held counts (default 5 s: a walk of a full table costs up to a
+	// second of CPU).
+	StatesEvery time.Duration
 }
 
 // Total is the scenario's wall-clock length.
@@ -116,7 +120,15 @@ func Scenarios(short bool) []Scenario {
 			Name:   "bots-brief",
 			Desc:   "the brief's attack at the issue's rate: bots of 300 silent connections each, 4 active at a time, rotating, 200 new conn/s",
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(30*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
-			Attack: []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 60, 300, 4, 200, victim443v4)},
+			StatesEvery: time.Second,
+			Attack:      []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 60, 300, 4, 200, victim443v4)},
+		},
+		{
+			Name:   "bots-brief-v6",
+			Desc:   "the brief's attack at the issue's rate over IPv6: bots of 300 silent connections each (one /64 per bot), 4 active at a time, rotating, 200 new conn/s",
+			Family: 6, Warmup: warm, Tail: tail, AttackFor: pick(30*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
+			StatesEvery: time.Second,
+			Attack:      []Proc{botProc("bots", topo.BotV6.String(), "per64", 0, 60, 300, 4, 200, victim443v6)},
 		},
 		{
 			Name:   "crowd-nat",

@@ -25,6 +25,7 @@ type Summary struct {
 	Scenario, Defense  string
 	Max, Peak          int64
 	PeakPct            float64
+	PeakAttackHeld     int64         // most entries from attack ranges in one state walk during the attack; -1: never sampled
 	FullAfter          time.Duration // from attack start; <0: never full
 	FullFor            time.Duration // total time the table was full
 	Probes, ProbesOK   int
@@ -60,6 +61,13 @@ func pct(ok, n int) string {
 	return fmt.Sprintf("%.1f%% (%d/%d)", ProbeRate(ok, n), ok, n)
 }
 
+func held(n int64) string {
+	if n < 0 {
+		return "n/a"
+	}
+	return strconv.FormatInt(n, 10)
+}
+
 func dur(d time.Duration) string {
 	if d < 0 {
 		return "never"
@@ -76,8 +84,8 @@ func (s Summary) Line() string {
 	if len(s.FalseBanList) > 0 {
 		fb = " [" + strings.Join(s.FalseBanList, " ") + "]"
 	}
-	return fmt.Sprintf("scenario=%s defense=%s peak=%.1f%% (%d/%d) full_after=%s full_for=%s probes_ok=%s probes_ok_while_full=%s first_ban=%s attacker_bans=%d false_bans=%d%s attack_sent=%d drop=%d early_drop=%d",
-		s.Scenario, s.Defense, s.PeakPct, s.Peak, s.Max, dur(s.FullAfter), dur(s.FullFor), pct(s.ProbesOK, s.Probes),
+	return fmt.Sprintf("scenario=%s defense=%s peak=%.1f%% (%d/%d) peak_attack_held=%s full_after=%s full_for=%s probes_ok=%s probes_ok_while_full=%s first_ban=%s attacker_bans=%d false_bans=%d%s attack_sent=%d drop=%d early_drop=%d",
+		s.Scenario, s.Defense, s.PeakPct, s.Peak, s.Max, held(s.PeakAttackHeld), dur(s.FullAfter), dur(s.FullFor), pct(s.ProbesOK, s.Probes),
 		pct(s.ProbesFullOK, s.ProbesFull), dur(s.FirstBan), s.AttackBans, s.FalseBans, fb, s.AttackSent, s.Drop, s.EarlyDrop)
 }
 
@@ -111,7 +119,7 @@ func isFull(s *wire.Sample) bool {
 
 // Summarize computes the summary from a run's records.
 func Summarize(res *Result) Summary {
-	s := Summary{Scenario: res.Scenario.Name, Defense: res.Defense.Name, FullAfter: -1, FirstBan: -1}
+	s := Summary{Scenario: res.Scenario.Name, Defense: res.Defense.Name, FullAfter: -1, FirstBan: -1, PeakAttackHeld: -1}
 	samples := res.Records.Samples
 	var base *wire.Sample
 	everBanned := map[string]bool{}
@@ -129,6 +137,9 @@ func Summarize(res *Result) Summary {
 			// Peak during the attack: a short run's prefill (and the defense's
 			// reaction to it in the warmup) happens before.
 			s.Peak = max(s.Peak, sm.Count)
+			if sm.HeldSampled {
+				s.PeakAttackHeld = max(s.PeakAttackHeld, sm.AttackHeld)
+			}
 		}
 		if sm.Count > 0 {
 			s.Tracked = true
@@ -226,6 +237,7 @@ type Row struct {
 	Count, Max   int64
 	FillPct      float64
 	States       map[string]int64 // nil unless sampled at this tick
+	AttackHeld   int64            // entries from attack ranges; -1 unless sampled at this tick
 	Drop         int64            // since run start
 	EarlyDrop    int64
 	InsertFailed int64
@@ -256,8 +268,11 @@ func Rows(res *Result) []Row {
 		if sm.BansChanged {
 			bans = sm.Bans
 		}
-		row := Row{T: float64(r.T-at) / 1000, Count: sm.Count, Max: sm.Max, States: sm.States,
+		row := Row{T: float64(r.T-at) / 1000, Count: sm.Count, Max: sm.Max, States: sm.States, AttackHeld: -1,
 			Drop: sm.Drop - base.Drop, EarlyDrop: sm.EarlyDrop - base.EarlyDrop, InsertFailed: sm.InsertFailed - base.InsertFailed}
+		if sm.HeldSampled {
+			row.AttackHeld = sm.AttackHeld
+		}
 		if sm.Max > 0 {
 			row.FillPct = 100 * float64(sm.Count) / float64(sm.Max)
 		}
@@ -311,7 +326,7 @@ func WriteCSV(w io.Writer, rows []Row, step int) error {
 	for _, st := range CSVStates {
 		head = append(head, strings.ToLower(st))
 	}
-	head = append(head, "drop", "early_drop", "insert_failed", "probes", "probes_ok", "probe_ok_pct_2s", "latency_ms", "bans", "bans_attack", "bans_legit")
+	head = append(head, "attack_held", "drop", "early_drop", "insert_failed", "probes", "probes_ok", "probe_ok_pct_2s", "latency_ms", "bans", "bans_attack", "bans_legit")
 	if err := cw.Write(head); err != nil {
 		return err
 	}
@@ -325,7 +340,7 @@ func WriteCSV(w io.Writer, rows []Row, step int) error {
 	for i, r := range rows {
 		pending += r.Probes
 		pendingOK += r.ProbesOK
-		if i%step != 0 && r.States == nil && i != len(rows)-1 {
+		if i%step != 0 && r.States == nil && r.AttackHeld < 0 && i != len(rows)-1 {
 			continue
 		}
 		rec := []string{f(r.T), strconv.FormatInt(r.Count, 10), strconv.FormatInt(r.Max, 10), f(r.FillPct)}
@@ -336,7 +351,11 @@ func WriteCSV(w io.Writer, rows []Row, step int) error {
 				rec = append(rec, strconv.FormatInt(r.States[st], 10))
 			}
 		}
-		rec = append(rec, strconv.FormatInt(r.Drop, 10), strconv.FormatInt(r.EarlyDrop, 10), strconv.FormatInt(r.InsertFailed, 10),
+		held := ""
+		if r.AttackHeld >= 0 {
+			held = strconv.FormatInt(r.AttackHeld, 10)
+		}
+		rec = append(rec, held, strconv.FormatInt(r.Drop, 10), strconv.FormatInt(r.EarlyDrop, 10), strconv.FormatInt(r.InsertFailed, 10),
 			strconv.Itoa(pending), strconv.Itoa(pendingOK), f(r.ProbeOKPct), f(r.LatencyMS),
 			strconv.Itoa(r.Bans), strconv.Itoa(r.BansAttack), strconv.Itoa(r.BansLegit))
 		pending, pendingOK = 0, 0

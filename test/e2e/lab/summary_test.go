@@ -55,8 +55,15 @@ func fakeResult() *Result {
 		case 5:
 			sm.Bans, sm.BansChanged = []string{"198.18.0.1", "203.0.113.10"}, true
 		}
-		if sec == 0 {
+		switch sec {
+		case -1:
+			// Before the attack (a prefill): not the attack's peak.
+			sm.HeldSampled, sm.AttackHeld = true, 900
+		case 0:
 			sm.States = map[string]int64{"ESTABLISHED": 400}
+			sm.HeldSampled, sm.AttackHeld = true, 300
+		case 1:
+			sm.HeldSampled, sm.AttackHeld = true, 0
 		}
 		res.Records.Samples = append(res.Records.Samples, wire.Record{Kind: "sample", T: t, Sample: sm})
 		full := sec >= 3 && sec <= 6
@@ -78,11 +85,14 @@ func TestSummarize(t *testing.T) {
 	if s.FirstBan != 4*time.Second || s.AttackBans != 1 || s.FalseBans != 1 || s.FalseBanList[0] != "203.0.113.10" {
 		t.Fatalf("bans: %+v", s)
 	}
+	if s.PeakAttackHeld != 300 {
+		t.Fatalf("peak attack held %d, want 300 (the attack's, not the prefill's)", s.PeakAttackHeld)
+	}
 	if s.Drop != 90 || s.EarlyDrop != 0 || s.AttackSent != 1234 || s.Prefilled != 77 || !s.Tracked {
 		t.Fatalf("counters: %+v", s)
 	}
 	line := s.Line()
-	for _, want := range []string{"full_after=3.0s", "probes_ok_while_full=0.0% (0/4)", "false_bans=1 [203.0.113.10]"} {
+	for _, want := range []string{"full_after=3.0s", "peak_attack_held=300", "probes_ok_while_full=0.0% (0/4)", "false_bans=1 [203.0.113.10]"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("summary line %q lacks %q", line, want)
 		}
@@ -126,17 +136,29 @@ func TestRowsAndCSV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// header + rows 0,4,8 + row 2 (has states) + last row 11
-	if len(recs) != 6 || recs[0][0] != "t_s" {
+	// header + rows 0,4,8 + rows 1-3 (state or held samples) + last row 11
+	if len(recs) != 8 || recs[0][0] != "t_s" {
 		t.Fatalf("csv: %v", recs)
+	}
+	col := map[string]int{}
+	for i, h := range recs[0] {
+		col[h] = i
 	}
 	probes := 0
 	for _, r := range recs[1:] {
-		n, _ := strconv.Atoi(r[14])
+		n, _ := strconv.Atoi(r[col["probes"]])
 		probes += n
 	}
-	if recs[0][14] != "probes" || probes != 12 {
+	if probes != 12 {
 		t.Fatalf("downsampled CSV holds %d probes, want all 12", probes)
+	}
+	// Held counts only where the monitor walked the table.
+	var held []string
+	for _, r := range recs[1:] {
+		held = append(held, r[col["attack_held"]])
+	}
+	if got := strings.Join(held, ","); got != ",900,300,0,,," {
+		t.Fatalf("attack_held column %q", got)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -24,6 +25,9 @@ type Config struct {
 	IPSets      []string      // ban lists to sample (`ipset save`); empty: none
 	NFTTable    string        // nftables table whose sets hold bans, e.g. "inet ctguard"
 	Procfs      string        // default /proc
+	// AttackRanges: entries from these sources are counted on state ticks
+	// (Sample.AttackHeld).
+	AttackRanges []netip.Prefix
 }
 
 // Run samples until ctx ends or Duration passes. It must run in the victim
@@ -47,18 +51,18 @@ func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) erro
 	// States need a full table walk (up to a second at 262k entries), so they
 	// run on their own clock and the latest result rides on the next tick.
 	var mu sync.Mutex
-	var states map[string]int64
+	var counts *Counts
 	if cfg.StatesEvery > 0 {
 		go func() {
 			t := time.NewTicker(cfg.StatesEvery)
 			defer t.Stop()
 			for {
-				s, err := readStates(ctx, cfg.Procfs)
+				c, err := readStates(ctx, cfg.Procfs, cfg.AttackRanges)
 				if err != nil && ctx.Err() == nil {
 					log.Warn("states", "err", err)
 				} else if err == nil {
 					mu.Lock()
-					states = s
+					counts = &c
 					mu.Unlock()
 				}
 				select {
@@ -87,7 +91,11 @@ func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) erro
 		}
 		s.Drop, s.EarlyDrop, s.InsertFailed = st.Drop, st.EarlyDrop, st.InsertFailed
 		mu.Lock()
-		s.States, states = states, nil
+		if counts != nil {
+			s.States, s.AttackHeld = counts.States, counts.AttackHeld
+			s.HeldSampled = true
+			counts = nil
+		}
 		mu.Unlock()
 		if len(cfg.IPSets) > 0 || cfg.NFTTable != "" {
 			bans, err := readBans(ctx, cfg)
@@ -134,22 +142,22 @@ func readStats(ctx context.Context, procfs string) (Stats, error) {
 	return ParseConntrackS(bytes.NewReader(out))
 }
 
-func readStates(ctx context.Context, procfs string) (map[string]int64, error) {
+func readStates(ctx context.Context, procfs string, attack []netip.Prefix) (Counts, error) {
 	if f, err := os.Open(procfs + "/net/nf_conntrack"); err == nil {
 		defer f.Close()
-		return CountStates(f)
+		return CountStates(f, attack)
 	}
 	cmd := exec.CommandContext(ctx, "conntrack", "-L")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return Counts{}, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("conntrack -L: %w", err)
+		return Counts{}, fmt.Errorf("conntrack -L: %w", err)
 	}
-	m, perr := CountStates(out)
+	m, perr := CountStates(out, attack)
 	if err := cmd.Wait(); err != nil {
-		return nil, fmt.Errorf("conntrack -L: %w", err)
+		return Counts{}, fmt.Errorf("conntrack -L: %w", err)
 	}
 	return m, perr
 }

@@ -113,11 +113,20 @@ var tcpStates = map[string]bool{
 	"LAST_ACK": true, "TIME_WAIT": true, "CLOSE": true, "SYN_SENT2": true,
 }
 
+// Counts is one walk of the table: entries per state, and entries whose
+// original source lies in the given attack ranges (the entries the attack
+// holds at that moment, whatever the defense did).
+type Counts struct {
+	States     map[string]int64
+	AttackHeld int64
+}
+
 // CountStates counts entries per state in /proc/net/nf_conntrack or
 // `conntrack -L` text: TCP lines by their state, UDP lines as UDP or
-// UDP_UNREPLIED, everything else as OTHER.
-func CountStates(r io.Reader) (map[string]int64, error) {
-	out := map[string]int64{}
+// UDP_UNREPLIED, everything else as OTHER. Lines whose first src= is in one
+// of attack also count in AttackHeld.
+func CountStates(r io.Reader, attack []netip.Prefix) (Counts, error) {
+	out := Counts{States: map[string]int64{}}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), 1<<20)
 	for sc.Scan() {
@@ -128,6 +137,7 @@ func CountStates(r io.Reader) (map[string]int64, error) {
 		proto := ""
 		state := ""
 		unreplied := false
+		src := ""
 		for i, w := range f {
 			if i < 4 && (w == "tcp" || w == "udp") && proto == "" {
 				proto = w
@@ -138,16 +148,29 @@ func CountStates(r io.Reader) (map[string]int64, error) {
 			if w == "[UNREPLIED]" {
 				unreplied = true
 			}
+			if src == "" && strings.HasPrefix(w, "src=") {
+				src = w[len("src="):]
+			}
 		}
 		switch {
 		case proto == "tcp" && state != "":
-			out[state]++
+			out.States[state]++
 		case proto == "udp" && unreplied:
-			out[StateUDPUnreplied]++
+			out.States[StateUDPUnreplied]++
 		case proto == "udp":
-			out[StateUDP]++
+			out.States[StateUDP]++
 		default:
-			out[StateOther]++
+			out.States[StateOther]++
+		}
+		if src != "" && len(attack) > 0 {
+			if a, err := netip.ParseAddr(src); err == nil {
+				for _, p := range attack {
+					if p.Contains(a.Unmap()) {
+						out.AttackHeld++
+						break
+					}
+				}
+			}
 		}
 	}
 	return out, sc.Err()

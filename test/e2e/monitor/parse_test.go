@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -47,12 +48,21 @@ ipv4     2 udp      17 29 src=192.0.2.99 dst=192.0.2.10 sport=5353 dport=443 [UN
 ipv4     2 udp      17 169 src=192.0.2.98 dst=192.0.2.10 sport=5354 dport=53 src=192.0.2.10 dst=192.0.2.98 sport=53 dport=5354 [ASSURED] mark=0 zone=0 use=2
 ipv4     2 icmp     1 28 src=192.0.2.97 dst=192.0.2.10 type=8 code=0 id=77 [UNREPLIED] src=192.0.2.10 dst=192.0.2.97 type=0 code=0 id=77 mark=0 zone=0 use=2
 tcp      6 117 TIME_WAIT src=192.0.2.5 dst=198.51.100.2 sport=1 dport=443 src=198.51.100.2 dst=192.0.2.5 sport=443 dport=1 [ASSURED] mark=0 use=1
+ipv6     10 tcp      6 431999 ESTABLISHED src=2001:db8:bad:0:0:0:0:1 dst=2001:db8:ff:1:0:0:0:2 sport=40000 dport=443 src=2001:db8:ff:1:0:0:0:2 dst=2001:db8:bad:0:0:0:0:1 sport=443 dport=40000 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 431999 ESTABLISHED src=198.51.100.2 dst=192.0.2.70 sport=443 dport=1 src=192.0.2.70 dst=198.51.100.2 sport=1 dport=443 [ASSURED] mark=0 zone=0 use=2
 `
-	got, err := CountStates(strings.NewReader(in))
+	// The attack holds the lines whose first src= is in its ranges: .66,
+	// .77 and the IPv6 bot; not the reply direction's src=.
+	attack := []netip.Prefix{netip.MustParsePrefix("192.0.2.64/27"), netip.MustParsePrefix("2001:db8:bad::/48")}
+	c, err := CountStates(strings.NewReader(in), attack)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int64{"ESTABLISHED": 1, "SYN_RECV": 1, StateUDPUnreplied: 1, StateUDP: 1, StateOther: 1, "TIME_WAIT": 1}
+	if c.AttackHeld != 3 {
+		t.Errorf("AttackHeld = %d, want 3", c.AttackHeld)
+	}
+	got := c.States
+	want := map[string]int64{"ESTABLISHED": 3, "SYN_RECV": 1, StateUDPUnreplied: 1, StateUDP: 1, StateOther: 1, "TIME_WAIT": 1}
 	if len(got) != len(want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}

@@ -141,6 +141,14 @@ func (t *Topology) Setup(ctx context.Context) error {
 		if err := run(ctx, nil, "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
 			return err
 		}
+		// No duplicate address detection on the links created next: their
+		// link-local addresses would stay tentative for a second or two, and
+		// IPv6 traffic through the router stalls until they settle (the first
+		// IPv6 probes of a run waited ~2 s, some timed out).
+		if err := run(ctx, nil, "ip", "netns", "exec", name, "sh", "-ec",
+			"echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad"); err != nil {
+			return err
+		}
 	}
 	links := []struct {
 		role, ifc, rifc string
@@ -218,6 +226,29 @@ func (t *Topology) Setup(ctx context.Context) error {
 	}
 	if err := t.Run(ctx, Attacker, strings.NewReader(attackerRuleset()), "nft", "-f", "-"); err != nil {
 		return err
+	}
+	return t.waitPaths(ctx)
+}
+
+// waitPaths pings the victim from the attacker and legit namespaces over
+// both families until every path answers (at most 10 s), so neighbour
+// discovery is settled before a run's clock starts: without it the first
+// IPv6 probes of a run waited up to a second for the router's neighbour
+// entries.
+func (t *Topology) waitPaths(ctx context.Context) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for _, role := range []string{Attacker, Legit} {
+		for _, dst := range []string{VictimV4.String(), VictimV6.String()} {
+			for {
+				err := t.Run(ctx, role, nil, "ping", "-c", "1", "-W", "1", "-q", dst)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) || ctx.Err() != nil {
+					return fmt.Errorf("topology: %s cannot reach %s: %w", role, dst, err)
+				}
+			}
+		}
 	}
 	return nil
 }

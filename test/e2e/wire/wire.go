@@ -32,8 +32,12 @@ type Sample struct {
 	EarlyDrop    int64            `json:"early_drop"`       // cumulative
 	InsertFailed int64            `json:"insert_failed"`    // cumulative
 	States       map[string]int64 `json:"states,omitempty"` // only on state-sampling ticks
-	Bans         []string         `json:"bans,omitempty"`   // full ban list, only when it changed
-	BansChanged  bool             `json:"bans_changed,omitempty"`
+	// AttackHeld: entries whose original source is in an attack range, on
+	// state-sampling ticks (HeldSampled) only.
+	AttackHeld  int64    `json:"attack_held,omitempty"`
+	HeldSampled bool     `json:"held_sampled,omitempty"`
+	Bans        []string `json:"bans,omitempty"` // full ban list, only when it changed
+	BansChanged bool     `json:"bans_changed,omitempty"`
 }
 
 // Probe is the outcome of one legit connection attempt.

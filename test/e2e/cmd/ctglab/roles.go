@@ -11,6 +11,7 @@ import (
 	"github.com/ctguard/ctguard/test/e2e/baseline"
 	"github.com/ctguard/ctguard/test/e2e/gen"
 	"github.com/ctguard/ctguard/test/e2e/monitor"
+	"github.com/ctguard/ctguard/test/e2e/topo"
 	"github.com/ctguard/ctguard/test/e2e/victim"
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
@@ -116,7 +117,8 @@ func runMonitor(ctx context.Context, e *env, args []string) error {
 	if err := needDuration(*d); err != nil {
 		return err
 	}
-	return monitor.Run(ctx, monitor.Config{Interval: *iv, StatesEvery: *se, Duration: *d, IPSets: sets, NFTTable: *nft}, wire.NewWriter(e.stdout), e.log)
+	return monitor.Run(ctx, monitor.Config{Interval: *iv, StatesEvery: *se, Duration: *d, IPSets: sets, NFTTable: *nft,
+		AttackRanges: topo.AttackRanges}, wire.NewWriter(e.stdout), e.log)
 }
 
 func runBaseline(ctx context.Context, e *env, args []string) error {
