@@ -406,7 +406,7 @@ func (d *Daemon) cycle(ctx context.Context) {
 	d.mu.Unlock()
 	in := policy.Input{
 		Now: now, Snapshot: snap, Count: int(st.Count), Max: int(st.Max), RatePerSec: rate, RateOK: rateOK,
-		Banned: bans.covered, BannedIn: bans.hostsIn,
+		Banned: bans.covered, BannedIn: bans.hostsIn, BannedGroupsIn: bans.groupsIn,
 		History: func(p netip.Prefix) policy.Offence {
 			b, err := d.st.GetBan(p)
 			if err != nil {
@@ -589,12 +589,14 @@ type banIndex struct {
 	all   map[netip.Prefix]bool
 	nets  []netip.Prefix
 	hosts map[netip.Prefix]int // grouping prefix -> banned single addresses inside
+
+	v4Bits, v6Bits int
 }
 
 // newBanIndex indexes the active bans; v4Bits and v6Bits are the lengths
 // the snapshot groups sources by.
 func newBanIndex(active []store.Active, v4Bits, v6Bits int) *banIndex {
-	b := &banIndex{all: make(map[netip.Prefix]bool, len(active)), hosts: map[netip.Prefix]int{}}
+	b := &banIndex{all: make(map[netip.Prefix]bool, len(active)), hosts: map[netip.Prefix]int{}, v4Bits: v4Bits, v6Bits: v6Bits}
 	for _, a := range active {
 		b.all[a.Prefix] = true
 		if !a.Prefix.IsSingleIP() {
@@ -628,6 +630,36 @@ func (b *banIndex) covered(p netip.Prefix) bool {
 // hostsIn counts the active single-address bans inside p (a grouping
 // prefix of the snapshot).
 func (b *banIndex) hostsIn(p netip.Prefix) int { return b.hosts[p] }
+
+// groupsIn lists the grouping prefixes inside a wider prefix w that hold
+// an active ban: of an address, of the grouping prefix itself, or of a
+// prefix between the two (which counts as one).
+func (b *banIndex) groupsIn(w netip.Prefix) []netip.Prefix {
+	seen := map[netip.Prefix]bool{}
+	for g := range b.hosts {
+		if w.Contains(g.Addr()) {
+			seen[g] = true
+		}
+	}
+	for _, n := range b.nets {
+		if n.Bits() <= w.Bits() || !w.Contains(n.Addr()) {
+			continue
+		}
+		bits := b.v4Bits
+		if n.Addr().Is6() {
+			bits = b.v6Bits
+		}
+		if n.Bits() >= bits {
+			n, _ = n.Addr().Prefix(bits)
+		}
+		seen[n] = true
+	}
+	out := make([]netip.Prefix, 0, len(seen))
+	for g := range seen {
+		out = append(out, g)
+	}
+	return out
+}
 
 // dryPurger counts what a purge would delete and deletes nothing.
 type dryPurger struct{ c *conntrack.Conn }

@@ -99,6 +99,13 @@ type Config struct {
 	PrefixMinSources    int     `toml:"prefix_min_sources"`
 	PrefixMemberScore   float64 `toml:"prefix_member_score"`
 
+	// Wide aggregation: a wider block (an IPv6 /48, one end site) is banned
+	// when WideBannedNets of its grouping prefixes (/64s) hold bans, now
+	// or in this cycle. Bits 0 turns the level off for that family.
+	WideV4Bits     int `toml:"wide_v4_bits"`
+	WideV6Bits     int `toml:"wide_v6_bits"`
+	WideBannedNets int `toml:"wide_banned_nets"`
+
 	// Ban lengths: BaseTTL for a first offence, times Escalation for each
 	// earlier one within DecayAfter, capped at MaxTTL.
 	BaseTTL    time.Duration `toml:"base_ttl"`
@@ -134,15 +141,20 @@ func Default() Config {
 		PrefixFactor:        3,
 		PrefixMinSources:    4,
 		PrefixMemberScore:   5,
-		BaseTTL:             15 * time.Minute,
-		MaxTTL:              24 * time.Hour,
-		Escalation:          4,
-		DecayAfter:          24 * time.Hour,
-		MaxBansPerCycle:     1000,
-		MaxBanShare:         0.5,
-		BreakerFloor:        50,
-		ValveHigh:           0.95,
-		ValveTarget:         0.90,
+		// An IPv6 /48 is one site; a bot herd that rotates through its /64s
+		// would otherwise need one ban per /64. No IPv4 level by default: a
+		// /16 is many unrelated customers.
+		WideV6Bits:      48,
+		WideBannedNets:  8,
+		BaseTTL:         15 * time.Minute,
+		MaxTTL:          24 * time.Hour,
+		Escalation:      4,
+		DecayAfter:      24 * time.Hour,
+		MaxBansPerCycle: 1000,
+		MaxBanShare:     0.5,
+		BreakerFloor:    50,
+		ValveHigh:       0.95,
+		ValveTarget:     0.90,
 	}
 }
 
@@ -200,6 +212,10 @@ func (c *Config) Validate() error {
 	if c.DecayAfter < 0 {
 		return fmt.Errorf("decay_after = %v: want >= 0", c.DecayAfter)
 	}
+	if c.WideV4Bits < 0 || c.WideV4Bits > 32 || c.WideV6Bits < 0 || c.WideV6Bits > 128 || c.WideBannedNets < 0 {
+		return fmt.Errorf("wide_v4_bits %d, wide_v6_bits %d, wide_banned_nets %d: want prefix lengths (0-32, 0-128; 0: off) and a count",
+			c.WideV4Bits, c.WideV6Bits, c.WideBannedNets)
+	}
 	if c.MaxBansPerCycle < 1 || c.BreakerFloor < 0 || c.PrefixBannedMembers < 0 || c.PrefixMinSources < 0 {
 		return fmt.Errorf("max_bans_per_cycle %d, breaker_floor %d, prefix_banned_members %d, prefix_min_sources %d: want counts (max_bans_per_cycle >= 1)",
 			c.MaxBansPerCycle, c.BreakerFloor, c.PrefixBannedMembers, c.PrefixMinSources)
@@ -238,6 +254,9 @@ type Input struct {
 	Banned func(netip.Prefix) bool
 	// BannedIn counts the active bans of single sources inside a prefix.
 	BannedIn func(netip.Prefix) int
+	// BannedGroupsIn lists the grouping prefixes (the snapshot's /24s or
+	// /64s) inside a wider prefix that hold an active ban.
+	BannedGroupsIn func(netip.Prefix) []netip.Prefix
 	// History returns a target's earlier offences.
 	History func(netip.Prefix) Offence
 }
@@ -260,6 +279,7 @@ const (
 	ReasonSource        = "source-score"   // one source holds too much
 	ReasonPrefixMembers = "prefix-members" // several members of a prefix are banned
 	ReasonPrefixScore   = "prefix-score"   // a prefix jointly holds too much
+	ReasonWidePrefix    = "wide-prefix"    // several grouping prefixes of a wider block are banned
 )
 
 // Skip is a candidate that was not banned, and why.
@@ -422,7 +442,8 @@ func Decide(in Input, c Config) Result {
 		cands = append(cands, Decision{Target: h.Key, TTL: c.TTL(off), Reason: reason, Score: round(s),
 			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Members: h.Members, Offences: off})
 	}
-	// A prefix ban replaces the bans of its members in the same cycle.
+	cands = append(cands, c.wide(&in, snap, cands, bits, allowed, banned, p, r.Threshold, &r.Skips)...)
+	// A prefix ban replaces the bans inside it made in the same cycle.
 	var prefixes []netip.Prefix
 	for _, d := range cands {
 		if !d.Target.IsSingleIP() {
@@ -430,11 +451,8 @@ func Decide(in Input, c Config) Result {
 		}
 	}
 	cands = slices.DeleteFunc(cands, func(d Decision) bool {
-		if !d.Target.IsSingleIP() {
-			return false
-		}
 		for _, p := range prefixes {
-			if p.Contains(d.Target.Addr()) {
+			if p.Bits() < d.Target.Bits() && p.Contains(d.Target.Addr()) {
 				return true
 			}
 		}
@@ -481,6 +499,71 @@ func Decide(in Input, c Config) Result {
 		}
 	}
 	return r
+}
+
+// wide returns the wide-prefix bans: a block of WideV4Bits/WideV6Bits in
+// which WideBannedNets grouping prefixes hold bans, counting the active
+// ones and this cycle's candidates. Only blocks touched by a candidate are
+// considered; the evidence is what the block's grouping prefixes hold.
+func (c *Config) wide(in *Input, snap *snapshot.Snapshot, cands []Decision, bits func(netip.Addr) int,
+	allowed func(netip.Prefix) (string, bool), banned func(netip.Prefix) bool, p Pressure, threshold float64, skips *[]Skip) []Decision {
+	if c.WideBannedNets <= 0 {
+		return nil
+	}
+	wideBits := func(a netip.Addr) int {
+		if a.Is4() {
+			return c.WideV4Bits
+		}
+		return c.WideV6Bits
+	}
+	groups := map[netip.Prefix]map[netip.Prefix]bool{} // wide block -> grouping prefixes with bans
+	var order []netip.Prefix
+	for _, d := range cands {
+		a := d.Target.Addr()
+		wb, gb := wideBits(a), bits(a)
+		if wb <= 0 || wb >= gb || d.Target.Bits() < gb {
+			continue
+		}
+		w, _ := a.Prefix(wb)
+		g, _ := a.Prefix(gb)
+		if groups[w] == nil {
+			if banned(w) {
+				continue
+			}
+			groups[w] = map[netip.Prefix]bool{}
+			order = append(order, w)
+			if in.BannedGroupsIn != nil {
+				for _, b := range in.BannedGroupsIn(w) {
+					groups[w][b] = true
+				}
+			}
+		}
+		groups[w][g] = true
+	}
+	var out []Decision
+	for _, w := range order {
+		if len(groups[w]) < c.WideBannedNets {
+			continue
+		}
+		var counts snapshot.Counts
+		var members uint32
+		for i := range snap.Prefixes {
+			h := &snap.Prefixes[i]
+			if w.Contains(h.Key.Addr()) {
+				counts.Merge(&h.Counts)
+				members += h.Members
+			}
+		}
+		s := c.Score(&counts)
+		if e, ok := allowed(w); ok {
+			*skips = append(*skips, Skip{Target: w, Score: round(s), Why: "wide prefix covers allowlisted " + e})
+			continue
+		}
+		off := c.offences(in, w)
+		out = append(out, Decision{Target: w, TTL: c.TTL(off), Reason: ReasonWidePrefix, Score: round(s),
+			Threshold: threshold, Pressure: p, Counts: counts, Members: members, Offences: off})
+	}
+	return out
 }
 
 // scoringMembers counts the sources inside p that score at least the

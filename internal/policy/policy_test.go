@@ -172,6 +172,41 @@ func TestDecide(t *testing.T) {
 				}
 			},
 			want: ""},
+		{name: "IPv6 bots rotating through the /64s of one /48 become one /48 ban",
+			w:     v6herd(10).add("2001:db8:1::5", crowd),
+			count: 4000, max: 262144, want: "2001:db8:bad::/48(wide-prefix)"},
+		{name: "seven /64s of a /48 stay per-address bans",
+			w:     v6herd(7),
+			count: 4000, max: 262144,
+			want: "2001:db8:bad::1/128(source-score) 2001:db8:bad:1::1/128(source-score) 2001:db8:bad:2::1/128(source-score) " +
+				"2001:db8:bad:3::1/128(source-score) 2001:db8:bad:4::1/128(source-score) 2001:db8:bad:5::1/128(source-score) 2001:db8:bad:6::1/128(source-score)"},
+		{name: "earlier bans in other /64s of the /48 count",
+			w:     v6herd(2),
+			count: 4000, max: 262144,
+			mod: func(in *Input) {
+				in.BannedGroupsIn = func(p netip.Prefix) []netip.Prefix {
+					if p != netip.MustParsePrefix("2001:db8:bad::/48") {
+						return nil
+					}
+					var out []netip.Prefix
+					for i := 0x10; i < 0x16; i++ {
+						out = append(out, netip.MustParsePrefix(fmt.Sprintf("2001:db8:bad:%x::/64", i)))
+					}
+					return out
+				}
+			},
+			want: "2001:db8:bad::/48(wide-prefix)"},
+		{name: "a /48 over allowlisted space is never banned: its members are",
+			w:     v6herd(8),
+			count: 4000, max: 262144,
+			mod: func(in *Input) {
+				in.Allowed = func(p netip.Prefix) (string, bool) {
+					return "2001:db8:bad:ff::10/128 (operator)", p.Contains(netip.MustParseAddr("2001:db8:bad:ff::10"))
+				}
+			},
+			want: "2001:db8:bad::1/128(source-score) 2001:db8:bad:1::1/128(source-score) 2001:db8:bad:2::1/128(source-score) " +
+				"2001:db8:bad:3::1/128(source-score) 2001:db8:bad:4::1/128(source-score) 2001:db8:bad:5::1/128(source-score) " +
+				"2001:db8:bad:6::1/128(source-score) 2001:db8:bad:7::1/128(source-score)"},
 		{name: "breaker caps a cycle at the share of active sources",
 			w: func() *world {
 				w := new(world)
@@ -217,6 +252,31 @@ func TestDecide(t *testing.T) {
 		if r.Breaker != nil {
 			t.Errorf("%s: breaker tripped: %+v", c.name, r.Breaker)
 		}
+	}
+}
+
+// v6herd is n silent bots, one per /64 of 2001:db8:bad::/48.
+func v6herd(n int) *world {
+	w := new(world)
+	for i := 0; i < n; i++ {
+		w.add(fmt.Sprintf("2001:db8:bad:%x::1", i), snapshot.Counts{Idle: 300})
+	}
+	return w
+}
+
+func TestWideEvidence(t *testing.T) {
+	r := Decide(input(v6herd(9).snap(), 4000, 262144), Default())
+	if len(r.Bans) != 1 {
+		t.Fatalf("bans %s", targets(r))
+	}
+	d := r.Bans[0]
+	if d.Counts.Idle != 2700 || d.Members != 9 || d.Score != 2700 {
+		t.Fatalf("evidence %+v", d)
+	}
+	off := Default()
+	off.WideV6Bits = 0
+	if r := Decide(input(v6herd(9).snap(), 4000, 262144), off); len(r.Bans) != 9 {
+		t.Fatalf("wide_v6_bits = 0: bans %s", targets(r))
 	}
 }
 
@@ -288,6 +348,8 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.Escalation = 0.5 }, "escalation"},
 		{func(c *Config) { c.MaxBansPerCycle = 0 }, "max_bans_per_cycle"},
 		{func(c *Config) { c.CriticalETA = time.Hour }, "falling"},
+		{func(c *Config) { c.WideV6Bits = 129 }, "wide_v6_bits"},
+		{func(c *Config) { c.WideBannedNets = -1 }, "wide_banned_nets"},
 	}
 	for _, b := range bad {
 		c := Default()

@@ -201,6 +201,23 @@ type Counts struct {
 	ServedIdle uint32 `json:"served_idle"`
 }
 
+// Merge adds o's counts to c (MaxIdle is the larger of the two).
+func (c *Counts) Merge(o *Counts) {
+	c.Entries += o.Entries
+	c.Idle += o.Idle
+	c.IdleAssured += o.IdleAssured
+	c.Active += o.Active
+	c.ActiveAssured += o.ActiveAssured
+	c.Stalled += o.Stalled
+	c.HalfOpen += o.HalfOpen
+	c.Closing += o.Closing
+	c.Other += o.Other
+	c.MaxIdle = max(c.MaxIdle, o.MaxIdle)
+	c.Orphan += o.Orphan
+	c.OrphanActive += o.OrphanActive
+	c.ServedIdle += o.ServedIdle
+}
+
 func (c *Counts) add(cl Class, assured bool, idle uint32) {
 	c.Entries++
 	switch cl {

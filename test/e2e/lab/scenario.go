@@ -111,6 +111,13 @@ func Scenarios(short bool) []Scenario {
 			Prefill: prefill(prefillProc("2001:db8:bad:8000::/49", "per64", 0, 767, 300, victim443v6)),
 		},
 		{
+			Name:   "bots-spread",
+			Desc:   "the fastest attack, spread out: 1500 rotating IPv4 sources dealt over 256 /24s (about 6 per /24) x 300 silent connections, 64 active, up to 30k conn/s",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 5 * time.Second,
+			Attack:  []Proc{botProc("bots", topo.SlowV4.String(), "spread24", 256, 1500, 300, 64, 30000, victim443v4)},
+			Prefill: prefill(prefillProc(topo.BotV4.String(), "seq", 0, 767, 300, victim443v4)),
+		},
+		{
 			Name:   "bots-slow",
 			Desc:   "silent established bots at 3k conn/s: 1500 sources x 300, 16 active",
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(25*time.Second, 100*time.Second), BaselineEvery: 10 * time.Second,
