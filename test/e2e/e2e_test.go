@@ -395,4 +395,7 @@ func TestCrowdAndNATNoBans(t *testing.T) {
 	if guarded.FalseBans != 0 || guarded.AttackBans != 0 || guarded.OtherBans != 0 {
 		t.Errorf("ctguard banned %d legit (%v) and %d others with no attack running", guarded.FalseBans, guarded.FalseBanList, guarded.OtherBans)
 	}
+	if guarded.LegitSent == 0 || guarded.LegitFailed*100 > guarded.LegitSent {
+		t.Errorf("under ctguard %d of %d legit client requests failed, want under 1%%", guarded.LegitFailed, guarded.LegitSent+guarded.LegitFailed)
+	}
 }

@@ -33,10 +33,33 @@ type Defense struct {
 	// arguments for Proc (ctguard: a config with its state and socket there,
 	// so the daemon in the victim never touches the host's /var/lib/ctguard).
 	Prepare func(dir string) ([]string, error)
+	// Ruleset, if set, is loaded into the victim (nft -f) before traffic
+	// starts: a defense that is only kernel rules.
+	Ruleset string
 }
 
+// MeterLimit is the per-source limit of the "meter" defense: the brief's
+// threshold, and a common `ct count` value in published nft configs.
+const MeterLimit = 30
+
+// meterRuleset is the in-kernel `ct count` meter of prior-art.md: new
+// connections from a source that already has MeterLimit live ones are
+// dropped, in the input hook (ct count needs conntrack). It keeps no
+// memory: a source under the limit is never touched, and nothing it holds
+// is ever removed.
+var meterRuleset = fmt.Sprintf(`table inet ctmeter {
+	set m4 { type ipv4_addr; size 65535; flags dynamic; }
+	set m6 { type ipv6_addr; size 65535; flags dynamic; }
+	chain input {
+		type filter hook input priority filter; policy accept;
+		meta nfproto ipv4 ct state new add @m4 { ip saddr ct count over %[1]d } counter drop
+		meta nfproto ipv6 ct state new add @m6 { ip6 saddr ct count over %[1]d } counter drop
+	}
+}
+`, MeterLimit)
+
 // DefenseNames lists the defenses the runner knows.
-var DefenseNames = []string{"none", "baseline", "ctguard"}
+var DefenseNames = []string{"none", "baseline", "meter", "ctguard"}
 
 // NewDefense returns the named defense for a scenario. "ctguard" needs a
 // ctguard binary with a `run` command (issue 6); until that exists it
@@ -56,6 +79,9 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 			IPSets: []string{baseline.SetV4, baseline.SetV6},
 			Note:   fmt.Sprintf("brief's method, threshold 30, every %s", every),
 		}, nil
+	case "meter":
+		return Defense{Name: name, Ruleset: meterRuleset,
+			Note: fmt.Sprintf("nft ct count meter: new connections over %d live per source dropped (input hook)", MeterLimit)}, nil
 	case "ctguard":
 		if err := ctguardAvailable(ctx, ctguardBin); err != nil {
 			return Defense{Name: name}, err

@@ -31,6 +31,9 @@ var metrics = []metric{
 		}
 		return fmt.Sprintf("%d (%s)", s.FalseBans, strings.Join(s.FalseBanList, " "))
 	}},
+	{"legit client failures", func(s Summary) string {
+		return fmt.Sprintf("%d of %d", s.LegitFailed, s.LegitSent+s.LegitFailed)
+	}},
 	{"attack conns/packets sent", func(s Summary) string { return fmt.Sprint(s.AttackSent) }},
 	{"kernel drop / early_drop", func(s Summary) string { return fmt.Sprintf("%d / %d", s.Drop, s.EarlyDrop) }},
 }

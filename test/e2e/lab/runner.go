@@ -130,6 +130,11 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 			return nil, fmt.Errorf("hook: %w", err)
 		}
 	}
+	if def.Ruleset != "" {
+		if err := t.Run(runCtx, topo.Victim, strings.NewReader(def.Ruleset), "nft", "-f", "-"); err != nil {
+			return nil, fmt.Errorf("%s ruleset: %w", def.Name, err)
+		}
+	}
 	total := sc.Total()
 	if _, err := r.start(runCtx, Proc{Name: "server", Role: topo.Victim, Args: []string{"server"}}, "", total+30*time.Second); err != nil {
 		return nil, err

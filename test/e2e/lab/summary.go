@@ -40,10 +40,13 @@ type Summary struct {
 	AttackSent         int64 // connections/packets the attack generators made
 	Prefilled          int64 // entries injected before the run (short scenarios)
 	AttackFailed       int64
-	Drop, EarlyDrop    int64 // kernel counters over the run
-	InsertFailed       int64
-	Tracked            bool // conntrack held entries (the ruleset was live)
-	Unavailable        string
+	// LegitSent and LegitFailed are the legit clients' (crowd, NAT users)
+	// requests and failed attempts; probes are counted on their own.
+	LegitSent, LegitFailed int64
+	Drop, EarlyDrop        int64 // kernel counters over the run
+	InsertFailed           int64
+	Tracked                bool // conntrack held entries (the ruleset was live)
+	Unavailable            string
 }
 
 // ProbeRate is ok/total as a percentage; NaN without probes.
@@ -84,9 +87,9 @@ func (s Summary) Line() string {
 	if len(s.FalseBanList) > 0 {
 		fb = " [" + strings.Join(s.FalseBanList, " ") + "]"
 	}
-	return fmt.Sprintf("scenario=%s defense=%s peak=%.1f%% (%d/%d) peak_attack_held=%s full_after=%s full_for=%s probes_ok=%s probes_ok_while_full=%s first_ban=%s attacker_bans=%d false_bans=%d%s attack_sent=%d drop=%d early_drop=%d",
+	return fmt.Sprintf("scenario=%s defense=%s peak=%.1f%% (%d/%d) peak_attack_held=%s full_after=%s full_for=%s probes_ok=%s probes_ok_while_full=%s first_ban=%s attacker_bans=%d false_bans=%d%s legit_failed=%d/%d attack_sent=%d drop=%d early_drop=%d",
 		s.Scenario, s.Defense, s.PeakPct, s.Peak, s.Max, held(s.PeakAttackHeld), dur(s.FullAfter), dur(s.FullFor), pct(s.ProbesOK, s.Probes),
-		pct(s.ProbesFullOK, s.ProbesFull), dur(s.FirstBan), s.AttackBans, s.FalseBans, fb, s.AttackSent, s.Drop, s.EarlyDrop)
+		pct(s.ProbesFullOK, s.ProbesFull), dur(s.FirstBan), s.AttackBans, s.FalseBans, fb, s.LegitFailed, s.LegitSent+s.LegitFailed, s.AttackSent, s.Drop, s.EarlyDrop)
 }
 
 // Classify says whether a banned address is in an attack range, a legit
@@ -207,8 +210,19 @@ func Summarize(res *Result) Summary {
 	}
 	for _, p := range res.Scenario.Attack {
 		if pr := res.Records.Progress[p.Name]; pr != nil {
+			if p.Role == topo.Legit {
+				s.LegitSent += pr.Sent
+				s.LegitFailed += pr.Failed
+				continue
+			}
 			s.AttackSent += pr.Sent
 			s.AttackFailed += pr.Failed
+		}
+	}
+	for _, p := range legitProcs(res.Scenario.Family) {
+		if pr := res.Records.Progress[p.Name]; pr != nil && p.Name != "probes" {
+			s.LegitSent += pr.Sent
+			s.LegitFailed += pr.Failed
 		}
 	}
 	return s
