@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ctguard/ctguard/test/e2e/victim"
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
 
@@ -24,12 +25,14 @@ type BotConfig struct {
 	PerSource int     // connections per source
 	Active    int     // sources active at a time
 	Rate      float64 // connections per second, all sources together
-	Workers   int     // concurrent connects; default 256
+	Workers   int     // connects in flight at most; default 16384
 	Dst       netip.AddrPort
 	Duration  time.Duration // hard stop
 	// Timeout bounds one connect; default 500 ms (the lab's RTT is well under
-	// a millisecond). Short, so that a banned or starved source does not tie
-	// up a worker: real bots are independent of each other.
+	// a millisecond). Connects whose SYN is dropped (a ban, a meter) wait
+	// for it, so Workers is large: real bots are independent of each other,
+	// and a dropped bot must not slow the fresh ones (with 256 workers the
+	// attack fell to ~500 attempts/s as soon as a defense dropped SYNs).
 	Timeout time.Duration
 	Name    string
 }
@@ -120,7 +123,10 @@ func Bots(ctx context.Context, cfg BotConfig, w *wire.Writer) error {
 		return err
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = 256
+		cfg.Workers = 16384
+	}
+	if _, err := victim.RaiseNoFile(uint64(cfg.Workers) + 1024); err != nil {
+		return fmt.Errorf("bots: %d connects in flight: %w", cfg.Workers, err)
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 500 * time.Millisecond
