@@ -151,7 +151,7 @@ func runBots(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&c.PerSource, "per-source", 0, "connections per source")
 	fs.IntVar(&c.Active, "active", 0, "sources active at a time")
 	fs.Float64Var(&c.Rate, "rate", 0, "connections per second")
-	fs.IntVar(&c.Workers, "workers", 256, "concurrent connects")
+	fs.IntVar(&c.Workers, "workers", 0, "connects in flight at most (0: 16384)")
 	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port")
 	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
 	if err := parse(fs, args); err != nil {
