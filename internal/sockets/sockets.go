@@ -107,13 +107,11 @@ func (d *Dumper) Dump(ctx context.Context) (*Set, error) {
 	}
 	clear(d.set.m)
 	d.set.Silent = 0
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	fd, err := openDiag()
 	if err != nil {
-		return nil, fmt.Errorf("open sock_diag socket: %w", err)
+		return nil, err
 	}
 	defer unix.Close(fd)
-	tv := unix.NsecToTimeval(10e9)
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	for i, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		if err := d.dumpFamily(ctx, fd, fam, uint32(i+1)); err != nil {
 			return nil, err
@@ -231,6 +229,17 @@ func silent(attrs []byte) bool {
 	return false
 }
 
+// openDiag opens a sock_diag socket whose reads give up after 10 s.
+func openDiag() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return -1, fmt.Errorf("open sock_diag socket: %w", err)
+	}
+	tv := unix.NsecToTimeval(10e9)
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return fd, nil
+}
+
 // Peers lists the remote ends of ESTABLISHED TCP sockets whose local port
 // is one of ports (the sessions of sshd, say), with the state filtered in
 // the kernel, so half-open connections cost nothing.
@@ -239,13 +248,11 @@ func Peers(ctx context.Context, ports []uint16) ([]netip.AddrPort, error) {
 	for _, p := range ports {
 		want[p] = true
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	fd, err := openDiag()
 	if err != nil {
-		return nil, fmt.Errorf("open sock_diag socket: %w", err)
+		return nil, err
 	}
 	defer unix.Close(fd)
-	tv := unix.NsecToTimeval(10e9)
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	var out []netip.AddrPort
 	buf := make([]byte, 64<<10)
 	for i, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
