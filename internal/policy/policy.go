@@ -212,9 +212,14 @@ func (c *Config) Validate() error {
 	if c.DecayAfter < 0 {
 		return fmt.Errorf("decay_after = %v: want >= 0", c.DecayAfter)
 	}
-	if c.WideV4Bits < 0 || c.WideV4Bits > 32 || c.WideV6Bits < 0 || c.WideV6Bits > 128 || c.WideBannedNets < 0 {
-		return fmt.Errorf("wide_v4_bits %d, wide_v6_bits %d, wide_banned_nets %d: want prefix lengths (0-32, 0-128; 0: off) and a count",
-			c.WideV4Bits, c.WideV6Bits, c.WideBannedNets)
+	if c.WideV4Bits < 0 || c.WideV4Bits > 32 {
+		return fmt.Errorf("wide_v4_bits = %d: want a prefix length 0-32 (0: off)", c.WideV4Bits)
+	}
+	if c.WideV6Bits < 0 || c.WideV6Bits > 128 {
+		return fmt.Errorf("wide_v6_bits = %d: want a prefix length 0-128 (0: off)", c.WideV6Bits)
+	}
+	if c.WideBannedNets < 0 {
+		return fmt.Errorf("wide_banned_nets = %d: want a count >= 0 (0: off)", c.WideBannedNets)
 	}
 	if c.MaxBansPerCycle < 1 || c.BreakerFloor < 0 || c.PrefixBannedMembers < 0 || c.PrefixMinSources < 0 {
 		return fmt.Errorf("max_bans_per_cycle %d, breaker_floor %d, prefix_banned_members %d, prefix_min_sources %d: want counts (max_bans_per_cycle >= 1)",
