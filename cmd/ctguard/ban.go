@@ -118,7 +118,7 @@ func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session,
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := enforce.Config{
-		Store: st, Firewall: enforce.NewNFT(log, enforce.NFTOptions{}), Log: log,
+		Store: st, Firewall: enforce.NewNFT(log, enforce.NFTOptions{SSHPorts: f.ports}), Log: log,
 		Allow: allow.Config{ProcRoot: f.procfs, ResolvConf: f.resolvConf, SSHPorts: f.ports},
 	}
 	closers := []func(){func() { st.Close() }}
@@ -234,6 +234,9 @@ func printBan(e *env, r enforce.BanResult, ttl time.Duration) {
 		verb = "re-banned (timeout renewed)"
 	}
 	fmt.Fprintf(e.stdout, "%s %s for %s, until %s (ban #%d)\n", verb, r.Prefix, enforce.FormatTTL(ttl), r.Ban.Expires.Local().Format(time.DateTime), r.Ban.Count)
+	if r.Scoped {
+		fmt.Fprintf(e.stdout, "  SSH ports left open: it covers the peer of an open SSH session\n")
+	}
 	for _, q := range r.Replaced {
 		fmt.Fprintf(e.stdout, "  replaces the ban of %s (inside it)\n", q)
 	}

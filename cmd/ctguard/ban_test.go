@@ -248,7 +248,7 @@ func TestEnforceGoesThroughDaemonSocket(t *testing.T) {
 						Err string `json:"error,omitempty"`
 					}{BanResult: enforce.BanResult{Prefix: p, Ban: store.Ban{Prefix: p, Count: 3, Expires: time.Now().Add(req.TTL), Purged: 42}}}
 				case "counters":
-					res = enforce.Counters{Ban4: enforce.Counter{Packets: 7, Bytes: 420}}
+					res = enforce.Counters{SetCounters: enforce.SetCounters{Ban4: enforce.Counter{Packets: 7, Bytes: 420}}}
 				case "list":
 					res = []store.Ban{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Reason: "via daemon", Expires: time.Now().Add(time.Hour)}}
 				}

@@ -81,6 +81,9 @@ func runList(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintln(tw, "PREFIX\tSTATE\tEXPIRES IN\tCOUNT\tPURGED\tREMAINING\tREASON")
 	for _, r := range rows {
 		state := "active"
+		if r.Scoped {
+			state = "active, SSH open"
+		}
 		if !r.Active {
 			state = "expired"
 			if !r.Ended.IsZero() {
@@ -132,6 +135,8 @@ func printCounters(ctx context.Context, e *env, s *session) {
 		return
 	}
 	t := c.Total()
-	fmt.Fprintf(e.stdout, "\ndropped before conntrack: %d packets, %d bytes (addresses v4 %d / v6 %d, prefixes v4 %d / v6 %d packets)\n",
-		t.Packets, t.Bytes, c.Ban4.Packets, c.Ban6.Packets, c.Net4.Packets, c.Net6.Packets)
+	sc := c.Scoped
+	fmt.Fprintf(e.stdout, "\ndropped before conntrack: %d packets, %d bytes (addresses v4 %d / v6 %d, prefixes v4 %d / v6 %d, bans leaving SSH open %d packets)\n",
+		t.Packets, t.Bytes, c.Ban4.Packets, c.Ban6.Packets, c.Net4.Packets, c.Net6.Packets,
+		sc.Ban4.Packets+sc.Ban6.Packets+sc.Net4.Packets+sc.Net6.Packets)
 }

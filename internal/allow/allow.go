@@ -1,7 +1,9 @@
 // Package allow builds the allowlist that enforcement always consults before
 // a ban: loopback, the host's own addresses, its default gateways and
-// resolvers, the peers of open SSH sessions, and configured or runtime
-// entries.
+// resolvers, and configured or runtime entries. It also lists the peers of
+// open SSH sessions, which are not exempt from bans: a ban that covers one
+// leaves the SSH ports open (see Session), so that the operator's session
+// survives while an attacker gains nothing by opening a connection to :22.
 //
 // It only reads (procfs, resolv.conf, interface addresses); it never changes
 // anything. Every kernel path is relative to a configurable procfs root so
@@ -34,7 +36,7 @@ const (
 	Local      Source = "local address"
 	Gateway    Source = "default gateway"
 	Resolver   Source = "resolver"
-	SSH        Source = "open SSH session"
+	SSH        Source = "open SSH session" // not exempt: bans covering it spare the SSH ports
 	Configured Source = "configured"
 	Runtime    Source = "runtime allow"
 )
@@ -159,16 +161,29 @@ func (l *List) add(e Entry) {
 
 // Check reports the first entry that a ban of p would hit: p lies inside the
 // entry, or p covers (part of) it. IPv4-mapped IPv6 input is checked in both
-// forms.
+// forms. Peers of SSH sessions are not exempt (see Session).
 func (l *List) Check(p netip.Prefix) (Entry, bool) {
+	return l.find(p, func(e *Entry) bool { return e.Source != SSH })
+}
+
+// Session reports the first peer of an open SSH session that a ban of p
+// would cover. Such a ban must leave the SSH ports open: anyone can open a
+// TCP connection to :22 without logging in, so a session proves nothing
+// about the peer's other traffic, but the operator's own session must never
+// be cut by a ban.
+func (l *List) Session(p netip.Prefix) (Entry, bool) {
+	return l.find(p, func(e *Entry) bool { return e.Source == SSH })
+}
+
+func (l *List) find(p netip.Prefix, want func(*Entry) bool) (Entry, bool) {
 	cands := []netip.Prefix{p.Masked()}
 	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
 		cands = append(cands, netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked())
 	}
 	for _, c := range cands {
-		for _, e := range l.entries {
-			if e.Prefix.Overlaps(c) {
-				return e, true
+		for i := range l.entries {
+			if e := &l.entries[i]; e.Prefix.Overlaps(c) && want(e) {
+				return *e, true
 			}
 		}
 	}

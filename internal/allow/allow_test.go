@@ -75,7 +75,15 @@ func TestCheck(t *testing.T) {
 	for _, c := range cases {
 		p := netip.MustParsePrefix(c.ban)
 		e, hit := l.Check(p)
-		if (c.source != "") != hit || (hit && e.Source != c.source) {
+		s, session := l.Session(p)
+		switch {
+		case c.source == SSH:
+			// An SSH peer is not exempt; a ban covering it keeps the SSH
+			// ports open.
+			if hit || !session || s.Source != SSH {
+				t.Errorf("%s: Check = %v %v, Session = %v %v; want only a session", c.ban, e, hit, s, session)
+			}
+		case (c.source != "") != hit || (hit && e.Source != c.source):
 			t.Errorf("Check(%s) = %v %v, want source %q", c.ban, e, hit, c.source)
 		}
 	}
@@ -83,11 +91,14 @@ func TestCheck(t *testing.T) {
 
 func TestDefaultSSHPort(t *testing.T) {
 	l := fixtureList(t)
-	if _, hit := l.Check(netip.MustParsePrefix("198.51.100.24/32")); hit {
-		t.Error("peer of port 2222 allowlisted with only port 22 configured")
+	if _, hit := l.Session(netip.MustParsePrefix("198.51.100.24/32")); hit {
+		t.Error("peer of port 2222 counted as a session with only port 22 configured")
 	}
-	if _, hit := l.Check(netip.MustParsePrefix("198.51.100.23/32")); !hit {
-		t.Error("peer of port 22 not allowlisted by default")
+	if _, hit := l.Session(netip.MustParsePrefix("198.51.100.23/32")); !hit {
+		t.Error("peer of port 22 not a session by default")
+	}
+	if _, hit := l.Check(netip.MustParsePrefix("198.51.100.0/24")); hit {
+		t.Error("a session's peer shields its /24 from bans")
 	}
 }
 
@@ -95,7 +106,7 @@ func TestRefusalMessage(t *testing.T) {
 	l := fixtureList(t)
 	cases := []struct{ ban, want string }{
 		{"192.0.2.254/32", "192.0.2.254 is allowlisted: 192.0.2.254/32 (default gateway)"},
-		{"198.51.100.0/24", "198.51.100.0/24 covers allowlisted 198.51.100.23/32 (open SSH session: peer 198.51.100.23:51234)"},
+		{"192.0.2.0/24", "192.0.2.0/24 covers allowlisted 192.0.2.1/32 (local address)"},
 		{"203.0.113.53/32", "203.0.113.53 is allowlisted: 203.0.113.53/32 (resolver: testdata/resolv.conf)"},
 	}
 	for _, c := range cases {

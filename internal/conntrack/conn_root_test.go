@@ -307,3 +307,39 @@ func TestRootMarkFilter(t *testing.T) {
 		t.Errorf("mark&1 == 1: %d entries, want 10 (marks 1 and 3)", n)
 	}
 }
+
+// TestRootPurgeKeeping: a scoped purge deletes a source's entries but its
+// TCP entries to the kept ports (the SSH session), for IPv4 and IPv6.
+func TestRootPurgeKeeping(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNS(t)
+	c := openIn(t, ns)
+	ctx := context.Background()
+	dst4, dst6 := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
+	src4, src6 := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("2001:db8:7::1")
+	var all []Entry
+	for _, p := range []struct {
+		src, dst netip.Addr
+	}{{src4, dst4}, {src6, dst6}} {
+		web := synthetic(p.src, p.dst, 20, 1000, 1000)
+		ssh := synthetic(p.src, p.dst, 2, 3000, 1000)
+		for i := range ssh {
+			ssh[i].Orig.DstPort, ssh[i].Reply.SrcPort = 22, 22
+		}
+		all = append(append(all, web...), ssh...)
+	}
+	if n, err := c.Create(ctx, all); err != nil || n != len(all) {
+		t.Fatalf("create %d: %v", n, err)
+	}
+	targets := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.PrefixFrom(src6, 128)}
+	keep := []uint16{22, 2222}
+	if got, err := c.CountSourcesKeeping(ctx, targets, keep); err != nil || fmt.Sprint(got) != "[20 20]" {
+		t.Fatalf("count keeping: %v %v", got, err)
+	}
+	if got, err := c.PurgeSourcesKeeping(ctx, targets, keep); err != nil || fmt.Sprint(got) != "[20 20]" {
+		t.Fatalf("purge keeping: %v %v", got, err)
+	}
+	if got, err := c.CountSources(ctx, targets); err != nil || fmt.Sprint(got) != "[2 2]" {
+		t.Fatalf("left %v %v, want the two SSH entries of each", got, err)
+	}
+}

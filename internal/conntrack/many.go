@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // flushBatchMax is where per-address filtered flushes stop paying off: each
@@ -95,12 +96,47 @@ func (c *Conn) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, erro
 			return out, nil
 		}
 	}
-	return c.dumpAndDelete(ctx, ps)
+	return c.dumpAndDelete(ctx, ps, nil)
+}
+
+// PurgeSourcesKeeping is PurgeSources that leaves the sources' TCP entries
+// to the given local ports alone (the SSH sessions of a scoped ban). It
+// always dumps: kernel-side filters cannot exclude ports.
+func (c *Conn) PurgeSourcesKeeping(ctx context.Context, ps []netip.Prefix, keepTCPPorts []uint16) ([]int, error) {
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	return c.dumpAndDelete(ctx, ps, keepTCPPorts)
+}
+
+// CountSourcesKeeping counts what PurgeSourcesKeeping would delete.
+func (c *Conn) CountSourcesKeeping(ctx context.Context, ps []netip.Prefix, keepTCPPorts []uint16) ([]int, error) {
+	out := make([]int, len(ps))
+	if len(ps) == 0 {
+		return out, nil
+	}
+	m := newPrefixMatcher(ps)
+	err := c.Dump(ctx, DumpOptions{}, func(e *Entry) error {
+		if i := m.match(e.Orig.Src); i >= 0 && !kept(e, keepTCPPorts) {
+			out[i]++
+		}
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("count %d sources: %w", len(ps), err)
+	}
+	return out, nil
+}
+
+// kept reports whether e is a TCP entry to one of the local ports.
+func kept(e *Entry, tcpPorts []uint16) bool {
+	return e.Proto == ProtoTCP && slices.Contains(tcpPorts, e.Orig.DstPort)
 }
 
 // dumpAndDelete dumps the table once, matches every entry against ps here
-// and deletes the matches in batches; it returns the deletions per prefix.
-func (c *Conn) dumpAndDelete(ctx context.Context, ps []netip.Prefix) ([]int, error) {
+// and deletes the matches in batches, except TCP entries to the keep ports;
+// it returns the deletions per prefix.
+func (c *Conn) dumpAndDelete(ctx context.Context, ps []netip.Prefix, keep []uint16) ([]int, error) {
 	out := make([]int, len(ps))
 	m := newPrefixMatcher(ps)
 	o := DumpOptions{}
@@ -128,7 +164,7 @@ func (c *Conn) dumpAndDelete(ctx context.Context, ps []netip.Prefix) ([]int, err
 		if err := ParseMessage(b, e); err != nil {
 			return err
 		}
-		if i := m.match(e.Orig.Src); i >= 0 {
+		if i := m.match(e.Orig.Src); i >= 0 && !kept(e, keep) {
 			vs = append(vs, victim{orig: e.Orig, proto: e.Proto, zone: e.Zone, id: e.ID})
 			owner = append(owner, i)
 		}

@@ -35,7 +35,7 @@ func (c *Conn) PurgeSource(ctx context.Context, p netip.Prefix) (int, error) {
 			return n, err
 		}
 	}
-	n, err := c.dumpAndDelete(ctx, []netip.Prefix{p})
+	n, err := c.dumpAndDelete(ctx, []netip.Prefix{p}, nil)
 	return n[0], err
 }
 

@@ -147,7 +147,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		if d.dryRun {
 			fw = enforce.NewFake(nil)
 		} else {
-			fw = enforce.NewNFT(d.log, enforce.NFTOptions{})
+			fw = enforce.NewNFT(d.log, enforce.NFTOptions{SSHPorts: d.allowConfig(c).SSHPorts})
 		}
 	}
 	if purger == nil {
@@ -682,4 +682,17 @@ func (p dryPurger) CountSources(ctx context.Context, ps []netip.Prefix) ([]int, 
 	return p.c.CountSources(ctx, ps)
 }
 
-var _ enforce.BatchPurger = dryPurger{}
+// PurgeSourcesKeeping counts what a scoped purge would delete.
+func (p dryPurger) PurgeSourcesKeeping(ctx context.Context, ps []netip.Prefix, keep []uint16) ([]int, error) {
+	return p.c.CountSourcesKeeping(ctx, ps, keep)
+}
+
+// CountSourcesKeeping counts in one table pass.
+func (p dryPurger) CountSourcesKeeping(ctx context.Context, ps []netip.Prefix, keep []uint16) ([]int, error) {
+	return p.c.CountSourcesKeeping(ctx, ps, keep)
+}
+
+var (
+	_ enforce.BatchPurger   = dryPurger{}
+	_ enforce.KeepingPurger = dryPurger{}
+)

@@ -48,12 +48,16 @@ type TableID uint64
 type Element struct {
 	Prefix netip.Prefix
 	TTL    time.Duration
+	// Scoped elements leave the SSH ports open (the target covers the peer
+	// of an open SSH session).
+	Scoped bool
 }
 
 // Change is one batch of set operations. Deletes run before adds, so
-// deleting and re-adding a prefix refreshes its timeout.
+// deleting and re-adding a prefix refreshes its timeout. A delete's TTL is
+// ignored; its Scoped flag names the set.
 type Change struct {
-	Delete []netip.Prefix
+	Delete []Element
 	Add    []Element
 }
 
@@ -62,17 +66,29 @@ type Counter struct {
 	Packets, Bytes uint64
 }
 
-// Counters holds the drop counters per set.
-type Counters struct {
+// SetCounters are the drop counters of one group of four sets.
+type SetCounters struct {
 	Ban4, Net4, Ban6, Net6 Counter
 }
 
-// Total sums all four rules.
-func (c Counters) Total() Counter {
+// Counters holds the drop counters per set: full bans, and scoped ones
+// (everything but the SSH ports).
+type Counters struct {
+	SetCounters
+	Scoped SetCounters
+}
+
+func (c SetCounters) total() Counter {
 	return Counter{
 		Packets: c.Ban4.Packets + c.Net4.Packets + c.Ban6.Packets + c.Net6.Packets,
 		Bytes:   c.Ban4.Bytes + c.Net4.Bytes + c.Ban6.Bytes + c.Net6.Bytes,
 	}
+}
+
+// Total sums every drop rule.
+func (c Counters) Total() Counter {
+	a, b := c.SetCounters.total(), c.Scoped.total()
+	return Counter{Packets: a.Packets + b.Packets, Bytes: a.Bytes + b.Bytes}
 }
 
 // Purger deletes and counts a source's conntrack entries. The real one is
@@ -90,6 +106,13 @@ type BatchPurger interface {
 	Purger
 	PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, error)
 	CountSources(ctx context.Context, ps []netip.Prefix) ([]int, error)
+}
+
+// KeepingPurger is a BatchPurger that can leave a source's TCP entries to
+// some local ports alone: the SSH sessions a scoped ban spares.
+type KeepingPurger interface {
+	PurgeSourcesKeeping(ctx context.Context, ps []netip.Prefix, keepTCPPorts []uint16) ([]int, error)
+	CountSourcesKeeping(ctx context.Context, ps []netip.Prefix, keepTCPPorts []uint16) ([]int, error)
 }
 
 // Limits on what a ban may be.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -224,9 +225,9 @@ nft add rule ip other c ip saddr 203.0.113.0/24 counter accept`)
 	if r, err := l.eng.Reconcile(ctx); err != nil || !r.Rebuilt || r.Restored != 3 {
 		t.Fatalf("reconcile after replace: %+v %v", r, err)
 	}
-	h := l.vic.MustRun(t, "sh", "-c", "nft -a list chain inet ctguard prerouting | awk '/ban6/ {print $NF}'")
+	h := l.vic.MustRun(t, "sh", "-c", "nft -a list chain inet ctguard prerouting | awk '/@ban6 / {print $NF}'")
 	l.vic.MustRun(t, "nft", "delete", "rule", "inet", "ctguard", "prerouting", "handle", strings.TrimSpace(h))
-	if r, err := l.eng.Reconcile(ctx); err != nil || !r.Rebuilt || !strings.Contains(r.Problem, "3 rules") {
+	if r, err := l.eng.Reconcile(ctx); err != nil || !r.Rebuilt || !strings.Contains(r.Problem, "8 rules") {
 		t.Fatalf("reconcile after rule delete: %+v %v", r, err)
 	}
 	if c := l.dial("2001:db8::3", 8080, 1); len(c) != 0 {
@@ -240,40 +241,103 @@ nft add rule ip other c ip saddr 203.0.113.0/24 counter accept`)
 	}
 }
 
-func TestRootAllowlistedSSHPeerCannotBeBanned(t *testing.T) {
+// TestRootSSHPeerBanKeepsSession: a source that holds an SSH session is not
+// exempt from bans (anyone can connect to :22 without logging in), but its
+// ban and the purge leave the SSH port alone, so the operator's session
+// survives a ban of its own address or prefix.
+func TestRootSSHPeerBanKeepsSession(t *testing.T) {
 	l := newLab(t, 2222)
-	l.listen(2222) // stands in for sshd
-	ssh := l.dial("192.0.2.5", 2222, 1)
-	if len(ssh) != 1 {
-		t.Fatal("ssh session not established")
-	}
-	for _, target := range []string{"192.0.2.5", "192.0.2.4/30", "::ffff:192.0.2.5"} {
-		p, _, err := ParseTarget(target)
-		if err != nil {
+	l.listen(8080)
+	var ln net.Listener
+	l.vic.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp", net.JoinHostPort(vic4, "2222")); err != nil {
 			t.Fatal(err)
 		}
-		_, err = l.eng.Ban(context.Background(), BanRequest{Prefix: p, TTL: time.Hour})
-		var ref *allow.Refusal
-		if !errors.As(err, &ref) || ref.Entry.Source != allow.SSH || !strings.Contains(err.Error(), "192.0.2.5") {
-			t.Fatalf("ban %s: %v, want refusal naming the SSH session", target, err)
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() { // stands in for sshd: echoes
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	roundTrip := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		if string(buf) != msg {
+			return fmt.Errorf("echo %q, want %q", buf, msg)
+		}
+		return nil
+	}
+	ssh := l.dial("192.0.2.5", 2222, 1)
+	web := l.dial("192.0.2.5", 8080, 3)
+	if len(ssh) != 1 || len(web) != 3 || roundTrip(ssh[0], "hello") != nil {
+		t.Fatal("setup: session or web connections not established")
+	}
+	before := l.counters().Scoped.Ban4.Packets
+
+	r := l.ban("192.0.2.5", time.Hour)
+	if !r.Scoped || r.Session.Source != allow.SSH || !r.Ban.Scoped || r.Ban.Purged < 3 || r.Ban.Remaining != 0 {
+		t.Fatalf("ban of a session's peer: scoped %v session %v, %+v", r.Scoped, r.Session, r.Ban)
+	}
+	if n := l.count("192.0.2.5"); n != 1 {
+		t.Fatalf("%d entries left from 192.0.2.5, want the SSH session's one", n)
+	}
+	if err := roundTrip(ssh[0], "after the ban"); err != nil {
+		t.Fatalf("the session died with the ban: %v", err)
+	}
+	if c := l.dial("192.0.2.5", 8080, 3); len(c) != 0 {
+		t.Fatalf("scoped-banned source reached :8080 %d times", len(c))
+	}
+	if d := l.counters().Scoped.Ban4.Packets - before; d < 3 {
+		t.Fatalf("scoped drop counter rose by %d", d)
+	}
+	if c := l.dialTimeout("192.0.2.5", 2222, 1, 2*time.Second); len(c) != 1 {
+		t.Fatal("scoped ban dropped a new connection to the SSH port")
+	}
+	// A prefix over the session is scoped too; the ordinary source inside
+	// it loses everything but SSH.
+	l.dial("192.0.2.4", 8080, 2)
+	r = l.ban("192.0.2.4/30", time.Hour)
+	if !r.Scoped || r.Ban.Purged < 2 || l.count("192.0.2.4") != 0 {
+		t.Fatalf("prefix over a session: %+v, %d entries left from .4", r, l.count("192.0.2.4"))
+	}
+	if err := roundTrip(ssh[0], "after the prefix ban"); err != nil {
+		t.Fatalf("the session died with the prefix ban: %v", err)
+	}
+	if c := l.dial("192.0.2.4", 8080, 2); len(c) != 0 {
+		t.Fatal("member of a scoped prefix ban reached :8080")
+	}
+	out := l.vic.MustRun(t, "nft", "list", "table", "inet", "ctguard")
+	for _, want := range []string{"set ban4_but_ssh", "192.0.2.5", "set net4_but_ssh", "192.0.2.4/30", "set ssh_ports", "2222"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("nft list lacks %q:\n%s", want, out)
 		}
 	}
-	// The victim's own address too.
+	// Unban lifts it from the scoped set; the own address stays refused.
+	if _, err := l.eng.Unban(context.Background(), pfx("192.0.2.4/30")); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := l.eng.Ban(context.Background(), BanRequest{Prefix: pfx(vic4), TTL: time.Hour}); !errors.Is(err, allow.ErrAllowlisted) {
 		t.Fatalf("ban of own address: %v", err)
 	}
-	out := l.vic.MustRun(t, "nft", "list", "table", "inet", "ctguard")
-	if strings.Contains(out, "192.0.2.") {
-		t.Fatalf("refused ban reached the kernel:\n%s", out)
+	// A source without a session gets a full ban, SSH port included.
+	r = l.ban("192.0.2.2", time.Hour)
+	if r.Scoped {
+		t.Fatal("ordinary source got a scoped ban")
 	}
-	if _, err := ssh[0].Write([]byte("ok")); err != nil {
-		t.Fatal(err)
-	}
-	// A web client on another port is not protected.
-	l.listen(8080)
-	l.dial("192.0.2.5", 8080, 0)
-	if _, err := l.eng.Ban(context.Background(), BanRequest{Prefix: pfx("192.0.2.2"), TTL: time.Hour}); err != nil {
-		t.Fatalf("ban of an ordinary source: %v", err)
+	if c := l.dial("192.0.2.2", 2222, 2); len(c) != 0 {
+		t.Fatal("fully banned source reached the SSH port")
 	}
 }
 
@@ -309,11 +373,7 @@ func TestRoot10kIPv6BansInOneChange(t *testing.T) {
 	}
 	l.requireTracking("2001:db8::2", 8080)
 	// Re-ban of all of them: delete+add of 11,001 in one batch.
-	var dels []netip.Prefix
-	for _, e := range elems {
-		dels = append(dels, e.Prefix)
-	}
-	if err := l.fw.Apply(ctx, Change{Delete: dels, Add: elems}); err != nil {
+	if err := l.fw.Apply(ctx, Change{Delete: elems, Add: elems}); err != nil {
 		t.Fatalf("refresh: %v", err)
 	}
 }
@@ -333,7 +393,7 @@ func TestRootUnbanOfExpiredElement(t *testing.T) {
 	// refuse the batch and the splitting path ran.
 	var logs bytes.Buffer
 	l.fw.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	err := l.fw.Apply(ctx, Change{Delete: []netip.Prefix{pfx("198.51.100.1"), pfx("198.51.100.64/26"), pfx("198.51.100.2")},
+	err := l.fw.Apply(ctx, Change{Delete: []Element{{Prefix: pfx("198.51.100.1")}, {Prefix: pfx("198.51.100.64/26")}, {Prefix: pfx("198.51.100.2")}},
 		Add: []Element{{Prefix: pfx("198.51.100.3"), TTL: time.Hour}}})
 	if err != nil {
 		t.Fatalf("delete of expired elements: %v", err)
@@ -355,11 +415,11 @@ func TestRootUnbanOfExpiredElement(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1200 * time.Millisecond)
-	var all []netip.Prefix
+	var all []Element
 	for i, e := range live {
-		all = append(all, e.Prefix)
+		all = append(all, e)
 		if i%700 == 0 {
-			all = append(all, dead[i/700].Prefix)
+			all = append(all, dead[i/700])
 		}
 	}
 	logs.Reset()
@@ -380,7 +440,7 @@ func TestRootUnbanOfExpiredElement(t *testing.T) {
 	if err := l.fw.Apply(ctx, Change{Add: []Element{{Prefix: pfx("198.51.100.9"), TTL: 5 * time.Second}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.fw.Apply(ctx, Change{Delete: []netip.Prefix{pfx("198.51.100.9")}, Add: []Element{{Prefix: pfx("198.51.100.9"), TTL: 2 * time.Hour}}}); err != nil {
+	if err := l.fw.Apply(ctx, Change{Delete: []Element{{Prefix: pfx("198.51.100.9")}}, Add: []Element{{Prefix: pfx("198.51.100.9"), TTL: 2 * time.Hour}}}); err != nil {
 		t.Fatal(err)
 	}
 	out = l.vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4")

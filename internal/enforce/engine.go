@@ -213,7 +213,7 @@ func KernelElements(active []store.Active, now time.Time) []Element {
 		if !isHost(b.Prefix) && nets.covering(b.Prefix).IsValid() {
 			continue
 		}
-		out = append(out, Element{Prefix: b.Prefix, TTL: ttl})
+		out = append(out, Element{Prefix: b.Prefix, TTL: ttl, Scoped: b.Scoped})
 	}
 	return out
 }
@@ -265,8 +265,12 @@ type BanResult struct {
 	Err       error        `json:"-"` // refused or failed; nothing was changed for it (not serialisable: callers send its text)
 	CoveredBy netip.Prefix // valid when skipped: an active prefix ban already covers it (itself: a duplicate in the batch)
 	Refreshed bool         // it was already banned; the timeout was renewed
-	Replaced  []netip.Prefix
-	Ban       store.Ban // the record after the ban, with the purge outcome
+	// Scoped: the target covers Session, the peer of an open SSH session,
+	// so the ban leaves the SSH ports open and the purge spares them.
+	Scoped   bool
+	Session  allow.Entry `json:"-"`
+	Replaced []netip.Prefix
+	Ban      store.Ban // the record after the ban, with the purge outcome
 }
 
 // Ban applies one ban; see BanMany.
@@ -300,10 +304,11 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	if err != nil {
 		return nil, err
 	}
+	// active maps every ban in force to whether it is scoped.
 	active := make(map[netip.Prefix]bool, len(activeList)+len(reqs))
 	nets := prefixSet{}
 	for _, b := range activeList {
-		active[b.Prefix] = true
+		active[b.Prefix] = b.Scoped
 		if !isHost(b.Prefix) {
 			nets.add(b.Prefix)
 		}
@@ -336,6 +341,9 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			res.Err = &allow.Refusal{Target: p, Entry: hit}
 			continue
 		}
+		if s, ok := list.Session(p); ok {
+			res.Scoped, res.Session = true, s
+		}
 		if q := nets.covering(p); q.IsValid() {
 			res.CoveredBy = q
 			continue
@@ -348,19 +356,20 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		if !isHost(p) {
 			for _, q := range nets.inside(p) {
 				res.Replaced = append(res.Replaced, q)
-				ch.Delete = append(ch.Delete, q)
+				ch.Delete = append(ch.Delete, Element{Prefix: q, Scoped: active[q]})
 				delete(active, q)
 				nets.del(q)
 			}
 		}
-		if active[p] {
+		if scoped, ok := active[p]; ok {
 			// Delete and re-add in the same batch: older kernels keep the
-			// old timeout when an element is merely re-added.
+			// old timeout when an element is merely re-added (and the
+			// scope may have changed).
 			res.Refreshed = true
-			ch.Delete = append(ch.Delete, p)
+			ch.Delete = append(ch.Delete, Element{Prefix: p, Scoped: scoped})
 		}
-		ch.Add = append(ch.Add, Element{Prefix: p, TTL: r.TTL})
-		active[p] = true
+		ch.Add = append(ch.Add, Element{Prefix: p, TTL: r.TTL, Scoped: res.Scoped})
+		active[p] = res.Scoped
 		if !isHost(p) {
 			nets.add(p)
 		}
@@ -387,7 +396,8 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			ended = append(ended, q)
 			endReasons = append(endReasons, "replaced by "+r.Prefix.String())
 		}
-		recs = append(recs, store.BanRequest{Prefix: r.Prefix, Reason: r.Reason, Evidence: r.Evidence, TTL: r.TTL, Now: now})
+		recs = append(recs, store.BanRequest{Prefix: r.Prefix, Reason: r.Reason, Evidence: r.Evidence, TTL: r.TTL, Now: now,
+			Scoped: results[i].Scoped})
 	}
 	if len(ended) > 0 {
 		if _, err := e.store.UpdateBans(ended, func(j int, b *store.Ban) { b.Ended, b.EndReason = now, endReasons[j] }); err != nil {
@@ -405,22 +415,35 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	}
 	outs := make([]outcome, len(accepted))
 	ps := make([]netip.Prefix, len(accepted))
+	var full, scoped []int // indexes into ps
 	for k, i := range accepted {
 		ps[k] = reqs[i].Prefix
+		if results[i].Scoped {
+			scoped = append(scoped, k)
+		} else {
+			full = append(full, k)
+		}
 	}
 	tPre := time.Since(t0)
 	defer func() {
 		e.log.Debug("ban batch timing", "bans", len(ps), "allowlist", tAllow.Round(time.Millisecond),
 			"kernel_and_store", (tPre - tAllow).Round(time.Millisecond), "purge_and_recount", (time.Since(t0) - tPre).Round(time.Millisecond))
 	}()
-	if bp, ok := e.purger.(BatchPurger); ok && len(ps) > 1 {
-		purged, remaining, err := purgeMany(ctx, bp, ps)
-		for k := range outs {
-			outs[k] = outcome{purged[k], remaining[k], err}
+	if bp, ok := e.purger.(BatchPurger); ok && len(full) > 1 {
+		sub := pick(ps, full)
+		purged, remaining, err := purgeMany(ctx, bp, sub)
+		for j, k := range full {
+			outs[k] = outcome{purged[j], remaining[j], err}
 		}
 	} else {
-		for k, p := range ps {
-			outs[k].purged, outs[k].remaining, outs[k].err = e.purge(ctx, p)
+		for _, k := range full {
+			outs[k].purged, outs[k].remaining, outs[k].err = e.purge(ctx, ps[k])
+		}
+	}
+	if len(scoped) > 0 {
+		purged, remaining, err := e.purgeKeeping(ctx, pick(ps, scoped))
+		for j, k := range scoped {
+			outs[k] = outcome{purged[j], remaining[j], err}
 		}
 	}
 	recorded, err := e.store.UpdateBans(ps, func(k int, b *store.Ban) {
@@ -463,6 +486,51 @@ func (e *Engine) purge(ctx context.Context, p netip.Prefix) (purged, remaining i
 	}
 	return purged, remaining, nil
 }
+
+func pick(ps []netip.Prefix, idx []int) []netip.Prefix {
+	out := make([]netip.Prefix, len(idx))
+	for j, k := range idx {
+		out[j] = ps[k]
+	}
+	return out
+}
+
+// SSHPorts are the ports scoped bans leave open (the allowlist's).
+func (e *Engine) SSHPorts() []uint16 {
+	e.allowMu.Lock()
+	defer e.allowMu.Unlock()
+	if len(e.allowC.SSHPorts) == 0 {
+		return []uint16{22}
+	}
+	return slices.Clone(e.allowC.SSHPorts)
+}
+
+// purgeKeeping purges and re-counts the entries of scoped bans, leaving
+// their TCP entries to the SSH ports alone: the operator's session lives
+// there.
+func (e *Engine) purgeKeeping(ctx context.Context, ps []netip.Prefix) (purged, remaining []int, err error) {
+	purged, remaining = make([]int, len(ps)), make([]int, len(ps))
+	kp, ok := e.purger.(KeepingPurger)
+	if !ok {
+		return purged, remaining, ErrNoKeepingPurger
+	}
+	keep := e.SSHPorts()
+	p, err := kp.PurgeSourcesKeeping(ctx, ps, keep)
+	if err != nil {
+		return purged, remaining, fmt.Errorf("purge %d sources but their SSH sessions: %w", len(ps), err)
+	}
+	copy(purged, p)
+	r, err := kp.CountSourcesKeeping(ctx, ps, keep)
+	if err != nil {
+		return purged, remaining, fmt.Errorf("re-count %d sources but their SSH sessions: %w", len(ps), err)
+	}
+	copy(remaining, r)
+	return purged, remaining, nil
+}
+
+// ErrNoKeepingPurger: the purger cannot leave SSH sessions alone, so a
+// scoped ban's entries were not purged.
+var ErrNoKeepingPurger = errors.New("this conntrack access cannot spare SSH sessions: entries were not purged")
 
 // purgeMany purges and re-counts disjoint prefixes in one pass each.
 func purgeMany(ctx context.Context, bp BatchPurger, ps []netip.Prefix) (purged, remaining []int, err error) {
@@ -508,7 +576,7 @@ func (e *Engine) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
 		}
 		return store.Ban{}, err
 	}
-	if err := e.fw.Apply(ctx, Change{Delete: []netip.Prefix{p}}); err != nil {
+	if err := e.fw.Apply(ctx, Change{Delete: []Element{{Prefix: p, Scoped: b.Scoped}}}); err != nil {
 		return store.Ban{}, fmt.Errorf("unban %s: %w", p, err)
 	}
 	b, err = e.store.EndBan(p, now, "unban")
@@ -553,12 +621,14 @@ func (e *Engine) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, n
 		return AllowResult{}, err
 	}
 	var lift []netip.Prefix
+	var dels []Element
 	for _, b := range active {
 		if b.Prefix.Overlaps(p) {
 			lift = append(lift, b.Prefix)
+			dels = append(dels, Element{Prefix: b.Prefix, Scoped: b.Scoped})
 		}
 	}
-	if err := e.fw.Apply(ctx, Change{Delete: lift}); err != nil {
+	if err := e.fw.Apply(ctx, Change{Delete: dels}); err != nil {
 		return AllowResult{}, fmt.Errorf("allow %s: lift overlapping bans: %w", p, err)
 	}
 	for _, q := range lift {
@@ -579,6 +649,9 @@ type PurgeResult struct {
 	Purged    int
 	Remaining int
 	Took      time.Duration
+	// KeptSSH: the target covers an open SSH session's peer, so its
+	// entries to the SSH ports were left alone.
+	KeptSSH bool
 }
 
 // Purge deletes the conntrack entries of p now, without banning it, and
@@ -593,6 +666,10 @@ func (e *Engine) Purge(ctx context.Context, p netip.Prefix) (PurgeResult, error)
 		return PurgeResult{}, &allow.Refusal{Target: p, Entry: hit}
 	}
 	start := time.Now()
+	if _, ok := list.Session(p); ok {
+		purged, remaining, err := e.purgeKeeping(ctx, []netip.Prefix{p})
+		return PurgeResult{Prefix: p, Purged: purged[0], Remaining: remaining[0], Took: time.Since(start), KeptSSH: true}, err
+	}
 	purged, remaining, err := e.purge(ctx, p)
 	return PurgeResult{Prefix: p, Purged: purged, Remaining: remaining, Took: time.Since(start)}, err
 }

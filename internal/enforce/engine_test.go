@@ -124,8 +124,6 @@ func TestBanRefusesAllowlisted(t *testing.T) {
 	for _, c := range []struct{ p, want string }{
 		{"192.0.2.1", "local address"},
 		{"192.0.2.254", "default gateway"},
-		{"198.51.100.23", "open SSH session"},
-		{"198.51.100.0/24", "198.51.100.23/32 (open SSH session"},
 		{"203.0.113.53", "resolver"},
 		{"127.0.0.1", "loopback"},
 	} {
@@ -278,14 +276,72 @@ func TestKernelFailureChangesNothing(t *testing.T) {
 	}
 }
 
+// TestBanScopedForSession: a target that covers the peer of an open SSH
+// session is banned on every port but SSH, its SSH entries survive the
+// purge, and a refresh once the session is gone makes it a full ban.
+func TestBanScopedForSession(t *testing.T) {
+	f := newFixture(t)
+	peer := pfx("198.51.100.23").Addr() // ssh peer in ../allow/testdata/proc/net/tcp
+	f.ct.Entries[peer] = 250
+	f.ct.SSH = map[netip.Addr]int{peer: 1}
+	neighbour := pfx("198.51.100.99").Addr()
+	f.ct.Entries[neighbour] = 30
+
+	r := f.ban(t, "198.51.100.23", time.Hour)
+	if !r.Scoped || r.Session.Source != allow.SSH || r.Ban.Purged != 250 || r.Ban.Remaining != 0 || !r.Ban.Scoped || f.ct.SSH[peer] != 1 {
+		t.Fatalf("scoped ban %+v", r)
+	}
+	if !f.fw.Drops(peer) || f.fw.DropsSSH(peer) {
+		t.Fatal("scoped ban must drop everything but SSH")
+	}
+	// A /24 over the session's peer replaces nothing scoped wrongly and is
+	// scoped itself; the address ban inside stays as it is.
+	r = f.ban(t, "198.51.100.0/24", time.Hour)
+	if !r.Scoped || r.Ban.Purged != 335 || f.fw.DropsSSH(neighbour) || !f.fw.Drops(neighbour) {
+		t.Fatalf("scoped /24 %+v", r)
+	}
+	if f.ct.SSH[peer] != 1 {
+		t.Fatal("the operator's SSH entry was purged")
+	}
+	// Restored after a restart: still scoped.
+	if _, err := f.eng.rebuild(context.Background(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range f.fw.Elements() {
+		if !e.Scoped {
+			t.Fatalf("restored %s unscoped", e.Prefix)
+		}
+	}
+	// Unban finds it in the scoped set.
+	if _, err := f.eng.Unban(context.Background(), pfx("198.51.100.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if f.fw.Drops(neighbour) {
+		t.Fatal("unban left the scoped element")
+	}
+	// The session ends; a refresh of the address ban makes it a full ban.
+	f.eng.SetAllowConfig(allow.Config{ProcRoot: t.TempDir(), ResolvConf: "../allow/testdata/resolv.conf",
+		InterfaceAddrs: func() ([]netip.Prefix, error) { return []netip.Prefix{pfx("192.0.2.1/24")}, nil }})
+	r = f.ban(t, "198.51.100.23", time.Hour)
+	if r.Scoped || !r.Refreshed || !f.fw.DropsSSH(peer) {
+		t.Fatalf("refresh without a session: %+v, drops ssh %v", r, f.fw.DropsSSH(peer))
+	}
+	if els := f.fw.Elements(); len(els) != 1 || els[0].Scoped {
+		t.Fatalf("elements after re-scope: %+v", els)
+	}
+}
+
 func TestPurge(t *testing.T) {
 	f := newFixture(t)
 	r, err := f.eng.Purge(context.Background(), pfx("2001:db8:5::/64"))
 	if err != nil || r.Purged != 15 || r.Remaining != 0 {
 		t.Fatalf("purge: %+v %v", r, err)
 	}
-	if _, err := f.eng.Purge(context.Background(), pfx("198.51.100.23")); !errors.Is(err, allow.ErrAllowlisted) {
-		t.Fatalf("purge of ssh peer: %v", err)
+	// A session's peer is purged, but its SSH entries stay.
+	f.ct.Entries[pfx("198.51.100.23").Addr()] = 50
+	f.ct.SSH = map[netip.Addr]int{pfx("198.51.100.23").Addr(): 1}
+	if r, err := f.eng.Purge(context.Background(), pfx("198.51.100.23")); err != nil || r.Purged != 50 || r.Remaining != 0 || !r.KeptSSH || f.ct.SSH[pfx("198.51.100.23").Addr()] != 1 {
+		t.Fatalf("purge of ssh peer: %+v %v", r, err)
 	}
 	e := New(Config{Store: f.st, Firewall: f.fw, Allow: f.eng.allowC})
 	if _, err := e.Purge(context.Background(), pfx("203.0.113.9")); !errors.Is(err, ErrNoPurger) {

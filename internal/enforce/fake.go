@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 	"sync"
@@ -14,12 +15,13 @@ import (
 // engine relies on: per-element expiry, interval sets refusing overlapping
 // prefixes, deletes of expired elements, and a table that can vanish.
 type Fake struct {
-	mu    sync.Mutex
-	now   func() time.Time
-	elems map[netip.Prefix]time.Time // prefix -> expiry
-	id    TableID
-	seq   TableID
-	ok    bool
+	mu     sync.Mutex
+	now    func() time.Time
+	elems  map[netip.Prefix]time.Time // prefix -> expiry
+	scoped map[netip.Prefix]bool      // prefix -> in a scoped set (SSH ports open)
+	id     TableID
+	seq    TableID
+	ok     bool
 	// Calls counts Setup and Apply calls, to show what the engine did.
 	Setups, Applies int
 	// FailApply, when set, is returned by the next Apply (and cleared).
@@ -31,7 +33,7 @@ func NewFake(now func() time.Time) *Fake {
 	if now == nil {
 		now = time.Now
 	}
-	return &Fake{now: now, elems: map[netip.Prefix]time.Time{}}
+	return &Fake{now: now, elems: map[netip.Prefix]time.Time{}, scoped: map[netip.Prefix]bool{}}
 }
 
 func (f *Fake) expire() {
@@ -39,6 +41,7 @@ func (f *Fake) expire() {
 	for p, exp := range f.elems {
 		if !exp.After(now) {
 			delete(f.elems, p)
+			delete(f.scoped, p)
 		}
 	}
 }
@@ -47,14 +50,19 @@ func (f *Fake) add(e Element) error {
 	if e.TTL <= 0 {
 		return fmt.Errorf("add %s: no timeout", e.Prefix)
 	}
+	if _, ok := f.elems[e.Prefix]; ok && f.scoped[e.Prefix] != e.Scoped {
+		// The kernel would hold it in both sets; the engine never asks.
+		return fmt.Errorf("add %s (scoped %v): already in the other set", e.Prefix, e.Scoped)
+	}
 	if !isHost(e.Prefix) {
 		for q := range f.elems {
-			if !isHost(q) && q != e.Prefix && q.Overlaps(e.Prefix) {
+			if !isHost(q) && q != e.Prefix && q.Overlaps(e.Prefix) && f.scoped[q] == e.Scoped {
 				return fmt.Errorf("add %s: interval overlaps with %s", e.Prefix, q)
 			}
 		}
 	}
 	f.elems[e.Prefix] = f.now().Add(e.TTL)
+	f.scoped[e.Prefix] = e.Scoped
 	return nil
 }
 
@@ -63,11 +71,11 @@ func (f *Fake) Setup(ctx context.Context, elems []Element) (TableID, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Setups++
-	old := f.elems
-	f.elems = map[netip.Prefix]time.Time{}
+	old, oldScoped := f.elems, f.scoped
+	f.elems, f.scoped = map[netip.Prefix]time.Time{}, map[netip.Prefix]bool{}
 	for _, e := range elems {
 		if err := f.add(e); err != nil {
-			f.elems = old // atomic: all or nothing
+			f.elems, f.scoped = old, oldScoped // atomic: all or nothing
 			return 0, fmt.Errorf("setup: %w", err)
 		}
 	}
@@ -102,16 +110,18 @@ func (f *Fake) Apply(ctx context.Context, c Change) error {
 		return errors.New("apply: table inet ctguard does not exist")
 	}
 	f.expire()
-	old := make(map[netip.Prefix]time.Time, len(f.elems))
-	for k, v := range f.elems {
-		old[k] = v
-	}
-	for _, p := range c.Delete {
-		delete(f.elems, p) // an element that already expired is not an error
+	old, oldScoped := maps.Clone(f.elems), maps.Clone(f.scoped)
+	for _, d := range c.Delete {
+		// An element that already expired is not an error; one in the
+		// other set is not touched (the kernel looks in the named set only).
+		if _, ok := f.elems[d.Prefix]; ok && f.scoped[d.Prefix] == d.Scoped {
+			delete(f.elems, d.Prefix)
+			delete(f.scoped, d.Prefix)
+		}
 	}
 	for _, e := range c.Add {
 		if err := f.add(e); err != nil {
-			f.elems = old
+			f.elems, f.scoped = old, oldScoped
 			return fmt.Errorf("apply: %w", err)
 		}
 	}
@@ -127,6 +137,7 @@ func (f *Fake) Flush() {
 	defer f.mu.Unlock()
 	f.ok = false
 	f.elems = map[netip.Prefix]time.Time{}
+	f.scoped = map[netip.Prefix]bool{}
 }
 
 // Elements returns the unexpired elements and their remaining time, sorted.
@@ -136,19 +147,26 @@ func (f *Fake) Elements() []Element {
 	f.expire()
 	out := make([]Element, 0, len(f.elems))
 	for p, exp := range f.elems {
-		out = append(out, Element{Prefix: p, TTL: exp.Sub(f.now())})
+		out = append(out, Element{Prefix: p, TTL: exp.Sub(f.now()), Scoped: f.scoped[p]})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Prefix.String() < out[j].Prefix.String() })
 	return out
 }
 
-// Drops reports whether a packet from a would be dropped.
-func (f *Fake) Drops(a netip.Addr) bool {
+// Drops reports whether a packet from a to a port other than SSH would be
+// dropped.
+func (f *Fake) Drops(a netip.Addr) bool { return f.drops(a, false) }
+
+// DropsSSH reports whether a TCP packet from a to an SSH port would be
+// dropped (only full bans drop it).
+func (f *Fake) DropsSSH(a netip.Addr) bool { return f.drops(a, true) }
+
+func (f *Fake) drops(a netip.Addr, ssh bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.expire()
 	for p := range f.elems {
-		if p.Contains(a) {
+		if p.Contains(a) && (!ssh || !f.scoped[p]) {
 			return true
 		}
 	}
@@ -158,10 +176,11 @@ func (f *Fake) Drops(a netip.Addr) bool {
 var _ Firewall = (*Fake)(nil)
 
 // FakePurger is an in-memory conntrack table: a count of entries per source
-// address.
+// address, and separately of its TCP entries to the SSH ports.
 type FakePurger struct {
 	mu      sync.Mutex
 	Entries map[netip.Addr]int
+	SSH     map[netip.Addr]int
 	// Refill, when set, is how many entries a source regains right after a
 	// purge (a source the ban did not stop), to exercise the re-count.
 	Refill int
@@ -185,6 +204,12 @@ func (p *FakePurger) PurgeSource(ctx context.Context, pfx netip.Prefix) (int, er
 			p.Entries[a] = p.Refill
 		}
 	}
+	for a, c := range p.SSH {
+		if pfx.Contains(a) {
+			n += c
+			p.SSH[a] = 0
+		}
+	}
 	return n, nil
 }
 
@@ -197,9 +222,11 @@ func (p *FakePurger) CountSource(ctx context.Context, pfx netip.Prefix) (int, er
 		return 0, p.Err
 	}
 	n := 0
-	for a, c := range p.Entries {
-		if pfx.Contains(a) {
-			n += c
+	for _, m := range []map[netip.Addr]int{p.Entries, p.SSH} {
+		for a, c := range m {
+			if pfx.Contains(a) {
+				n += c
+			}
 		}
 	}
 	return n, nil
@@ -210,15 +237,25 @@ type FakeBatchPurger struct{ FakePurger }
 
 // PurgeSources implements BatchPurger in one pass.
 func (p *FakeBatchPurger) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
-	return p.many(ps, true)
+	return p.many(ps, true, false)
 }
 
 // CountSources implements BatchPurger in one pass.
 func (p *FakeBatchPurger) CountSources(ctx context.Context, ps []netip.Prefix) ([]int, error) {
-	return p.many(ps, false)
+	return p.many(ps, false, false)
 }
 
-func (p *FakeBatchPurger) many(ps []netip.Prefix, purge bool) ([]int, error) {
+// PurgeSourcesKeeping implements KeepingPurger: SSH entries stay.
+func (p *FakePurger) PurgeSourcesKeeping(ctx context.Context, ps []netip.Prefix, _ []uint16) ([]int, error) {
+	return p.many(ps, true, true)
+}
+
+// CountSourcesKeeping implements KeepingPurger.
+func (p *FakePurger) CountSourcesKeeping(ctx context.Context, ps []netip.Prefix, _ []uint16) ([]int, error) {
+	return p.many(ps, false, true)
+}
+
+func (p *FakePurger) many(ps []netip.Prefix, purge, keepSSH bool) ([]int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.Passes++
@@ -226,18 +263,30 @@ func (p *FakeBatchPurger) many(ps []netip.Prefix, purge bool) ([]int, error) {
 	if p.Err != nil {
 		return out, p.Err
 	}
-	for a, c := range p.Entries {
-		for i, pfx := range ps {
-			if pfx.Contains(a) {
-				out[i] += c
-				if purge {
-					p.Entries[a] = p.Refill
+	tables := []map[netip.Addr]int{p.Entries}
+	if !keepSSH {
+		tables = append(tables, p.SSH)
+	}
+	for ti, m := range tables {
+		for a, c := range m {
+			for i, pfx := range ps {
+				if pfx.Contains(a) {
+					out[i] += c
+					if purge {
+						m[a] = 0
+						if ti == 0 {
+							m[a] = p.Refill
+						}
+					}
+					break
 				}
-				break
 			}
 		}
 	}
 	return out, nil
 }
 
-var _ BatchPurger = (*FakeBatchPurger)(nil)
+var (
+	_ BatchPurger   = (*FakeBatchPurger)(nil)
+	_ KeepingPurger = (*FakePurger)(nil)
+)

@@ -55,7 +55,7 @@ func newLab(t *testing.T, sshPorts ...uint16) *lab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
-	l.fw = NewNFT(nil, NFTOptions{NetNSFd: int(h)})
+	l.fw = NewNFT(nil, NFTOptions{NetNSFd: int(h), SSHPorts: sshPorts})
 	l.vic.Do(t, func() {
 		l.ct, err = conntrack.Open()
 	})

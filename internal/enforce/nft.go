@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -26,6 +27,14 @@ const (
 	SetBan6   = "ban6"
 	SetNet4   = "net4"
 	SetNet6   = "net6"
+	// Scoped twins: bans that leave the SSH ports open, for targets that
+	// cover the peer of an open SSH session.
+	SetBan4Scoped = "ban4_but_ssh"
+	SetBan6Scoped = "ban6_but_ssh"
+	SetNet4Scoped = "net4_but_ssh"
+	SetNet6Scoped = "net6_but_ssh"
+	// SetSSHPorts holds the TCP ports the scoped bans leave open.
+	SetSSHPorts = "ssh_ports"
 	// chainPriority is "raw": before conntrack (-200), so banned packets
 	// neither create nor refresh entries.
 	chainPriority = -300
@@ -50,7 +59,16 @@ type NFT struct {
 
 	table                  *nftables.Table
 	ban4, ban6, net4, net6 *nftables.Set
-	chain                  *nftables.Chain
+	// The scoped twins, and the SSH ports they leave open.
+	sban4, sban6, snet4, snet6 *nftables.Set
+	sshPorts                   *nftables.Set
+	ports                      []uint16
+	chain                      *nftables.Chain
+}
+
+// sets lists the ban sets in the order of their rules.
+func (n *NFT) sets() []*nftables.Set {
+	return []*nftables.Set{n.ban4, n.net4, n.ban6, n.net6, n.sban4, n.snet4, n.sban6, n.snet6}
 }
 
 // NFTOptions configures NewNFT.
@@ -58,6 +76,8 @@ type NFTOptions struct {
 	// NetNSFd, when non-zero, is an open network namespace fd; the table is
 	// managed there instead of in the caller's namespace (tests).
 	NetNSFd int
+	// SSHPorts are the TCP ports that scoped bans leave open (default 22).
+	SSHPorts []uint16
 }
 
 // setIDs are batch-local set IDs. Fixed values (instead of the library's
@@ -68,6 +88,11 @@ const (
 	idBan6
 	idNet4
 	idNet6
+	idBan4Scoped
+	idBan6Scoped
+	idNet4Scoped
+	idNet6Scoped
+	idSSHPorts
 )
 
 // NewNFT returns the nftables backend.
@@ -85,14 +110,26 @@ func NewNFT(log *slog.Logger, opt NFTOptions) *NFT {
 			Timeout: DefaultTTL,
 		}
 	}
+	ports := slices.Clone(opt.SSHPorts)
+	if len(ports) == 0 {
+		ports = []uint16{22}
+	}
+	slices.Sort(ports)
+	ports = slices.Compact(ports)
 	return &NFT{
-		log:   log,
-		netns: opt.NetNSFd,
-		table: t,
-		ban4:  mk(SetBan4, idBan4, nftables.TypeIPAddr, false),
-		ban6:  mk(SetBan6, idBan6, nftables.TypeIP6Addr, false),
-		net4:  mk(SetNet4, idNet4, nftables.TypeIPAddr, true),
-		net6:  mk(SetNet6, idNet6, nftables.TypeIP6Addr, true),
+		log:      log,
+		netns:    opt.NetNSFd,
+		table:    t,
+		ban4:     mk(SetBan4, idBan4, nftables.TypeIPAddr, false),
+		ban6:     mk(SetBan6, idBan6, nftables.TypeIP6Addr, false),
+		net4:     mk(SetNet4, idNet4, nftables.TypeIPAddr, true),
+		net6:     mk(SetNet6, idNet6, nftables.TypeIP6Addr, true),
+		sban4:    mk(SetBan4Scoped, idBan4Scoped, nftables.TypeIPAddr, false),
+		sban6:    mk(SetBan6Scoped, idBan6Scoped, nftables.TypeIP6Addr, false),
+		snet4:    mk(SetNet4Scoped, idNet4Scoped, nftables.TypeIPAddr, true),
+		snet6:    mk(SetNet6Scoped, idNet6Scoped, nftables.TypeIP6Addr, true),
+		sshPorts: &nftables.Set{Table: t, Name: SetSSHPorts, ID: idSSHPorts, KeyType: nftables.TypeInetService},
+		ports:    ports,
 		chain: &nftables.Chain{
 			Name: ChainName, Table: t, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(chainPriority),
@@ -142,17 +179,23 @@ func explain(err error) error {
 }
 
 // setFor picks the set an element belongs to.
-func (n *NFT) setFor(p netip.Prefix) *nftables.Set {
+func (n *NFT) setFor(e Element) *nftables.Set {
+	p := e.Prefix
+	i := 0
 	switch {
 	case p.Addr().Is4() && isHost(p):
-		return n.ban4
+		i = 0
 	case p.Addr().Is4():
-		return n.net4
+		i = 1
 	case isHost(p):
-		return n.ban6
+		i = 2
 	default:
-		return n.net6
+		i = 3
 	}
+	if e.Scoped {
+		i += 4
+	}
+	return n.sets()[i]
 }
 
 // encode returns the set elements for p: one key for an address, a start
@@ -212,13 +255,13 @@ const (
 // each under maxElemListBytes. Returns the number of messages queued.
 func (n *NFT) queue(c *nftables.Conn, op setOp, elems []Element, withTTL bool) (int, error) {
 	bySet := map[*nftables.Set][]nftables.SetElement{}
-	order := []*nftables.Set{n.ban4, n.ban6, n.net4, n.net6}
+	order := n.sets()
 	for _, e := range elems {
 		ttl := e.TTL
 		if !withTTL {
 			ttl = 0
 		}
-		s := n.setFor(e.Prefix)
+		s := n.setFor(e)
 		bySet[s] = append(bySet[s], encode(e.Prefix, ttl)...)
 	}
 	msgs := 0
@@ -272,12 +315,35 @@ func (n *NFT) rules() []*nftables.Rule {
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}}
 	}
+	// The SSH ports leave this chain before the scoped bans: an accept ends
+	// only this base chain, and every full ban has already dropped.
+	sshAccept := &nftables.Rule{Table: n.table, Chain: n.chain, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: n.sshPorts.Name, SetID: n.sshPorts.ID},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}}
 	return []*nftables.Rule{
 		mk(unix.NFPROTO_IPV4, 12, 4, n.ban4),
 		mk(unix.NFPROTO_IPV4, 12, 4, n.net4),
 		mk(unix.NFPROTO_IPV6, 8, 16, n.ban6),
 		mk(unix.NFPROTO_IPV6, 8, 16, n.net6),
+		sshAccept,
+		mk(unix.NFPROTO_IPV4, 12, 4, n.sban4),
+		mk(unix.NFPROTO_IPV4, 12, 4, n.snet4),
+		mk(unix.NFPROTO_IPV6, 8, 16, n.sban6),
+		mk(unix.NFPROTO_IPV6, 8, 16, n.snet6),
 	}
+}
+
+// portElements encodes the SSH ports as set keys (network byte order).
+func (n *NFT) portElements() []nftables.SetElement {
+	out := make([]nftables.SetElement, len(n.ports))
+	for i, p := range n.ports {
+		out[i] = nftables.SetElement{Key: binary.BigEndian.AppendUint16(nil, p)}
+	}
+	return out
 }
 
 // Setup implements Firewall: in one batch, create the table if missing (so
@@ -293,10 +359,13 @@ func (n *NFT) Setup(ctx context.Context, elems []Element) (TableID, error) {
 	c.AddTable(n.table)
 	c.DelTable(n.table)
 	c.AddTable(n.table)
-	for _, s := range []*nftables.Set{n.ban4, n.ban6, n.net4, n.net6} {
+	for _, s := range n.sets() {
 		if err := c.AddSet(s, nil); err != nil {
 			return 0, fmt.Errorf("setup: set %s: %w", s.Name, err)
 		}
+	}
+	if err := c.AddSet(n.sshPorts, n.portElements()); err != nil {
+		return 0, fmt.Errorf("setup: set %s: %w", n.sshPorts.Name, err)
 	}
 	c.AddChain(n.chain)
 	for _, r := range n.rules() {
@@ -334,10 +403,7 @@ func (n *NFT) Apply(ctx context.Context, ch Change) error {
 	if err != nil {
 		return err
 	}
-	dels := make([]Element, len(ch.Delete))
-	for i, p := range ch.Delete {
-		dels[i] = Element{Prefix: p}
-	}
+	dels := ch.Delete
 	if _, err := n.queue(c, opDel, dels, false); err != nil {
 		return err
 	}
@@ -438,12 +504,12 @@ func (n *NFT) Check(ctx context.Context, want TableID) (string, error) {
 	for _, s := range sets {
 		found[s.Name] = s
 	}
-	for _, w := range []*nftables.Set{n.ban4, n.ban6, n.net4, n.net6} {
+	for _, w := range append(n.sets(), n.sshPorts) {
 		s, ok := found[w.Name]
 		switch {
 		case !ok:
 			return "set " + w.Name + " is missing", nil
-		case s.KeyType.Name != w.KeyType.Name || s.Interval != w.Interval || !s.HasTimeout:
+		case s.KeyType.Name != w.KeyType.Name || s.Interval != w.Interval || s.HasTimeout != w.HasTimeout:
 			return fmt.Sprintf("set %s has type %s interval=%v timeout=%v", w.Name, s.KeyType.Name, s.Interval, s.HasTimeout), nil
 		}
 	}
@@ -468,12 +534,12 @@ func (n *NFT) Check(ctx context.Context, want TableID) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("check rules: %w", err)
 	}
-	if len(rules) != 4 {
-		return fmt.Sprintf("chain %s has %d rules, want 4", ChainName, len(rules)), nil
+	wantRules := n.rules()
+	if len(rules) != len(wantRules) {
+		return fmt.Sprintf("chain %s has %d rules, want %d", ChainName, len(rules), len(wantRules)), nil
 	}
-	want4 := n.rules()
 	for i, r := range rules {
-		if p := ruleProblem(r, want4[i]); p != "" {
+		if p := ruleProblem(r, wantRules[i]); p != "" {
 			return fmt.Sprintf("rule %d: %s", i+1, p), nil
 		}
 	}
@@ -494,15 +560,15 @@ func ruleProblem(got, want *nftables.Rule) string {
 			}
 		case *expr.Verdict:
 			if g, ok := g.(*expr.Verdict); !ok || g.Kind != w.Kind {
-				return "verdict is not drop"
+				return "verdict changed"
 			}
 		case *expr.Cmp:
 			if g, ok := g.(*expr.Cmp); !ok || string(g.Data) != string(w.Data) || g.Op != w.Op {
-				return "family match changed"
+				return "protocol match changed"
 			}
 		case *expr.Payload:
 			if g, ok := g.(*expr.Payload); !ok || g.Offset != w.Offset || g.Len != w.Len || g.Base != w.Base {
-				return "address match changed"
+				return "header match changed"
 			}
 		default:
 			if fmt.Sprintf("%T", g) != fmt.Sprintf("%T", w) {
@@ -546,6 +612,14 @@ func (n *NFT) Counters(ctx context.Context) (Counters, error) {
 			out.Net4 = cnt
 		case SetNet6:
 			out.Net6 = cnt
+		case SetBan4Scoped:
+			out.Scoped.Ban4 = cnt
+		case SetBan6Scoped:
+			out.Scoped.Ban6 = cnt
+		case SetNet4Scoped:
+			out.Scoped.Net4 = cnt
+		case SetNet6Scoped:
+			out.Scoped.Net6 = cnt
 		}
 	}
 	return out, ctx.Err()

@@ -91,7 +91,7 @@ func TestChunkingStaysUnderMessageLimits(t *testing.T) {
 	n := NewNFT(nil, NFTOptions{})
 	n.testDial = rec.dial
 	var add []Element
-	var del []netip.Prefix
+	var del []Element
 	a4 := netip.MustParseAddr("198.18.0.0")
 	for range 100_000 {
 		add = append(add, Element{Prefix: netip.PrefixFrom(a4, 32), TTL: time.Hour})
@@ -100,12 +100,12 @@ func TestChunkingStaysUnderMessageLimits(t *testing.T) {
 	for i := range 20_000 {
 		p := netip.PrefixFrom(netip.MustParseAddr(fmt.Sprintf("2001:db8:1::%x", i)), 128)
 		add = append(add, Element{Prefix: p, TTL: time.Hour})
-		del = append(del, p)
+		del = append(del, Element{Prefix: p})
 	}
 	for i := range 5_000 {
 		p := netip.MustParsePrefix(fmt.Sprintf("2001:db8:2:%x::/64", i))
 		add = append(add, Element{Prefix: p, TTL: time.Hour})
-		del = append(del, p)
+		del = append(del, Element{Prefix: p})
 	}
 	for i := range 3_000 {
 		add = append(add, Element{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 64), byte(i%64) * 4}), 30), TTL: time.Hour})

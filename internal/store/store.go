@@ -68,6 +68,9 @@ type Ban struct {
 	// replaced by an enclosing prefix ban); EndReason says which.
 	Ended     time.Time `json:"ended,omitzero"`
 	EndReason string    `json:"end_reason,omitempty"`
+	// Scoped bans leave the SSH ports open: the target covered the peer of
+	// an open SSH session when it was banned.
+	Scoped bool `json:"scoped,omitempty"`
 	// Outcome of the last ban: entries purged and entries still counted after.
 	Purged    int    `json:"purged"`
 	Remaining int    `json:"remaining"`
@@ -194,6 +197,7 @@ type BanRequest struct {
 	Evidence string
 	TTL      time.Duration
 	Now      time.Time
+	Scoped   bool // leave the SSH ports open
 }
 
 // RecordBan creates or refreshes the record for r.Prefix: the count goes up,
@@ -226,6 +230,7 @@ func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
 			rec.Expires = r.Now.Add(r.TTL)
 			rec.Reason = r.Reason
 			rec.Evidence = r.Evidence
+			rec.Scoped = r.Scoped
 			rec.Ended, rec.EndReason = time.Time{}, ""
 			rec.Purged, rec.Remaining, rec.PurgeErr = 0, 0, ""
 			if err := putBan(tx, rec); err != nil {
@@ -471,8 +476,11 @@ func putBan(tx *bolt.Tx, rec Ban) error {
 	}
 	var v [indexLen]byte
 	until := rec.Expires
+	if rec.Scoped {
+		v[8] |= indexScoped
+	}
 	if !rec.Ended.IsZero() {
-		v[8] = 1
+		v[8] |= indexEnded
 		if rec.Ended.Before(until) {
 			until = rec.Ended
 		}
@@ -482,6 +490,12 @@ func putBan(tx *bolt.Tx, rec Ban) error {
 }
 
 const indexLen = 9
+
+// Flags in the index's state byte.
+const (
+	indexEnded  = 1 << 0 // lifted before its expiry
+	indexScoped = 1 << 1 // leaves the SSH ports open
+)
 
 func rebuildIndex(tx *bolt.Tx) error {
 	if _, err := tx.CreateBucket(bucketIndex); err != nil {
@@ -501,6 +515,7 @@ func rebuildIndex(tx *bolt.Tx) error {
 type Active struct {
 	Prefix  netip.Prefix
 	Expires time.Time
+	Scoped  bool // leaves the SSH ports open
 }
 
 // ActiveIndex returns the bans in force at now from the index, without
@@ -514,14 +529,14 @@ func (s *Store) ActiveIndex(now time.Time) ([]Active, error) {
 				return fmt.Errorf("index %s: bad value", k)
 			}
 			exp := binary.BigEndian.Uint64(v)
-			if exp <= nowNs || v[8] != 0 {
+			if exp <= nowNs || v[8]&indexEnded != 0 {
 				return nil
 			}
 			p, err := netip.ParsePrefix(string(k))
 			if err != nil {
 				return fmt.Errorf("index key %q: %w", k, err)
 			}
-			out = append(out, Active{Prefix: p, Expires: time.Unix(0, int64(exp))})
+			out = append(out, Active{Prefix: p, Expires: time.Unix(0, int64(exp)), Scoped: v[8]&indexScoped != 0})
 			return nil
 		})
 	})
