@@ -251,8 +251,15 @@ func printStatus(w io.Writer, r *statusReport) {
 		}
 		fmt.Fprintf(w, "daemon     %s, pressure %s (ban at score %.0f), %d bans active, %d made since start; last scan %s ago\n",
 			mode, d.Pressure, d.Threshold, d.ActiveBans, total, forecast.Format(time.Since(d.LastCycle)))
-		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d\n",
-			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors)
+		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d, cycles under pressure without a ban %d\n",
+			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors, d.Counters.PressureNoBan)
+		if l := d.Losing; l != nil {
+			fmt.Fprintf(w, "LOSING     pressure %s and the last scan banned nothing; top holders:\n", l.Pressure)
+			for _, s := range l.Spared {
+				fmt.Fprintf(w, "           %s  %d entries (%d active), grew %d in %s: %s\n", s.Target, s.Counts.Entries, s.Counts.Active,
+					s.Growth.Gain, forecast.Format(s.Growth.Window), s.Why)
+			}
+		}
 	}
 }
 
@@ -291,6 +298,7 @@ type daemonStatus struct {
 	Cycles     uint64          `json:"cycles"`
 	ActiveBans int             `json:"active_bans"`
 	Counters   daemon.Counters `json:"counters"`
+	Losing     *daemon.Losing  `json:"losing,omitempty"`
 }
 
 func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON bool) error {
@@ -303,7 +311,7 @@ func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON boo
 	}
 	r := buildStatus(d.Stats, d.Snapshot, d.Samples, hostInfo{d.Buckets, d.Kernel, d.Timeouts, ""}, d.NumSources)
 	r.Daemon = &daemonStatus{DryRun: d.DryRun, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
-		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters}
+		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters, Losing: d.Losing}
 	if asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")

@@ -100,7 +100,14 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 			fmt.Fprintf(w, ", %d sources", h.Members)
 		}
 		fmt.Fprintln(w)
+		if g := h.Growth; g.Window > 0 {
+			fmt.Fprintf(w, "%-12s gained %d ESTABLISHED entries in %s, %.0f%% of the %d it holds\n", "",
+				g.Gain, forecast.Format(g.Window), 100*g.Young(), g.Held)
+		}
 	}
+	p := r.Policy
+	fmt.Fprintf(w, "growth rule  from %s pressure: banned when it gained >= %d ESTABLISHED entries within %s and that is >= %.0f%% of what it holds\n",
+		p.GrowthPressure, p.GrowthMinGain, forecast.Format(p.GrowthWindow), 100*p.GrowthYoung)
 	hold("source", r.Source)
 	hold("prefix", r.Prefix)
 	if len(r.Allowlisted) == 0 {
@@ -108,6 +115,12 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 	}
 	for _, a := range r.Allowlisted {
 		fmt.Fprintf(w, "allowlist    %s: never banned\n", a)
+	}
+	for _, a := range r.Sessions {
+		fmt.Fprintf(w, "ssh session  %s: not exempt, but a ban leaves the SSH ports open\n", a)
+	}
+	if r.Spared != "" {
+		fmt.Fprintf(w, "spared       at the last scan (%s pressure, nothing banned): %s\n", r.Pressure, r.Spared)
 	}
 	if len(r.Bans) == 0 {
 		fmt.Fprintf(w, "bans         none on record\n")
@@ -129,7 +142,11 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 	}
 	for _, ev := range r.Events {
 		fmt.Fprintf(w, "decision     %s %s %s", ev.Time.Format("15:04:05"), ev.Action, ev.Target)
-		if ev.Decision.Reason != "" {
+		switch g := ev.Decision.Growth; {
+		case g != nil:
+			fmt.Fprintf(w, " (%s: gained %d in %s, %.0f%% of the %d it holds, at %s; score %.1f)", ev.Decision.Reason, g.Gain,
+				forecast.Format(g.Window), 100*g.Young(), g.Held, ev.Decision.Pressure, ev.Decision.Score)
+		case ev.Decision.Reason != "":
 			fmt.Fprintf(w, " (%s, score %.1f >= %.0f at %s)", ev.Decision.Reason, ev.Decision.Score, ev.Decision.Threshold, ev.Decision.Pressure)
 		}
 		if ev.Detail != "" {

@@ -207,6 +207,9 @@ type StatusReply struct {
 	Timeouts   map[string]int     `json:"timeouts"`
 	Reader     string             `json:"reader"`
 	NumSources int                `json:"num_sources"`
+	// Losing is set while the last cycle ran under high or critical
+	// pressure and banned nothing.
+	Losing *Losing `json:"losing,omitempty"`
 }
 
 // Status is what `status` shows of a running daemon.
@@ -218,7 +221,7 @@ func (d *Daemon) Status() StatusReply {
 		DryRun: d.dryRun, Stats: d.stats, Samples: slices.Clone(d.samples), Pressure: d.result.Pressure,
 		Threshold: d.result.Threshold, CycleAt: d.cycleAt, Cycles: d.cycles, Counters: d.counters,
 		ActiveBans: len(active), Buckets: d.sys.Buckets, Kernel: d.sys.Kernel, Timeouts: d.sys.Timeouts,
-		Reader: d.src.ReaderName(),
+		Reader: d.src.ReaderName(), Losing: d.losing,
 	}
 	r.Counters.BansByReason = maps(d.counters.BansByReason)
 	if d.snap != nil {
@@ -286,9 +289,15 @@ type WhyReply struct {
 	Source      *Holding        `json:"source,omitempty"`
 	Prefix      *Holding        `json:"prefix,omitempty"`
 	Allowlisted []allow.Entry   `json:"allowlisted,omitempty"`
-	Bans        []store.Ban     `json:"bans,omitempty"` // records of this address and of prefixes holding it
-	Events      []Event         `json:"events,omitempty"`
-	CycleAt     time.Time       `json:"cycle_at"`
+	// Sessions are open SSH sessions of this address: a ban leaves the SSH
+	// ports open for it.
+	Sessions []allow.Entry `json:"ssh_sessions,omitempty"`
+	// Spared says why the last cycle did not ban it, when that cycle ran
+	// under high or critical pressure and banned nothing.
+	Spared  string      `json:"spared,omitempty"`
+	Bans    []store.Ban `json:"bans,omitempty"` // records of this address and of prefixes holding it
+	Events  []Event     `json:"events,omitempty"`
+	CycleAt time.Time   `json:"cycle_at"`
 }
 
 // Holding is what one source or prefix held at the last scan, and its score.
@@ -297,13 +306,16 @@ type Holding struct {
 	Counts  snapshot.Counts `json:"counts"`
 	Members uint32          `json:"members,omitempty"`
 	Score   float64         `json:"score"`
+	// Growth is what it gained since the scan the growth rule compared
+	// with (zero window: no such scan yet).
+	Growth policy.Growth `json:"growth"`
 }
 
 // Why gathers the evidence, thresholds, allowlist hits and ban history of a.
 func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
 	d.mu.Lock()
 	r := WhyReply{Addr: a, DryRun: d.dryRun, Pressure: d.result.Pressure, Threshold: d.result.Threshold, Policy: d.cfg.Policy, CycleAt: d.cycleAt}
-	snap, list := d.snap, d.allowed
+	snap, list, earlier, losing := d.snap, d.allowed, d.earlier, d.losing
 	for _, e := range d.events {
 		if e.Target.Contains(a) {
 			r.Events = append(r.Events, e)
@@ -315,22 +327,35 @@ func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
 		r.Events = r.Events[len(r.Events)-50:]
 	}
 	if snap != nil {
-		for _, h := range snap.Sources {
-			if h.Key.Addr() == a {
-				r.Source = &Holding{Key: h.Key, Counts: h.Counts, Score: cfg.Score(&h.Counts)}
+		in := policy.Input{Earlier: earlier}
+		for i := range snap.Sources {
+			if h := &snap.Sources[i]; h.Key.Addr() == a {
+				r.Source = &Holding{Key: h.Key, Counts: h.Counts, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
 				break
 			}
 		}
-		for _, h := range snap.Prefixes {
-			if h.Key.Contains(a) {
-				r.Prefix = &Holding{Key: h.Key, Counts: h.Counts, Members: h.Members, Score: cfg.Score(&h.Counts)}
+		for i := range snap.Prefixes {
+			if h := &snap.Prefixes[i]; h.Key.Contains(a) {
+				r.Prefix = &Holding{Key: h.Key, Counts: h.Counts, Members: h.Members, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
 				break
+			}
+		}
+	}
+	if losing != nil {
+		for _, s := range losing.Spared {
+			if s.Target.Contains(a) {
+				r.Spared = s.Why
 			}
 		}
 	}
 	if list != nil {
 		for _, e := range list.Entries() {
-			if e.Prefix.Contains(a) {
+			if !e.Prefix.Contains(a) {
+				continue
+			}
+			if e.Source == allow.SSH {
+				r.Sessions = append(r.Sessions, e)
+			} else {
 				r.Allowlisted = append(r.Allowlisted, e)
 			}
 		}

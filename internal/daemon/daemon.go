@@ -9,7 +9,6 @@
 package daemon
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -59,19 +58,38 @@ type Daemon struct {
 	// interfaces overrides the host's addresses (tests).
 	interfaces    func() ([]netip.Prefix, error)
 	socketsWarned bool
+	growth        growth
+	earlier       *policy.Held // what the last cycle compared with (for why)
+	// losing is the last cycle that banned nothing under high or critical
+	// pressure (zero when the last cycle was not one); lostWarn rate-limits
+	// its WARN line.
+	losing   *Losing
+	lostWarn time.Time
+	lostMute int
+}
+
+// Losing is a cycle under high or critical pressure that banned nothing,
+// with the top holders and why each was spared.
+type Losing struct {
+	Time     time.Time       `json:"time"`
+	Pressure policy.Pressure `json:"pressure"`
+	Spared   []policy.Spare  `json:"spared"`
 }
 
 // Counters are the daemon's running totals (for metrics and status).
 type Counters struct {
-	BansByReason  map[string]uint64 `json:"bans_by_reason"`
-	BanErrors     uint64            `json:"ban_errors"`
-	BreakerTrips  uint64            `json:"breaker_trips"`
-	ValveRuns     uint64            `json:"valve_runs"`
-	ValveDeleted  uint64            `json:"valve_deleted"`
-	Rebuilds      uint64            `json:"table_rebuilds"`
-	ScanErrors    uint64            `json:"scan_errors"`
-	Scans         uint64            `json:"scans"`
-	LastScanError string            `json:"last_scan_error,omitempty"`
+	BansByReason map[string]uint64 `json:"bans_by_reason"`
+	BanErrors    uint64            `json:"ban_errors"`
+	BreakerTrips uint64            `json:"breaker_trips"`
+	ValveRuns    uint64            `json:"valve_runs"`
+	ValveDeleted uint64            `json:"valve_deleted"`
+	// PressureNoBan counts cycles under high or critical pressure that
+	// banned nothing.
+	PressureNoBan uint64 `json:"pressure_without_ban_cycles"`
+	Rebuilds      uint64 `json:"table_rebuilds"`
+	ScanErrors    uint64 `json:"scan_errors"`
+	Scans         uint64 `json:"scans"`
+	LastScanError string `json:"last_scan_error,omitempty"`
 }
 
 // Event is one decision the daemon made (or, in dry-run, would have made).
@@ -404,8 +422,9 @@ func (d *Daemon) cycle(ctx context.Context) {
 	rate, rateOK := d.rate()
 	list := d.allowed
 	d.mu.Unlock()
+	earlier := d.growth.observe(now, snap, cfg.Policy.GrowthWindow)
 	in := policy.Input{
-		Now: now, Snapshot: snap, Count: int(st.Count), Max: int(st.Max), RatePerSec: rate, RateOK: rateOK,
+		Now: now, Snapshot: snap, Count: int(st.Count), Max: int(st.Max), RatePerSec: rate, RateOK: rateOK, Earlier: earlier,
 		Banned: bans.covered, BannedIn: bans.hostsIn, BannedGroupsIn: bans.groupsIn,
 		History: func(p netip.Prefix) policy.Offence {
 			b, err := d.st.GetBan(p)
@@ -428,8 +447,9 @@ func (d *Daemon) cycle(ctx context.Context) {
 	if res.Valve != nil {
 		d.valve(ctx, res.Valve, cfg.Daemon.ValveMaxDelete)
 	}
+	d.noteLosing(now, res)
 	d.mu.Lock()
-	d.snap, d.result, d.cycleAt = snap, res, now
+	d.snap, d.result, d.cycleAt, d.earlier = snap, res, now, earlier
 	d.cycles++
 	d.counters.Scans++
 	d.events = append(d.events, events...)
@@ -495,7 +515,14 @@ func (d *Daemon) enforce(ctx context.Context, now time.Time, res policy.Result) 
 			ev.Detail = fmt.Sprintf("purged %d, remaining %d", r.Ban.Purged, r.Ban.Remaining)
 		}
 		events = append(events, ev)
-		d.log.Info("decision", "action", ev.Action, "target", b.Target, "reason", b.Reason, "score", b.Score,
+		var gain uint32
+		if b.Growth != nil {
+			gain = b.Growth.Gain
+		}
+		if r.Scoped {
+			ev.Detail += ", SSH ports left open (covers an open SSH session)"
+		}
+		d.log.Info("decision", "action", ev.Action, "target", b.Target, "reason", b.Reason, "score", b.Score, "gain", gain,
 			"threshold", b.Threshold, "pressure", b.Pressure, "ttl", b.TTL, "entries", b.Counts.Entries,
 			"idle", b.Counts.Idle, "orphan", b.Counts.Orphan, "half_open", b.Counts.HalfOpen, "active", b.Counts.Active,
 			"members", b.Members, "previous_bans", b.Offences, "outcome", ev.Detail)
@@ -504,84 +531,90 @@ func (d *Daemon) enforce(ctx context.Context, now time.Time, res policy.Result) 
 }
 
 func evidence(b policy.Decision) string {
-	return fmt.Sprintf("score %.1f >= %.0f at %s pressure: %d entries (idle %d, orphan %d, half-open %d, active %d, stalled %d, closing %d, other %d), oldest idle %ds, members %d, previous bans %d",
-		b.Score, b.Threshold, b.Pressure, b.Counts.Entries, b.Counts.Idle, b.Counts.Orphan, b.Counts.HalfOpen, b.Counts.Active,
+	why := fmt.Sprintf("score %.1f >= %.0f at %s pressure", b.Score, b.Threshold, b.Pressure)
+	if g := b.Growth; g != nil {
+		why = fmt.Sprintf("grew by %d ESTABLISHED entries in %s (%.0f%% of the %d it holds) at %s pressure, score %.1f",
+			g.Gain, g.Window.Round(time.Second), 100*g.Young(), g.Held, b.Pressure, b.Score)
+	}
+	return fmt.Sprintf("%s: %d entries (idle %d, orphan %d, half-open %d, active %d, stalled %d, closing %d, other %d), oldest idle %ds, members %d, previous bans %d",
+		why, b.Counts.Entries, b.Counts.Idle, b.Counts.Orphan, b.Counts.HalfOpen, b.Counts.Active,
 		b.Counts.Stalled, b.Counts.Closing, b.Counts.Other, b.Counts.MaxIdle, b.Members, b.Offences)
 }
 
-// valve deletes the oldest idle ASSURED entries of the given holders.
+// valve frees room through the enforcer: idle entries of the holders first
+// (most idle first), then the entries of the sources that grew the most,
+// then the others'.
 func (d *Daemon) valve(ctx context.Context, v *policy.Valve, maxDelete int) {
-	conn := d.src.Conn()
 	free := min(v.Free, maxDelete)
-	if conn == nil || free <= 0 {
+	if free <= 0 {
 		return
-	}
-	if d.dryRun {
-		d.log.Warn("valve (dry run): would delete the oldest idle entries", "entries", free, "holders", len(v.Holders))
-		return
-	}
-	holders := map[netip.Prefix]bool{}
-	for _, h := range v.Holders {
-		holders[h] = true
 	}
 	d.mu.Lock()
 	cfg := d.agg.Config()
 	d.mu.Unlock()
-	h := &oldest{}
-	err := conn.Dump(ctx, conntrack.DumpOptions{Status: conntrack.StatusAssured, StatusMask: conntrack.StatusAssured}, func(e *conntrack.Entry) error {
-		if !holders[netip.PrefixFrom(e.Orig.Src, e.Orig.Src.BitLen())] {
-			return nil
-		}
+	growers := make(map[netip.Addr]bool, len(v.Growers))
+	for _, g := range v.Growers {
+		growers[g.Addr()] = true
+	}
+	const idleTier, growerTier = 2, 1
+	rank := func(e *conntrack.Entry) (uint64, bool) {
 		cl, idle := snapshot.Classify(e, &cfg)
-		if cl != snapshot.Idle {
-			return nil
+		switch cl {
+		case snapshot.Idle:
+			return idleTier<<32 | uint64(idle), true
+		case snapshot.Active, snapshot.Stalled:
+			if growers[e.Orig.Src] {
+				return growerTier<<32 | uint64(idle), true
+			}
+			return uint64(idle), true
 		}
-		h.keep(victim{*e, idle}, free)
-		return nil
-	})
+		return 0, false
+	}
+	r, err := d.eng.Valve(ctx, enforce.ValveRequest{Holders: v.Holders, Free: free, Rank: rank})
 	if err != nil {
-		d.log.Error("valve: dump", "err", err)
+		d.log.Error("valve", "err", err)
 		return
 	}
-	es := make([]conntrack.Entry, len(*h))
-	for i, v := range *h {
-		es[i] = v.e
+	if d.dryRun {
+		d.log.Warn("EMERGENCY VALVE (dry run): would delete entries of the top holders", "would_delete", r.Deleted,
+			"wanted", v.Free, "holders", len(v.Holders), "growers", len(v.Growers))
+		return
 	}
-	n, err := conn.DeleteEntries(ctx, es)
 	d.mu.Lock()
 	d.counters.ValveRuns++
-	d.counters.ValveDeleted += uint64(n)
+	d.counters.ValveDeleted += uint64(r.Deleted)
 	d.mu.Unlock()
-	d.log.Warn("EMERGENCY VALVE: deleted the oldest idle entries of the top holders", "deleted", n, "wanted", v.Free, "holders", len(v.Holders), "err", err)
+	d.log.Warn("EMERGENCY VALVE: deleted entries of the top holders to make room", "deleted", r.Deleted, "wanted", v.Free,
+		"candidates", r.Candidates, "holders", len(v.Holders), "growers", len(v.Growers))
 }
 
-type victim struct {
-	e    conntrack.Entry
-	idle uint32
-}
+// lostWarnEvery rate-limits the WARN line of cycles that ban nothing under
+// pressure (the loop runs every second when critical).
+const lostWarnEvery = 10 * time.Second
 
-// oldest is a min-heap on idle time: it keeps the N most idle entries.
-type oldest []victim
-
-// keep offers v; the heap holds at most n, the most idle seen.
-func (h *oldest) keep(v victim, n int) {
-	if h.Len() < n {
-		heap.Push(h, v)
-	} else if n > 0 && v.idle > (*h)[0].idle {
-		(*h)[0] = v
-		heap.Fix(h, 0)
+// noteLosing records and logs a cycle under high or critical pressure that
+// banned nothing: the top holders and why each was spared.
+func (d *Daemon) noteLosing(now time.Time, res policy.Result) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if res.Pressure < policy.High || len(res.Bans) > 0 {
+		d.losing = nil
+		return
 	}
-}
-
-func (h oldest) Len() int           { return len(h) }
-func (h oldest) Less(i, j int) bool { return h[i].idle < h[j].idle }
-func (h oldest) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *oldest) Push(x any)        { *h = append(*h, x.(victim)) }
-func (h *oldest) Pop() any {
-	old := *h
-	v := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return v
+	d.counters.PressureNoBan++
+	d.losing = &Losing{Time: now, Pressure: res.Pressure, Spared: res.Spared}
+	if now.Sub(d.lostWarn) < lostWarnEvery {
+		d.lostMute++
+		return
+	}
+	holders := make([]string, len(res.Spared))
+	for i, s := range res.Spared {
+		holders[i] = fmt.Sprintf("%s (%d entries, %d active, grew %d in %s): %s", s.Target, s.Counts.Entries, s.Counts.Active,
+			s.Growth.Gain, s.Growth.Window.Round(time.Second), s.Why)
+	}
+	d.log.Warn("pressure is "+res.Pressure.String()+" and this cycle banned nothing", "top_holders", holders,
+		"unevictable_fill", res.UnevictableFill, "threshold", res.Threshold, "similar_cycles_not_logged", d.lostMute)
+	d.lostWarn, d.lostMute = now, 0
 }
 
 // banIndex answers the policy's questions about active bans.
@@ -682,6 +715,16 @@ func (p dryPurger) CountSources(ctx context.Context, ps []netip.Prefix) ([]int, 
 	return p.c.CountSources(ctx, ps)
 }
 
+// Dump walks the table (the valve reads it).
+func (p dryPurger) Dump(ctx context.Context, o conntrack.DumpOptions, fn func(*conntrack.Entry) error) error {
+	return p.c.Dump(ctx, o, fn)
+}
+
+// DeleteEntries deletes nothing and says how many it would have.
+func (p dryPurger) DeleteEntries(ctx context.Context, es []conntrack.Entry) (int, error) {
+	return len(es), nil
+}
+
 // PurgeSourcesKeeping counts what a scoped purge would delete.
 func (p dryPurger) PurgeSourcesKeeping(ctx context.Context, ps []netip.Prefix, keep []uint16) ([]int, error) {
 	return p.c.CountSourcesKeeping(ctx, ps, keep)
@@ -695,4 +738,5 @@ func (p dryPurger) CountSourcesKeeping(ctx context.Context, ps []netip.Prefix, k
 var (
 	_ enforce.BatchPurger   = dryPurger{}
 	_ enforce.KeepingPurger = dryPurger{}
+	_ enforce.EntryPurger   = dryPurger{}
 )

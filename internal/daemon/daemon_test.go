@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/snapshot"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -45,17 +45,42 @@ func TestBanIndex(t *testing.T) {
 	}
 }
 
-func TestOldestKeepsTheMostIdle(t *testing.T) {
-	h := &oldest{}
-	const keep = 3
-	for _, idle := range []uint32{5, 900, 1, 700, 30, 800, 2} {
-		h.keep(victim{conntrack.Entry{Timeout: idle}, idle}, keep)
+// TestGrowthCheckpoints: each scan is compared with the oldest checkpoint
+// within the window; checkpoints are taken at most every quarter window and
+// hold only keys with a handful of ESTABLISHED entries.
+func TestGrowthCheckpoints(t *testing.T) {
+	var g growth
+	t0 := time.Date(2026, 12, 3, 2, 0, 0, 0, time.UTC)
+	bot := netip.MustParsePrefix("198.18.0.1/32")
+	snapAt := func(active uint32) *snapshot.Snapshot {
+		return &snapshot.Snapshot{Sources: []snapshot.Holder{
+			{Key: bot, Counts: snapshot.Counts{Active: active}},
+			{Key: netip.MustParsePrefix("192.0.2.9/32"), Counts: snapshot.Counts{Active: 2}},
+		}}
 	}
-	got := map[uint32]bool{}
-	for _, v := range *h {
-		got[v.idle] = true
+	if e := g.observe(t0, snapAt(0), 12*time.Second); e != nil {
+		t.Fatalf("first scan has an earlier one: %+v", e)
 	}
-	if len(got) != 3 || !got[900] || !got[800] || !got[700] {
-		t.Errorf("kept %v, want the three most idle", got)
+	e := g.observe(t0.Add(time.Second), snapAt(60), 12*time.Second)
+	if e == nil || e.Since != time.Second || e.Entries[bot] != 0 {
+		t.Fatalf("second scan: %+v", e)
+	}
+	// Within a quarter window no new checkpoint: the 60 is not recorded.
+	g.observe(t0.Add(2*time.Second), snapAt(120), 12*time.Second)
+	e = g.observe(t0.Add(4*time.Second), snapAt(240), 12*time.Second)
+	if e.Since != 4*time.Second || e.Entries[bot] != 0 {
+		t.Fatalf("compared with %+v, want the first scan", e)
+	}
+	// Past the window the first checkpoint is dropped; the one at 4 s
+	// (240 entries) is next. Tiny holders are never recorded.
+	e = g.observe(t0.Add(13*time.Second), snapAt(300), 12*time.Second)
+	if e.Since != 9*time.Second || e.Entries[bot] != 240 {
+		t.Fatalf("after the window: %+v", e)
+	}
+	if _, ok := e.Entries[netip.MustParsePrefix("192.0.2.9/32")]; ok {
+		t.Fatal("a 2-entry source was recorded")
+	}
+	if len(g.cps) > maxCheckpoints {
+		t.Fatalf("%d checkpoints", len(g.cps))
 	}
 }

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/ctguard/ctguard/internal/conntrack"
 )
 
 // Fake is an in-memory Firewall for tests and dry runs. It models what the
@@ -290,3 +293,39 @@ var (
 	_ BatchPurger   = (*FakeBatchPurger)(nil)
 	_ KeepingPurger = (*FakePurger)(nil)
 )
+
+// FakeTable is a FakeBatchPurger that also holds whole entries, for the
+// valve (EntryPurger). Entries and the per-source counts are independent.
+type FakeTable struct {
+	FakeBatchPurger
+	Table []conntrack.Entry
+}
+
+// Dump implements EntryPurger (options are ignored).
+func (p *FakeTable) Dump(ctx context.Context, o conntrack.DumpOptions, fn func(*conntrack.Entry) error) error {
+	p.mu.Lock()
+	es := slices.Clone(p.Table)
+	p.mu.Unlock()
+	for i := range es {
+		if err := fn(&es[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteEntries implements EntryPurger: it deletes by original tuple.
+func (p *FakeTable) DeleteEntries(ctx context.Context, es []conntrack.Entry) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, e := range es {
+		if i := slices.IndexFunc(p.Table, func(x conntrack.Entry) bool { return x.Orig == e.Orig && x.Proto == e.Proto }); i >= 0 {
+			p.Table = slices.Delete(p.Table, i, i+1)
+			n++
+		}
+	}
+	return n, nil
+}
+
+var _ EntryPurger = (*FakeTable)(nil)

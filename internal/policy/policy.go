@@ -8,6 +8,13 @@
 // half-open ones (evictable, but a SYN flood's) count a fifth; entries that
 // carry live traffic count almost nothing, so a NAT gateway full of real users
 // is never mistaken for a bot. Thresholds tighten as the table fills.
+//
+// Live traffic is no shield once the table is heading for full: from high
+// pressure on, a source that grew by many ESTABLISHED entries within the
+// growth window, most of what it holds, is banned whatever its entries
+// carry (the growth rule). A carrier NAT that holds more than any bot is
+// spared by the same rule, because most of what it holds is older than the
+// window.
 package policy
 
 import (
@@ -121,10 +128,21 @@ type Config struct {
 	BreakerFloor    int     `toml:"breaker_floor"`
 
 	// Emergency valve: above ValveHigh fill (of the whole table, with the
-	// unevictable part above CriticalFill), free the oldest idle ASSURED
-	// entries of the top holders down to ValveTarget.
+	// unevictable part above CriticalFill), free entries of the top holders
+	// down to ValveTarget: idle ones first, then those of growing sources.
 	ValveHigh   float64 `toml:"valve_high"`
 	ValveTarget float64 `toml:"valve_target"`
+
+	// Growth rule: from GrowthPressure on, a source that gained at least
+	// GrowthMinGain ESTABLISHED entries within the growth window, and at
+	// least GrowthYoung of what it holds, is banned whatever its entries
+	// carry; a grouping prefix when it gained PrefixFactor times as much
+	// over at least PrefixMinSources growing members. GrowthWindow is how
+	// far back the daemon compares.
+	GrowthPressure Pressure      `toml:"growth_pressure"`
+	GrowthWindow   time.Duration `toml:"growth_window"`
+	GrowthMinGain  int           `toml:"growth_min_gain"`
+	GrowthYoung    float64       `toml:"growth_young"`
 }
 
 // Default returns the built-in policy: safe on a typical server.
@@ -155,6 +173,13 @@ func Default() Config {
 		BreakerFloor:    50,
 		ValveHigh:       0.95,
 		ValveTarget:     0.90,
+		// A bot holds ~300 connections and opens them within seconds; a
+		// carrier NAT with 1,000 users gains a few per second on top of
+		// what it has held for minutes.
+		GrowthPressure: High,
+		GrowthWindow:   15 * time.Second,
+		GrowthMinGain:  150,
+		GrowthYoung:    0.5,
 	}
 }
 
@@ -221,6 +246,18 @@ func (c *Config) Validate() error {
 	if c.WideBannedNets < 0 {
 		return fmt.Errorf("wide_banned_nets = %d: want a count >= 0 (0: off)", c.WideBannedNets)
 	}
+	if c.GrowthPressure < Elevated || c.GrowthPressure >= NumPressures {
+		return fmt.Errorf("growth_pressure = %q: want elevated, high or critical", c.GrowthPressure)
+	}
+	if c.GrowthWindow < time.Second || c.GrowthWindow > time.Hour {
+		return fmt.Errorf("growth_window = %v: want 1s to 1h", c.GrowthWindow)
+	}
+	if c.GrowthMinGain < 1 {
+		return fmt.Errorf("growth_min_gain = %d: want >= 1", c.GrowthMinGain)
+	}
+	if !(c.GrowthYoung > 0 && c.GrowthYoung <= 1) {
+		return fmt.Errorf("growth_young = %v: want a ratio in (0, 1]", c.GrowthYoung)
+	}
 	if c.MaxBansPerCycle < 1 || c.BreakerFloor < 0 || c.PrefixBannedMembers < 0 || c.PrefixMinSources < 0 {
 		return fmt.Errorf("max_bans_per_cycle %d, breaker_floor %d, prefix_banned_members %d, prefix_min_sources %d: want counts (max_bans_per_cycle >= 1)",
 			c.MaxBansPerCycle, c.BreakerFloor, c.PrefixBannedMembers, c.PrefixMinSources)
@@ -264,6 +301,56 @@ type Input struct {
 	BannedGroupsIn func(netip.Prefix) []netip.Prefix
 	// History returns a target's earlier offences.
 	History func(netip.Prefix) Offence
+	// Earlier is what sources and grouping prefixes held at an earlier
+	// scan, for the growth rule; nil when there is none yet.
+	Earlier *Held
+}
+
+// Held is the ESTABLISHED entries (idle, active or stalled) each source and
+// grouping prefix held at one scan. Keys missing from Entries held fewer
+// than the daemon records (a handful): they count as zero.
+type Held struct {
+	Since   time.Duration // how long before Input.Now
+	Entries map[netip.Prefix]uint32
+}
+
+// Established is what the growth rule counts of a holder: its ESTABLISHED
+// entries. Half-open ones are evicted by the kernel when the table is full,
+// closing ones expire within minutes.
+func Established(c *snapshot.Counts) uint32 { return c.Idle + c.Active + c.Stalled }
+
+// Growth is what a holder gained since the earlier scan.
+type Growth struct {
+	Gain   uint32        `json:"gain"`   // ESTABLISHED entries gained
+	Held   uint32        `json:"held"`   // ESTABLISHED entries held now
+	Window time.Duration `json:"window"` // over this long
+}
+
+// Young is the share of what it holds that is new.
+func (g Growth) Young() float64 {
+	if g.Held == 0 {
+		return 0
+	}
+	return float64(g.Gain) / float64(g.Held)
+}
+
+// GrowthOf returns what h gained since the earlier scan (zero without one).
+func (in *Input) GrowthOf(h *snapshot.Holder) Growth {
+	g := Growth{Held: Established(&h.Counts)}
+	if in.Earlier == nil {
+		return g
+	}
+	g.Window = in.Earlier.Since
+	if was := in.Earlier.Entries[h.Key]; g.Held > was {
+		g.Gain = g.Held - was
+	}
+	return g
+}
+
+// growing reports whether g meets the growth rule's bar (gain at least
+// minGain, and the young share).
+func (c *Config) growing(g Growth, minGain int) bool {
+	return g.Window > 0 && int(g.Gain) >= minGain && g.Young() >= c.GrowthYoung
 }
 
 // Decision is one ban with its evidence.
@@ -277,6 +364,9 @@ type Decision struct {
 	Counts    snapshot.Counts `json:"counts"`
 	Members   uint32          `json:"members,omitempty"`
 	Offences  int             `json:"previous_bans"`
+	// Growth is what the target gained within the growth window (set for
+	// the growth rule's decisions).
+	Growth *Growth `json:"growth,omitempty"`
 }
 
 // Reasons a decision gives.
@@ -285,6 +375,8 @@ const (
 	ReasonPrefixMembers = "prefix-members" // several members of a prefix are banned
 	ReasonPrefixScore   = "prefix-score"   // a prefix jointly holds too much
 	ReasonWidePrefix    = "wide-prefix"    // several grouping prefixes of a wider block are banned
+	ReasonGrowth        = "growth"         // it filled the table fast under pressure, whatever its entries carry
+	ReasonPrefixGrowth  = "prefix-growth"  // a prefix's members filled it fast under pressure
 )
 
 // Skip is a candidate that was not banned, and why.
@@ -296,10 +388,14 @@ type Skip struct {
 
 // Valve asks the enforcer to delete entries right now.
 type Valve struct {
-	// Free is how many entries to delete: the oldest idle ASSURED entries
-	// of Holders (in that order), never of allowlisted space.
+	// Free is how many ESTABLISHED entries to delete from Holders (never
+	// allowlisted space): idle ones first, most idle first; then those of
+	// Growers; then the others'. A live connection whose entry is deleted
+	// gets a new one with its next packet (conntrack picks up established
+	// TCP), so the cost of a wrong pick is one entry, not a connection.
 	Free    int            `json:"free"`
 	Holders []netip.Prefix `json:"holders"`
+	Growers []netip.Prefix `json:"growers,omitempty"`
 }
 
 // Breaker records a cycle that wanted more bans than the cap allows.
@@ -317,6 +413,19 @@ type Result struct {
 	Skips           []Skip     `json:"skips,omitempty"`
 	Breaker         *Breaker   `json:"breaker,omitempty"`
 	Valve           *Valve     `json:"valve,omitempty"`
+	// Spared lists the top holders and why none was banned, when the
+	// pressure is high or critical and the cycle bans nothing: a guard
+	// that is losing says so.
+	Spared []Spare `json:"spared,omitempty"`
+}
+
+// Spare is a top holder that was not banned in a cycle, with the reason.
+type Spare struct {
+	Target netip.Prefix    `json:"target"`
+	Score  float64         `json:"score"`
+	Counts snapshot.Counts `json:"counts"`
+	Growth Growth          `json:"growth"`
+	Why    string          `json:"why"`
 }
 
 // PressureOf classifies the table's state. Half-open entries are left out
@@ -393,10 +502,21 @@ func Decide(in Input, c Config) Result {
 		}
 		return snap.Config.V6Bits
 	}
+	growthOn := p >= c.GrowthPressure && in.Earlier != nil
+	growingIn := map[netip.Prefix]int{} // grouping prefix -> growing members
 	for i := range snap.Sources {
 		h := &snap.Sources[i]
 		s := c.Score(&h.Counts)
-		if s < r.Threshold || h.Entries < c.MinEntries {
+		reason := ReasonSource
+		var growth *Growth
+		if g := in.GrowthOf(h); growthOn && g.Gain > 0 {
+			pfx, _ := h.Key.Addr().Prefix(bits(h.Key.Addr()))
+			growingIn[pfx]++
+			if s < r.Threshold && c.growing(g, c.GrowthMinGain) {
+				reason, growth = ReasonGrowth, &g
+			}
+		}
+		if (s < r.Threshold && growth == nil) || h.Entries < c.MinEntries {
 			continue
 		}
 		if banned(h.Key) {
@@ -411,8 +531,8 @@ func Decide(in Input, c Config) Result {
 			continue
 		}
 		off := c.offences(&in, h.Key)
-		cands = append(cands, Decision{Target: h.Key, TTL: c.TTL(off), Reason: ReasonSource, Score: round(s),
-			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Offences: off})
+		cands = append(cands, Decision{Target: h.Key, TTL: c.TTL(off), Reason: reason, Score: round(s),
+			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Offences: off, Growth: growth})
 		newInPrefix[pfx]++
 	}
 
@@ -430,11 +550,15 @@ func Decide(in Input, c Config) Result {
 		}
 		members += newInPrefix[h.Key]
 		s := c.Score(&h.Counts)
+		var growth *Growth
 		if c.PrefixBannedMembers > 0 && members >= c.PrefixBannedMembers {
 			reason = ReasonPrefixMembers
 		} else if c.PrefixFactor > 0 && s >= c.PrefixFactor*r.Threshold && c.PrefixMinSources > 0 &&
 			scoringMembers(snap, h.Key, &c) >= c.PrefixMinSources {
 			reason = ReasonPrefixScore
+		} else if g := in.GrowthOf(h); growthOn && c.PrefixMinSources > 0 && growingIn[h.Key] >= c.PrefixMinSources &&
+			c.growing(g, int(math.Ceil(c.PrefixFactor*float64(c.GrowthMinGain)))) {
+			reason, growth = ReasonPrefixGrowth, &g
 		}
 		if reason == "" {
 			continue
@@ -445,7 +569,7 @@ func Decide(in Input, c Config) Result {
 		}
 		off := c.offences(&in, h.Key)
 		cands = append(cands, Decision{Target: h.Key, TTL: c.TTL(off), Reason: reason, Score: round(s),
-			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Members: h.Members, Offences: off})
+			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Members: h.Members, Offences: off, Growth: growth})
 	}
 	cands = append(cands, c.wide(&in, snap, cands, bits, allowed, banned, p, r.Threshold, &r.Skips)...)
 	// A prefix ban replaces the bans inside it made in the same cycle.
@@ -487,23 +611,109 @@ func Decide(in Input, c Config) Result {
 
 	// Valve: the table is nearly full of entries the kernel cannot evict.
 	if in.Max > 0 && float64(in.Count) >= c.ValveHigh*float64(in.Max) && fill >= c.CriticalFill {
-		v := &Valve{Free: in.Count - int(c.ValveTarget*float64(in.Max))}
-		holders := slices.Clone(snap.Sources)
-		snapshot.SortBy(holders, snapshot.ByIdle)
-		for _, h := range holders {
-			if h.Idle == 0 || len(v.Holders) >= 64 {
-				break
-			}
-			if _, ok := allowed(h.Key); ok {
-				continue
-			}
-			v.Holders = append(v.Holders, h.Key)
-		}
-		if v.Free > 0 && len(v.Holders) > 0 {
-			r.Valve = v
-		}
+		r.Valve = c.valve(&in, snap, allowed)
+	}
+	if p >= High && len(r.Bans) == 0 {
+		r.Spared = c.spared(&in, snap, r.Threshold, growthOn, allowed, banned)
 	}
 	return r
+}
+
+// maxValveHolders bounds the holders one valve run works on.
+const maxValveHolders = 64
+
+// valve picks whose entries the valve frees: the holders of the most idle
+// entries, then the sources that grew the most, then the biggest holders,
+// never allowlisted space.
+func (c *Config) valve(in *Input, snap *snapshot.Snapshot, allowed func(netip.Prefix) (string, bool)) *Valve {
+	v := &Valve{Free: in.Count - int(c.ValveTarget*float64(in.Max))}
+	if v.Free <= 0 {
+		return nil
+	}
+	seen := map[netip.Prefix]bool{}
+	take := func(h *snapshot.Holder) bool {
+		if seen[h.Key] || len(v.Holders) >= maxValveHolders || Established(&h.Counts) == 0 {
+			return false
+		}
+		if _, ok := allowed(h.Key); ok {
+			return false
+		}
+		seen[h.Key] = true
+		v.Holders = append(v.Holders, h.Key)
+		return true
+	}
+	holders := slices.Clone(snap.Sources)
+	snapshot.SortBy(holders, snapshot.ByIdle)
+	for i := range holders {
+		if holders[i].Idle == 0 || len(v.Holders) >= maxValveHolders/2 {
+			break
+		}
+		take(&holders[i])
+	}
+	if in.Earlier != nil {
+		slices.SortStableFunc(holders, func(a, b snapshot.Holder) int {
+			return cmp.Compare(in.GrowthOf(&b).Gain, in.GrowthOf(&a).Gain)
+		})
+		for i := range holders {
+			if in.GrowthOf(&holders[i]).Gain == 0 || len(v.Growers) >= maxValveHolders/4 {
+				break
+			}
+			if take(&holders[i]) {
+				v.Growers = append(v.Growers, holders[i].Key)
+			}
+		}
+	}
+	for i := range snap.Sources { // by entries held
+		take(&snap.Sources[i])
+	}
+	if len(v.Holders) == 0 {
+		return nil
+	}
+	return v
+}
+
+// maxSpared is how many top holders a losing cycle explains.
+const maxSpared = 5
+
+// spared explains why the biggest holders were not banned.
+func (c *Config) spared(in *Input, snap *snapshot.Snapshot, threshold float64, growthOn bool,
+	allowed func(netip.Prefix) (string, bool), banned func(netip.Prefix) bool) []Spare {
+	var out []Spare
+	for i := range snap.Sources {
+		if len(out) >= maxSpared {
+			break
+		}
+		h := &snap.Sources[i]
+		s := round(c.Score(&h.Counts))
+		g := in.GrowthOf(h)
+		sp := Spare{Target: h.Key, Score: s, Counts: h.Counts, Growth: g}
+		switch e, ok := allowed(h.Key); {
+		case ok:
+			sp.Why = "allowlisted: " + e
+		case banned(h.Key):
+			sp.Why = "already banned"
+		case h.Entries < c.MinEntries:
+			sp.Why = fmt.Sprintf("holds %d entries, under min_entries %d", h.Entries, c.MinEntries)
+		default:
+			sp.Why = fmt.Sprintf("score %.2f under threshold %.0f", s, threshold)
+			if h.Active > 0 {
+				sp.Why += fmt.Sprintf(" (%d active entries weigh %.2f each)", h.Active, c.Weights.Active)
+			}
+			switch {
+			case !growthOn && in.Earlier == nil:
+				sp.Why += "; growth not known yet (no earlier scan)"
+			case !growthOn:
+				sp.Why += fmt.Sprintf("; growth rule off below %s pressure", c.GrowthPressure)
+			case int(g.Gain) < c.GrowthMinGain:
+				sp.Why += fmt.Sprintf("; grew by %d in %s, under growth_min_gain %d", g.Gain, g.Window.Round(time.Second), c.GrowthMinGain)
+			default:
+				sp.Why += fmt.Sprintf("; grew by %d in %s but that is %.0f%% of the %d it holds, under growth_young %.0f%% (long-held: looks like many users)",
+					g.Gain, g.Window.Round(time.Second), 100*g.Young(), g.Held, 100*c.GrowthYoung)
+			}
+		}
+		out = append(out, sp)
+	}
+	return out
 }
 
 // wide returns the wide-prefix bans: a block of WideV4Bits/WideV6Bits in

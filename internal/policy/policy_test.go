@@ -359,3 +359,154 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// earlier builds the growth input: what each key held window ago.
+func earlier(window time.Duration, held map[string]uint32) *Held {
+	h := &Held{Since: window, Entries: map[netip.Prefix]uint32{}}
+	for k, v := range held {
+		p, err := netip.ParsePrefix(k)
+		if err != nil {
+			a := netip.MustParseAddr(k)
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		h.Entries[p] = v
+	}
+	return h
+}
+
+// TestGrowthRule: keep-alive bots (handshake, a request, a few bytes every
+// 20 s: their entries are active and served) score almost nothing, so
+// under pressure the growth rule must find them, while a carrier NAT that
+// holds more than any bot, and grows too, is spared because most of what it
+// holds is older than the window.
+func TestGrowthRule(t *testing.T) {
+	kaBot := snapshot.Counts{Active: 300}
+	cgnat := snapshot.Counts{Active: 1100, Closing: 40}
+	nat := snapshot.Counts{Active: 60, Closing: 20}
+	w := new(world).
+		add("198.18.0.1", kaBot).       // new within the window
+		add("198.18.0.2", kaBot).       // half of it new
+		add("198.18.1.1", kaBot).       // held it all along: a retired bot
+		add("203.0.113.12", cgnat).     // carrier NAT, grew by 200
+		add("203.0.113.10", nat).       // NAT gateway
+		add("2001:db8:bad:1::1", kaBot) // new, IPv6
+	held := map[string]uint32{"198.18.0.2": 150, "198.18.1.1": 300, "203.0.113.12": 900, "203.0.113.10": 60}
+
+	// High pressure (table filling within 30 min), with a window.
+	in := input(w.snap(), 200_000, 262_144)
+	in.RatePerSec, in.RateOK = 400, true
+	in.Earlier = earlier(10*time.Second, held)
+	r := Decide(in, Default())
+	if r.Pressure != Critical && r.Pressure != High {
+		t.Fatalf("pressure %s", r.Pressure)
+	}
+	if got, want := targets(r), "198.18.0.1/32(growth) 198.18.0.2/32(growth) 2001:db8:bad:1::1/128(growth)"; got != want {
+		t.Fatalf("bans %q, want %q", got, want)
+	}
+	for _, d := range r.Bans {
+		if d.Growth == nil || d.Growth.Window != 10*time.Second || d.Growth.Held != 300 {
+			t.Errorf("%s: growth evidence %+v", d.Target, d.Growth)
+		}
+	}
+
+	// The same table at elevated pressure: the rule is off.
+	in.RatePerSec = 10
+	in.Count = 100_000
+	if r := Decide(in, Default()); len(r.Bans) != 0 || r.Pressure != Elevated {
+		t.Fatalf("elevated pressure: %s %q", r.Pressure, targets(r))
+	}
+
+	// No earlier scan yet: nothing to compare, and the losing cycle says so.
+	in = input(w.snap(), 240_000, 262_144)
+	r = Decide(in, Default())
+	if len(r.Bans) != 0 || len(r.Spared) == 0 || !strings.Contains(r.Spared[0].Why, "no earlier scan") {
+		t.Fatalf("without growth: bans %q spared %+v", targets(r), r.Spared)
+	}
+}
+
+// TestGrowthSparedExplains: at critical pressure with nothing to ban, the
+// result names the top holders and why each was spared.
+func TestGrowthSparedExplains(t *testing.T) {
+	w := new(world).
+		add("203.0.113.12", snapshot.Counts{Active: 1100}).
+		add("198.18.1.1", snapshot.Counts{Active: 300}).
+		add("192.0.2.1", snapshot.Counts{Active: 200}).
+		add("203.0.113.10", snapshot.Counts{Active: 60})
+	in := input(w.snap(), 250_000, 262_144)
+	in.Earlier = earlier(12*time.Second, map[string]uint32{"203.0.113.12": 900, "198.18.1.1": 290, "203.0.113.10": 60})
+	in.Allowed = func(p netip.Prefix) (string, bool) {
+		if p.Contains(netip.MustParseAddr("192.0.2.1")) {
+			return "192.0.2.1/32 (configured)", true
+		}
+		return "", false
+	}
+	r := Decide(in, Default())
+	if len(r.Bans) != 0 || r.Pressure != Critical {
+		t.Fatalf("bans %q at %s", targets(r), r.Pressure)
+	}
+	why := map[string]string{}
+	for _, s := range r.Spared {
+		why[s.Target.Addr().String()] = s.Why
+	}
+	for addr, want := range map[string]string{
+		"203.0.113.12": "grew by 200 in 12s but that is 18% of the 1100 it holds",
+		"198.18.1.1":   "grew by 10 in 12s, under growth_min_gain 150",
+		"192.0.2.1":    "allowlisted: 192.0.2.1/32 (configured)",
+		"203.0.113.10": "(60 active entries weigh 0.01 each); grew by 0",
+	} {
+		if !strings.Contains(why[addr], want) {
+			t.Errorf("%s spared because %q, want it to say %q", addr, why[addr], want)
+		}
+	}
+}
+
+// TestPrefixGrowth: bots spread thin inside one /24, each under the
+// growth bar, are banned as the /24 when together they grew the table.
+func TestPrefixGrowth(t *testing.T) {
+	w := new(world)
+	held := map[string]uint32{}
+	for i := range 6 {
+		w.add(fmt.Sprintf("198.18.9.%d", i+1), snapshot.Counts{Active: 100})
+	}
+	w.add("198.18.10.1", snapshot.Counts{Active: 100}) // alone in its /24
+	held["198.18.9.1"] = 0
+	in := input(w.snap(), 250_000, 262_144)
+	in.Earlier = earlier(10*time.Second, held)
+	r := Decide(in, Default())
+	if got := targets(r); got != "198.18.9.0/24(prefix-growth)" {
+		t.Fatalf("bans %q", got)
+	}
+	// Three growing bots in one /24 are each banned, then the /24 by the
+	// members rule replaces them.
+	w = new(world)
+	for i := range 3 {
+		w.add(fmt.Sprintf("198.18.11.%d", i+1), snapshot.Counts{Active: 300})
+	}
+	in = input(w.snap(), 250_000, 262_144)
+	in.Earlier = earlier(10*time.Second, nil)
+	if got := targets(Decide(in, Default())); got != "198.18.11.0/24(prefix-members)" {
+		t.Fatalf("bans %q", got)
+	}
+}
+
+// TestValveActiveHolders: a full table of active entries still gets a
+// valve: the holders include the growing sources and the biggest ones,
+// never allowlisted space.
+func TestValveActiveHolders(t *testing.T) {
+	w := new(world).
+		add("203.0.113.12", snapshot.Counts{Active: 1100}).
+		add("198.18.0.1", snapshot.Counts{Active: 300}).
+		add("192.0.2.1", snapshot.Counts{Active: 500}).
+		add("198.18.5.5", snapshot.Counts{Idle: 20})
+	in := input(w.snap(), 261_000, 262_144)
+	in.Earlier = earlier(10*time.Second, map[string]uint32{"203.0.113.12": 1090})
+	in.Allowed = func(p netip.Prefix) (string, bool) { return "local", p.Contains(netip.MustParseAddr("192.0.2.1")) }
+	v := Decide(in, Default()).Valve
+	if v == nil || v.Free != 261_000-235_929 {
+		t.Fatalf("valve %+v", v)
+	}
+	got := fmt.Sprint(v.Holders, v.Growers)
+	if want := "[198.18.5.5/32 198.18.0.1/32 203.0.113.12/32] [198.18.0.1/32 203.0.113.12/32]"; got != want {
+		t.Fatalf("valve holders %s, want %s", got, want)
+	}
+}

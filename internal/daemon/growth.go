@@ -1,0 +1,59 @@
+package daemon
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/ctguard/ctguard/internal/policy"
+	"github.com/ctguard/ctguard/internal/snapshot"
+)
+
+// growthMinHeld is the fewest ESTABLISHED entries a checkpoint records for
+// a key; keys below it count as zero, which changes a gain by at most this
+// much and keeps a table of 262,144 single-entry sources out of memory.
+const growthMinHeld = 5
+
+// checkpoint is what every source and grouping prefix held at one scan.
+type checkpoint struct {
+	at   time.Time
+	held map[netip.Prefix]uint32
+}
+
+// growth keeps a few checkpoints within the growth window, so that each
+// scan can be compared with one at most a window old.
+type growth struct {
+	cps []checkpoint
+}
+
+// maxCheckpoints bounds the memory: one checkpoint per quarter window.
+const maxCheckpoints = 5
+
+// observe returns the earlier holdings to compare snap with (the oldest
+// checkpoint within window, nil when none), then records snap.
+func (g *growth) observe(now time.Time, snap *snapshot.Snapshot, window time.Duration) *policy.Held {
+	cut := 0
+	for cut < len(g.cps) && now.Sub(g.cps[cut].at) > window {
+		cut++
+	}
+	g.cps = g.cps[cut:]
+	var out *policy.Held
+	if len(g.cps) > 0 && now.After(g.cps[0].at) {
+		out = &policy.Held{Since: now.Sub(g.cps[0].at), Entries: g.cps[0].held}
+	}
+	if len(g.cps) > 0 && now.Sub(g.cps[len(g.cps)-1].at) < window/4 {
+		return out // the newest checkpoint is recent enough
+	}
+	held := map[netip.Prefix]uint32{}
+	for _, hs := range [][]snapshot.Holder{snap.Sources, snap.Prefixes} {
+		for i := range hs {
+			if n := policy.Established(&hs[i].Counts); n >= growthMinHeld {
+				held[hs[i].Key] = n
+			}
+		}
+	}
+	g.cps = append(g.cps, checkpoint{at: now, held: held})
+	if len(g.cps) > maxCheckpoints {
+		g.cps = g.cps[len(g.cps)-maxCheckpoints:]
+	}
+	return out
+}
