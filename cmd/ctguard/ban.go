@@ -16,6 +16,7 @@ import (
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/enforce"
+	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -118,7 +119,7 @@ func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session,
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := enforce.Config{
-		Store: st, Firewall: enforce.NewNFT(log, enforce.NFTOptions{SSHPorts: f.ports}), Log: log,
+		Store: st, Firewall: enforce.NewNFT(log, enforce.NFTOptions{SSHPorts: f.ports}), Log: log, Closer: &sockets.Closer{},
 		Allow: allow.Config{ProcRoot: f.procfs, ResolvConf: f.resolvConf, SSHPorts: f.ports},
 	}
 	closers := []func(){func() { st.Close() }}
@@ -242,9 +243,13 @@ func printBan(e *env, r enforce.BanResult, ttl time.Duration) {
 	}
 	if r.Ban.PurgeErr != "" {
 		fmt.Fprintf(e.stdout, "  conntrack entries not purged: %s\n", r.Ban.PurgeErr)
-		return
+	} else {
+		fmt.Fprintf(e.stdout, "  purged %d conntrack entries, %d remain\n", r.Ban.Purged, r.Ban.Remaining)
 	}
-	fmt.Fprintf(e.stdout, "  purged %d conntrack entries, %d remain\n", r.Ban.Purged, r.Ban.Remaining)
+	fmt.Fprintf(e.stdout, "  closed %d of this host's TCP sockets held by it\n", r.Ban.SocketsClosed)
+	if r.Ban.CloseErr != "" {
+		fmt.Fprintf(e.stdout, "  sockets not closed: %s\n", r.Ban.CloseErr)
+	}
 }
 
 // parseAllowTTL is ParseTTL for allow entries, as a usage error.

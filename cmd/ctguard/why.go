@@ -134,8 +134,12 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 		case b.Expires.After(now):
 			state = "ACTIVE, expires in " + forecast.Format(b.Expires.Sub(now))
 		}
-		fmt.Fprintf(w, "ban          %s %s: %s, banned %d time(s), last %s; purged %d, %d remained\n", b.Prefix, state, b.Reason, b.Count,
-			b.Last.Format(time.RFC3339), b.Purged, b.Remaining)
+		scope := ""
+		if b.Scoped {
+			scope = " (SSH ports left open)"
+		}
+		fmt.Fprintf(w, "ban          %s %s%s: %s, banned %d time(s), last %s; purged %d, %d remained; closed %d sockets\n", b.Prefix, state, scope, b.Reason, b.Count,
+			b.Last.Format(time.RFC3339), b.Purged, b.Remaining, b.SocketsClosed)
 		if b.Evidence != "" {
 			fmt.Fprintf(w, "             evidence: %s\n", b.Evidence)
 		}

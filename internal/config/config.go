@@ -47,6 +47,10 @@ type Daemon struct {
 	Sockets bool `toml:"sockets"`
 	// ValveMaxDelete bounds the entries one valve run may delete.
 	ValveMaxDelete int `toml:"valve_max_delete"`
+	// CloseSockets closes the host's TCP sockets of the peers a ban
+	// covers (sock_diag destroy), so the service is freed, not only the
+	// table.
+	CloseSockets bool `toml:"close_sockets"`
 }
 
 // Snapshot is how entries are classified and grouped.
@@ -92,6 +96,7 @@ func Default() Config {
 			Procfs:         "/proc",
 			Sockets:        true,
 			ValveMaxDelete: 50000,
+			CloseSockets:   true,
 		},
 		Snapshot: Snapshot{IdleThreshold: 60 * time.Second, V4Prefix: 24, V6Prefix: 64},
 		Policy:   policy.Default(),

@@ -86,6 +86,9 @@ type Counters struct {
 	// PressureNoBan counts cycles under high or critical pressure that
 	// banned nothing.
 	PressureNoBan uint64 `json:"pressure_without_ban_cycles"`
+	// SocketsClosed counts the banned peers' TCP sockets closed (or, in a
+	// dry run, that would have been).
+	SocketsClosed uint64 `json:"sockets_closed"`
 	Rebuilds      uint64 `json:"table_rebuilds"`
 	ScanErrors    uint64 `json:"scan_errors"`
 	Scans         uint64 `json:"scans"`
@@ -114,6 +117,9 @@ type Options struct {
 	Purger   enforce.Purger
 	// Interfaces overrides the host's addresses (tests).
 	Interfaces func() ([]netip.Prefix, error)
+	// Closer overrides the socket closer (tests); nil: the real one when
+	// daemon.close_sockets is on.
+	Closer enforce.SocketCloser
 }
 
 // New opens everything the daemon needs: the table reader, the store (or a
@@ -177,7 +183,18 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		}
 	}
 	d.interfaces = o.Interfaces
-	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Log: d.log, Allow: d.allowConfig(c),
+	closer := o.Closer
+	if closer == nil && c.Daemon.CloseSockets {
+		// Known from the kernel's build config, or found out at the first
+		// ban (EOPNOTSUPP turns it off with the same warning).
+		if ok, known := sockets.DestroySupport(c.Daemon.Procfs, "/boot", d.sys.Kernel); known && !ok {
+			d.log.Warn("bans will not close the banned peers' sockets: the service keeps serving what they hold until it times them out",
+				"why", sockets.ErrDestroyUnsupported)
+		} else {
+			closer = &sockets.Closer{DryRun: d.dryRun}
+		}
+	}
+	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Closer: closer, Log: d.log, Allow: d.allowConfig(c),
 		AllowMaxAge: c.Allow.Refresh})
 	return d, nil
 }
@@ -512,7 +529,15 @@ func (d *Daemon) enforce(ctx context.Context, now time.Time, res policy.Result) 
 			d.counters.BanErrors++
 		default:
 			d.counters.BansByReason[b.Reason]++
-			ev.Detail = fmt.Sprintf("purged %d, remaining %d", r.Ban.Purged, r.Ban.Remaining)
+			d.counters.SocketsClosed += uint64(r.Ban.SocketsClosed)
+			verb := "closed"
+			if d.dryRun {
+				verb = "would close"
+			}
+			ev.Detail = fmt.Sprintf("purged %d, remaining %d, %s %d sockets", r.Ban.Purged, r.Ban.Remaining, verb, r.Ban.SocketsClosed)
+			if r.Ban.CloseErr != "" {
+				ev.Detail += " (" + r.Ban.CloseErr + ")"
+			}
 		}
 		events = append(events, ev)
 		var gain uint32

@@ -23,7 +23,7 @@ func (d *Daemon) MetricsState() metrics.State {
 		Count: float64(d.stats.Count), Max: float64(d.stats.Max),
 		Drop: float64(d.stats.Drop), EarlyDrop: float64(d.stats.EarlyDrop), InsertFailed: float64(d.stats.InsertFailed),
 		Pressure: float64(d.result.Pressure), BreakerTrips: float64(d.counters.BreakerTrips),
-		ValveRuns: float64(d.counters.ValveRuns), ValveDeleted: float64(d.counters.ValveDeleted), PressureNoBan: float64(d.counters.PressureNoBan),
+		ValveRuns: float64(d.counters.ValveRuns), ValveDeleted: float64(d.counters.ValveDeleted), PressureNoBan: float64(d.counters.PressureNoBan), SocketsClosed: float64(d.counters.SocketsClosed),
 		TableRebuilds: float64(d.counters.Rebuilds), ScanErrors: float64(d.counters.ScanErrors),
 		DryRun: d.dryRun, States: map[string]float64{}, Classes: map[string]float64{},
 		BansActive: map[string]float64{"address": 0, "prefix": 0}, BansTotal: map[string]float64{},

@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ctguard/ctguard/internal/sockets"
 )
 
 // Firewall is the kernel side of bans.
@@ -113,6 +115,13 @@ type BatchPurger interface {
 type KeepingPurger interface {
 	PurgeSourcesKeeping(ctx context.Context, ps []netip.Prefix, keepTCPPorts []uint16) ([]int, error)
 	CountSourcesKeeping(ctx context.Context, ps []netip.Prefix, keepTCPPorts []uint16) ([]int, error)
+}
+
+// SocketCloser ends the host's TCP connections of banned peers, so that a
+// ban frees the service (its workers and accept queue), not only the
+// table. *sockets.Closer is the real one.
+type SocketCloser interface {
+	CloseSockets(ctx context.Context, targets []sockets.Target, spare func(netip.Addr) bool) ([]int, error)
 }
 
 // Limits on what a ban may be.

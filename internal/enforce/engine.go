@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -34,6 +35,9 @@ type Engine struct {
 	mu      sync.Mutex // serialises changes: the store and the kernel move together
 	tableID TableID
 
+	closerMu sync.Mutex
+	closer   SocketCloser // nil: sockets are left alone
+
 	warnMu sync.Mutex
 	warned map[string]bool
 }
@@ -42,8 +46,11 @@ type Engine struct {
 type Config struct {
 	Store    *store.Store
 	Firewall Firewall
-	Purger   Purger       // nil: bans still apply, purges report an error
-	Allow    allow.Config // sources of the allowlist; runtime entries come from the store
+	Purger   Purger // nil: bans still apply, purges report an error
+	// Closer closes the banned peers' TCP sockets after the purge; nil
+	// leaves them (the setting is off, or the kernel cannot).
+	Closer SocketCloser
+	Allow  allow.Config // sources of the allowlist; runtime entries come from the store
 	// AllowMaxAge lets Allowlist reuse a list this young (the daemon under
 	// attack: reading the SSH sessions walks every socket, and a victim can
 	// hold 200,000 half-open ones). 0 re-reads every time (commands).
@@ -62,7 +69,7 @@ func New(c Config) *Engine {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, allowC: c.Allow, log: c.Log, now: c.Now, warned: map[string]bool{}}
+	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, closer: c.Closer, allowC: c.Allow, log: c.Log, now: c.Now, warned: map[string]bool{}}
 	if v, err := c.Store.Meta(metaTableID); err == nil && v != "" {
 		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
 			e.tableID = TableID(id)
@@ -446,10 +453,15 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			outs[k] = outcome{purged[j], remaining[j], err}
 		}
 	}
+	closed, closeErr := e.closeSockets(ctx, ps, results, accepted, list)
 	recorded, err := e.store.UpdateBans(ps, func(k int, b *store.Ban) {
 		b.Purged, b.Remaining = outs[k].purged, outs[k].remaining
 		if outs[k].err != nil {
 			b.PurgeErr = outs[k].err.Error()
+		}
+		b.SocketsClosed, b.CloseErr = closed[k], ""
+		if closeErr != nil {
+			b.CloseErr = closeErr.Error()
 		}
 	})
 	if err != nil {
@@ -463,8 +475,9 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			e.log.Warn("entries remain after ban and purge", "prefix", ps[k], "remaining", outs[k].remaining, "purged", outs[k].purged)
 		}
 		e.log.Info("banned", "prefix", ps[k], "ttl", reqs[i].TTL, "reason", reqs[i].Reason,
-			"refreshed", results[i].Refreshed, "replaced", len(results[i].Replaced),
-			"purged", outs[k].purged, "remaining", outs[k].remaining, "purge_err", outs[k].err)
+			"refreshed", results[i].Refreshed, "replaced", len(results[i].Replaced), "scoped", results[i].Scoped,
+			"purged", outs[k].purged, "remaining", outs[k].remaining, "purge_err", outs[k].err,
+			"sockets_closed", closed[k], "close_err", closeErr)
 	}
 	return results, nil
 }
@@ -485,6 +498,56 @@ func (e *Engine) purge(ctx context.Context, p netip.Prefix) (purged, remaining i
 		return purged, 0, fmt.Errorf("re-count %s: %w", p, err)
 	}
 	return purged, remaining, nil
+}
+
+// closeSockets closes the banned peers' TCP sockets (a scoped ban's on the
+// non-SSH ports only) and returns the count per ban. A kernel that cannot
+// close sockets turns the closer off with one warning.
+func (e *Engine) closeSockets(ctx context.Context, ps []netip.Prefix, results []BanResult, accepted []int, list *allow.List) ([]int, error) {
+	closed := make([]int, len(ps))
+	e.closerMu.Lock()
+	c := e.closer
+	e.closerMu.Unlock()
+	if c == nil || len(ps) == 0 {
+		return closed, nil
+	}
+	ts := make([]sockets.Target, len(ps))
+	keep := e.SSHPorts()
+	for k, i := range accepted {
+		ts[k] = sockets.Target{Prefix: ps[k]}
+		if results[i].Scoped {
+			ts[k].KeepTCPPorts = keep
+		}
+	}
+	n, err := c.CloseSockets(ctx, ts, func(a netip.Addr) bool {
+		_, allowed := list.Check(netip.PrefixFrom(a, a.BitLen()))
+		return allowed
+	})
+	copy(closed, n)
+	if errors.Is(err, sockets.ErrDestroyUnsupported) {
+		e.DisableSocketClosing(err)
+	}
+	if err != nil {
+		return closed, fmt.Errorf("close sockets: %w", err)
+	}
+	return closed, nil
+}
+
+// DisableSocketClosing turns socket closing off for good, saying why once.
+func (e *Engine) DisableSocketClosing(why error) {
+	e.closerMu.Lock()
+	defer e.closerMu.Unlock()
+	if e.closer != nil {
+		e.closer = nil
+		e.log.Warn("bans will not close the banned peers' sockets: the service keeps serving what they hold until it times them out", "why", why)
+	}
+}
+
+// ClosesSockets reports whether bans close the banned peers' sockets.
+func (e *Engine) ClosesSockets() bool {
+	e.closerMu.Lock()
+	defer e.closerMu.Unlock()
+	return e.closer != nil
 }
 
 func pick(ps []netip.Prefix, idx []int) []netip.Prefix {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -610,4 +611,43 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestBanClosesSockets: every ban (new or refreshed) asks the closer to end
+// its peers' sockets; a scoped ban keeps the SSH ports; allowlisted peers
+// are spared; the counts are stored; a kernel that cannot close turns it off.
+func TestBanClosesSockets(t *testing.T) {
+	f := newFixture(t)
+	fc := &FakeCloser{Counts: []int{7}, AskOver: []netip.Addr{pfx("192.0.2.254").Addr(), pfx("198.51.100.99").Addr()}}
+	f.eng.closer = fc
+	r := f.ban(t, "198.51.100.7", time.Hour)
+	if r.Ban.SocketsClosed != 7 || len(fc.Calls) != 1 || fc.Calls[0][0].Prefix != pfx("198.51.100.7") || fc.Calls[0][0].KeepTCPPorts != nil {
+		t.Fatalf("ban: %+v, calls %+v", r.Ban, fc.Calls)
+	}
+	if len(fc.Spared) != 1 || fc.Spared[0] != pfx("192.0.2.254").Addr() {
+		t.Fatalf("spare asked for the gateway and a stranger, spared %v", fc.Spared)
+	}
+	r = f.ban(t, "198.51.100.7", 2*time.Hour) // refreshed: closes again
+	if !r.Refreshed || len(fc.Calls) != 2 {
+		t.Fatalf("refresh did not close: %+v %d calls", r, len(fc.Calls))
+	}
+	// The SSH session's peer: scoped, its SSH ports kept.
+	r = f.ban(t, "198.51.100.23", time.Hour)
+	if last := fc.Calls[len(fc.Calls)-1]; !r.Scoped || fmt.Sprint(last[0].KeepTCPPorts) != "[22]" {
+		t.Fatalf("scoped ban closes %+v", last)
+	}
+	if got, _ := f.st.GetBan(pfx("198.51.100.23")); got.SocketsClosed != 7 {
+		t.Fatalf("stored %+v", got)
+	}
+	// A kernel without CONFIG_INET_DIAG_DESTROY: recorded, then off.
+	fc.Err = sockets.ErrDestroyUnsupported
+	r = f.ban(t, "203.0.113.9", time.Hour)
+	if !strings.Contains(r.Ban.CloseErr, "CONFIG_INET_DIAG_DESTROY") || f.eng.ClosesSockets() {
+		t.Fatalf("unsupported: %+v, still closing %v", r.Ban, f.eng.ClosesSockets())
+	}
+	n := len(fc.Calls)
+	f.ban(t, "198.51.100.8", time.Hour)
+	if len(fc.Calls) != n {
+		t.Fatal("closer called after it was turned off")
+	}
 }

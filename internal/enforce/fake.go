@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/sockets"
 )
 
 // Fake is an in-memory Firewall for tests and dry runs. It models what the
@@ -329,3 +330,31 @@ func (p *FakeTable) DeleteEntries(ctx context.Context, es []conntrack.Entry) (in
 }
 
 var _ EntryPurger = (*FakeTable)(nil)
+
+// FakeCloser records the socket closes a ban asks for and answers with
+// Counts per target (0 when short), or Err.
+type FakeCloser struct {
+	mu      sync.Mutex
+	Calls   [][]sockets.Target
+	Counts  []int
+	Err     error
+	Spared  []netip.Addr // peers the spare function was asked about and spared
+	AskOver []netip.Addr // peers to ask the spare function about
+}
+
+// CloseSockets implements SocketCloser.
+func (c *FakeCloser) CloseSockets(ctx context.Context, ts []sockets.Target, spare func(netip.Addr) bool) ([]int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.Calls = append(c.Calls, slices.Clone(ts))
+	for _, a := range c.AskOver {
+		if spare != nil && spare(a) {
+			c.Spared = append(c.Spared, a)
+		}
+	}
+	out := make([]int, len(ts))
+	copy(out, c.Counts)
+	return out, c.Err
+}
+
+var _ SocketCloser = (*FakeCloser)(nil)

@@ -30,6 +30,7 @@ type State struct {
 	ValveRuns       float64
 	ValveDeleted    float64
 	PressureNoBan   float64
+	SocketsClosed   float64
 	Orphans         float64
 	TableRebuilds   float64
 	ScanErrors      float64
@@ -66,6 +67,7 @@ func New(read func() State) *prometheus.Registry {
 		"breaker":       desc("breaker_trips_total", "Cycles in which the blast-radius breaker capped the bans."),
 		"valve_runs":    desc("valve_runs_total", "Emergency valve activations."),
 		"valve_deleted": desc("valve_deleted_entries_total", "Entries the emergency valve deleted."),
+		"sockets":       desc("sockets_closed_total", "TCP sockets of banned peers that bans closed (sock_diag destroy), freeing the service's workers."),
 		"no_ban":        desc("pressure_without_ban_cycles_total", "Cycles under high or critical pressure that banned nothing: the guard is losing (see the WARN log and status)."),
 		"orphans":       desc("orphan_entries", "Inbound ESTABLISHED entries with no socket behind them, or one whose client never sent a byte, at the last scan."),
 		"rebuilds":      desc("table_rebuilds_total", "Times ctguard's nftables table had to be rebuilt."),
@@ -122,6 +124,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ctr("valve_runs", s.ValveRuns)
 	ctr("valve_deleted", s.ValveDeleted)
 	ctr("no_ban", s.PressureNoBan)
+	ctr("sockets", s.SocketsClosed)
 	g("orphans", s.Orphans)
 	ctr("rebuilds", s.TableRebuilds)
 	ctr("scan_errors", s.ScanErrors)

@@ -229,6 +229,10 @@ func silent(attrs []byte) bool {
 	return false
 }
 
+// Open opens a sock_diag socket in the caller's network namespace (for
+// Closer.Open).
+func Open() (int, error) { return openDiag() }
+
 // openDiag opens a sock_diag socket whose reads give up after 10 s.
 func openDiag() (int, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)

@@ -75,6 +75,10 @@ type Ban struct {
 	Purged    int    `json:"purged"`
 	Remaining int    `json:"remaining"`
 	PurgeErr  string `json:"purge_error,omitempty"`
+	// SocketsClosed is how many of the host's TCP sockets held by the
+	// banned peers the last ban closed (CloseErr: why some could not be).
+	SocketsClosed int    `json:"sockets_closed"`
+	CloseErr      string `json:"close_error,omitempty"`
 }
 
 // Active reports whether the ban is in force at now.
@@ -233,6 +237,7 @@ func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
 			rec.Scoped = r.Scoped
 			rec.Ended, rec.EndReason = time.Time{}, ""
 			rec.Purged, rec.Remaining, rec.PurgeErr = 0, 0, ""
+			rec.SocketsClosed, rec.CloseErr = 0, ""
 			if err := putBan(tx, rec); err != nil {
 				return err
 			}
