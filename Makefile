@@ -22,11 +22,15 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Short fuzz runs of every parser (the corpus lives in testdata/fuzz).
+# Short fuzz runs of every fuzz target in the module, found with go test
+# -list (seed corpora are in the tests; failures land in testdata/fuzz).
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test ./internal/conntrack -run '^$$' -fuzz '^FuzzParseMessage$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/conntrack -run '^$$' -fuzz '^FuzzParseProcLine$$' -fuzztime $(FUZZTIME)
+	@set -e; for pkg in $$($(GO) list ./internal/... ./cmd/...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME); \
+	  done; \
+	done
 
 clean:
 	rm -rf bin

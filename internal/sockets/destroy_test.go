@@ -89,3 +89,24 @@ func TestDestroySupport(t *testing.T) {
 		t.Errorf("config.gz: %v %v", s, k)
 	}
 }
+
+// FuzzDiagMessage feeds arbitrary inet_diag messages (as the kernel would
+// send them in a dump) to the decoder: it must never panic.
+func FuzzDiagMessage(f *testing.F) {
+	msg := make([]byte, 72+8+136)
+	msg[0], msg[1] = unix.AF_INET, tcpEstablished
+	binary.NativeEndian.PutUint16(msg[72:], 8+136)
+	binary.NativeEndian.PutUint16(msg[74:], inetDiagInfo)
+	f.Add(msg)
+	f.Add(msg[:72])
+	f.Add(append(msg[:72:72], 4, 0, 2, 0))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if len(p) < 72 {
+			return
+		}
+		d := Dumper{}
+		d.set.m = map[Key]struct{}{}
+		d.add(p)
+		silent(p[72:])
+	})
+}
