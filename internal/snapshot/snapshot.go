@@ -317,15 +317,32 @@ type Aggregator struct {
 	srcs  []Holder
 	pfxs  []Holder
 	socks *sockets.Set
+	// listedAt is when the sockets were listed; orphanMin is the idle time
+	// (seconds) an entry needs before it can be judged an orphan: the
+	// configured minimum plus the time since the listing, refreshed every
+	// orphanTick entries, because a connection made during a long scan has
+	// no socket in the list and an idle time shorter than the scan so far.
+	listedAt  time.Time
+	orphanMin uint32
+	tick      int
+	// Now is the aggregator's clock (tests replace it).
+	Now func() time.Time
 }
 
-// SetSockets gives the next scan the host's served sockets, so that it
-// counts orphan entries; nil turns the signal off.
-func (a *Aggregator) SetSockets(s *sockets.Set) { a.socks = s }
+const orphanTick = 1024
+
+// SetSockets gives the next scan the host's served sockets, listed just
+// now, so that it counts orphan entries; nil turns the signal off.
+func (a *Aggregator) SetSockets(s *sockets.Set) {
+	a.socks = s
+	a.listedAt = a.Now()
+	a.tick = 0
+	a.orphanMin = a.cfg.OrphanMinAge
+}
 
 // NewAggregator returns an aggregator for cfg (zero fields take defaults).
 func NewAggregator(cfg Config) *Aggregator {
-	a := &Aggregator{cfg: cfg.WithDefaults(), src: map[[16]byte]int32{}, pfx: map[[16]byte]int32{}}
+	a := &Aggregator{cfg: cfg.WithDefaults(), src: map[[16]byte]int32{}, pfx: map[[16]byte]int32{}, Now: time.Now}
 	a.Reset()
 	return a
 }
@@ -388,7 +405,11 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 		a.srcs = append(a.srcs, Holder{Key: netip.PrefixFrom(src, src.BitLen())})
 	}
 	orphan, servedIdle := false, false
-	if a.socks != nil && (cl == Idle || cl == Active) && idle >= a.cfg.OrphanMinAge && a.cfg.Local.Contains(e.Reply.Src) {
+	if a.socks != nil && a.tick%orphanTick == 0 {
+		a.orphanMin = a.cfg.OrphanMinAge + uint32(a.Now().Sub(a.listedAt)/time.Second) + 1
+	}
+	a.tick++
+	if a.socks != nil && (cl == Idle || cl == Active) && idle >= a.orphanMin && a.cfg.Local.Contains(e.Reply.Src) {
 		// The entry ends at a local port (no DNAT elsewhere): a served
 		// socket should exist for it.
 		orphan = !a.socks.Has(sockets.KeyOf(src, e.Orig.SrcPort, e.Reply.SrcPort))

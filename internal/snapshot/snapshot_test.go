@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/sockets"
@@ -213,5 +214,30 @@ func TestOrphans(t *testing.T) {
 	}
 	if nat.Orphan != 0 || bot.Orphan != 11 || bot.OrphanActive != 10 || bot.Entries != 13 || !s.Sockets || s.Orphans != 11 {
 		t.Errorf("nat %+v\nbot %+v\nsnapshot orphans %d sockets %v", nat, bot, s.Orphans, s.Sockets)
+	}
+}
+
+// TestOrphansDuringLongScan: a connection made after the sockets were
+// listed has no socket in the list; while the scan runs, an entry quiet for
+// less than the time since the listing is not judged an orphan.
+func TestOrphansDuringLongScan(t *testing.T) {
+	local := netip.MustParseAddr("192.0.2.10")
+	a := NewAggregator(Config{Local: NewLocalSet(local)})
+	t0 := time.Date(2026, 12, 3, 2, 0, 0, 0, time.UTC)
+	now := t0
+	a.Now = func() time.Time { return now }
+	mk := func(sport uint16, idle uint32) *conntrack.Entry {
+		s := netip.MustParseAddr("203.0.113.12")
+		return &conntrack.Entry{Proto: conntrack.ProtoTCP, TCPState: conntrack.TCPEstablished, HasTCPState: true,
+			Status: conntrack.StatusSeenReply | conntrack.StatusAssured, Timeout: DefaultEstablishedTimeout - idle,
+			Orig:  conntrack.Tuple{Src: s, Dst: local, SrcPort: sport, DstPort: 443},
+			Reply: conntrack.Tuple{Src: local, Dst: s, SrcPort: 443, DstPort: sport}}
+	}
+	a.SetSockets(&sockets.Set{})
+	now = t0.Add(7 * time.Second) // a slow scan under load
+	a.Add(mk(1, 5))               // quiet 5 s: may be younger than the listing
+	a.Add(mk(2, 20))              // quiet 20 s: existed at the listing, no socket
+	if h := a.Snapshot().Sources[0]; h.Orphan != 1 || h.Entries != 2 {
+		t.Fatalf("orphans %d of %d, want only the one quiet longer than the scan", h.Orphan, h.Entries)
 	}
 }
