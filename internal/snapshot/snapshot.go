@@ -319,9 +319,10 @@ type Aggregator struct {
 	socks *sockets.Set
 	// listedAt is when the sockets were listed; orphanMin is the idle time
 	// (seconds) an entry needs before it can be judged an orphan: the
-	// configured minimum plus the time since the listing, refreshed every
-	// orphanTick entries, because a connection made during a long scan has
-	// no socket in the list and an idle time shorter than the scan so far.
+	// configured minimum, or the time since the listing when a slow scan
+	// has run longer (refreshed every orphanTick entries), because a
+	// connection made during the scan has no socket in the list and an idle
+	// time shorter than the scan so far.
 	listedAt  time.Time
 	orphanMin uint32
 	tick      int
@@ -406,7 +407,7 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 	}
 	orphan, servedIdle := false, false
 	if a.socks != nil && a.tick%orphanTick == 0 {
-		a.orphanMin = a.cfg.OrphanMinAge + uint32(a.Now().Sub(a.listedAt)/time.Second) + 1
+		a.orphanMin = max(a.cfg.OrphanMinAge, uint32(a.Now().Sub(a.listedAt)/time.Second)+1)
 	}
 	a.tick++
 	if a.socks != nil && (cl == Idle || cl == Active) && idle >= a.orphanMin && a.cfg.Local.Contains(e.Reply.Src) {
