@@ -21,6 +21,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
 
 # Short fuzz runs of every fuzz target in the module, found with go test
 # -list (seed corpora are in the tests; failures land in testdata/fuzz).

@@ -1,8 +1,9 @@
 // Package e2e_test runs the attack lab's scenarios as tests: each builds a
 // fresh namespace topology, attacks the victim and asserts on the summary,
 // including that the undefended run fails the way kernel-facts.md section 1
-// says it does. They need root, nft, conntrack, ipset and iptables; under
-// CI=true they fail instead of skipping. `go test -short` skips them.
+// says it does. They need root, nft, conntrack, ipset and iptables (and
+// openssh-server for the SSH scenario); under CI=true they fail instead of
+// skipping. `go test -short` skips them.
 // CTGLAB_FULL=1 runs the full-length scenarios (make lab-test).
 package e2e_test
 
@@ -10,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/config"
+	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/testutil"
 	"github.com/ctguard/ctguard/test/e2e/lab"
 	"github.com/ctguard/ctguard/test/e2e/topo"
@@ -407,5 +411,171 @@ func TestCrowdAndNATNoBans(t *testing.T) {
 	meter := runScenario(t, "crowd-nat", "meter")
 	if meter.LegitFailed*50 < meter.LegitSent {
 		t.Errorf("under the ct count meter only %d of %d legit requests failed: expected the NAT users over 30 to fail", meter.LegitFailed, meter.LegitSent+meter.LegitFailed)
+	}
+}
+
+// banned says whether any ban covers a.
+func banned(bans []string, a netip.Addr) bool {
+	for _, b := range bans {
+		p, err := netip.ParsePrefix(b)
+		if err != nil {
+			if x, err := netip.ParseAddr(b); err == nil {
+				p = netip.PrefixFrom(x.Unmap(), x.Unmap().BitLen())
+			} else {
+				continue
+			}
+		}
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Keep-alive bots: every connection stays open, sends a line every 20 s and
+// is answered by the server, so each entry is ESTABLISHED, active and has a
+// served socket behind it. Undefended they fill the table like the silent
+// bots, while a carrier-grade NAT (one address, 400 users growing to 1,100)
+// keeps more live connections than any bot.
+func TestKeepAliveUndefended(t *testing.T) {
+	needLab(t)
+	s := runScenario(t, "keepalive", "none")
+	needFull(t, s)
+	// Looser than for the silent bots (0-7% in most runs here, 28% once):
+	// the legit clients' own closing connections and the end of the attack
+	// free a few slots now and then, and probes win some of them.
+	if r := rate(s.ProbesFullOK, s.ProbesFull); s.ProbesFull < 8 || r > 50 {
+		t.Errorf("probes while full: %d/%d ok, want many probes and <= 50%% ok", s.ProbesFullOK, s.ProbesFull)
+	}
+	// The bots' entries are their open connections, not leftovers.
+	if s.AttackPeakLive < s.AttackSent*9/10 || (s.PeakAttackHeld > 0 && s.AttackPeakLive < s.PeakAttackHeld*9/10) {
+		t.Errorf("the bots held at most %d connections open of %d made (%d entries held): want nearly all kept alive",
+			s.AttackPeakLive, s.AttackSent, s.PeakAttackHeld)
+	}
+	if s.CGNATPeakLive < 400 {
+		t.Errorf("the CGNAT held at most %d live connections, want at least its 400 starting users", s.CGNATPeakLive)
+	}
+}
+
+// ctguard against keep-alive bots next to a carrier-grade NAT: the table
+// never fills, every probe works, and no legit address is banned (the CGNAT
+// above all: it holds more live connections than any bot).
+func TestKeepAliveCtguard(t *testing.T) {
+	needLab(t)
+	s := runScenario(t, "keepalive", "ctguard")
+	if s.FullAfter >= 0 {
+		t.Errorf("table full after %s under ctguard (full for %s)", s.FullAfter, s.FullFor)
+	}
+	if s.ProbesOK != s.Probes {
+		t.Errorf("%d of %d probes failed under ctguard, want none", s.Probes-s.ProbesOK, s.Probes)
+	}
+	if s.FalseBans != 0 {
+		t.Errorf("ctguard banned legit sources %v", s.FalseBanList)
+	}
+	if banned(s.Bans, topo.CGNATV4) {
+		t.Errorf("ctguard banned the carrier-grade NAT %s (%d live connections at most, %d of %d requests failed)",
+			topo.CGNATV4, s.CGNATPeakLive, s.CGNATFailed, s.CGNATSent+s.CGNATFailed)
+	}
+	if s.AttackBans == 0 {
+		t.Error("ctguard banned none of the keep-alive bots")
+	}
+}
+
+// scanInterval is ctguard's default scan interval at the pressure level of
+// a fill (the unevictable part of the table; here the peak fill).
+func scanInterval(fill float64) time.Duration {
+	pc, iv := policy.Default(), config.Default().Daemon.Interval
+	switch {
+	case fill >= pc.CriticalFill:
+		return iv[policy.Critical]
+	case fill >= pc.HighFill:
+		return iv[policy.High]
+	case fill >= pc.ElevatedFill:
+		return iv[policy.Elevated]
+	}
+	return iv[policy.Calm]
+}
+
+// The SSH trick: X holds a pre-auth connection to a real sshd (so it is an
+// SSH peer) while it and nine neighbours of its /24 run silent bots, and the
+// operator keeps a real SSH session from the same /24. Undefended, the
+// operator's commands all work and X's entries stay.
+func TestSSHTrickUndefended(t *testing.T) {
+	needLab(t)
+	needSSHD(t)
+	s := runScenario(t, "ssh-trick", "none")
+	checkOperator(t, s, false)
+	x := s.Watch[0]
+	if x.Peak < 250 || x.Cleared {
+		t.Errorf("X's :443 entries: peak %d, cleared %v: want its ~300 silent connections held", x.Peak, x.Cleared)
+	}
+	if pre := s.Watch[1]; pre.End < 1 {
+		t.Errorf("X holds %d connections to sshd at the end, want its pre-auth one", pre.End)
+	}
+}
+
+// needSSHD skips (fails under CI=true) without Debian's openssh-server,
+// which .ci/run installs.
+func needSSHD(t *testing.T) {
+	t.Helper()
+	if err := lab.SSHDAvailable(); err != nil {
+		if testutil.InCI() {
+			t.Fatalf("%v (CI=true: refusing to skip)", err)
+		}
+		t.Skip(err)
+	}
+}
+
+// checkOperator: the operator logged in once, ran a command a second and
+// every one was answered within 2 s (after the bans too, if afterBans).
+func checkOperator(t *testing.T, s lab.Summary, afterBans bool) {
+	t.Helper()
+	if s.OpLogins != 1 || s.OpLoginsOK != 1 {
+		t.Errorf("operator logged in %d of %d times, want once for the whole run", s.OpLoginsOK, s.OpLogins)
+	}
+	if s.OpCmds < 15 || s.OpOK != s.OpCmds {
+		t.Errorf("operator commands ok %d of %d, want all (and one a second); first failures %v", s.OpOK, s.OpCmds, s.OpFailures)
+	}
+	if afterBans && (s.OpAfterBan < 5 || s.OpAfterBanOK != s.OpAfterBan) {
+		t.Errorf("operator commands after the first ban: ok %d of %d, want all of at least 5", s.OpAfterBanOK, s.OpAfterBan)
+	}
+}
+
+// ctguard against the SSH trick: X's :443 entries are purged within two
+// scan intervals of pressure, the /24 gets a ban scoped to everything but
+// SSH, and the operator's session from that /24 works throughout.
+func TestSSHTrickCtguard(t *testing.T) {
+	needLab(t)
+	needSSHD(t)
+	s := runScenario(t, "ssh-trick", "ctguard")
+	checkOperator(t, s, true)
+	x := s.Watch[0]
+	if x.Peak == 0 {
+		t.Fatalf("the monitor never saw X's :443 entries")
+	}
+	if !s.Pressured {
+		t.Fatalf("the table never reached %.0f%% (peak %.1f%%): no pressure", 100*lab.PressureFill, s.PeakPct)
+	}
+	ref := max(s.PressureAt, x.FirstAt)
+	// Two of ctguard's scan intervals at the run's pressure, plus the
+	// monitor's resolution (a table read every 500 ms, bans every 250 ms).
+	bound := 2*scanInterval(s.PeakPct/100) + time.Second
+	switch {
+	case !x.Cleared:
+		t.Errorf("X's :443 entries were never purged (peak %d at %.1fs, %d at the end)", x.Peak, x.PeakAt.Seconds(), x.End)
+	case x.ClearedAt-ref > bound:
+		t.Errorf("X's :443 entries purged %.1fs after pressure and their arrival (%.1fs), want within %s", (x.ClearedAt - ref).Seconds(), ref.Seconds(), bound)
+	}
+	scoped := false
+	for _, b := range s.ScopedBans {
+		if p, err := netip.ParsePrefix(b); err == nil && p.Bits() <= 24 && p.Contains(topo.SSHTrickX) && p.Contains(topo.OperatorV4) {
+			scoped = true
+		}
+	}
+	if !scoped {
+		t.Errorf("no scoped ban of X's /24 (%s): scoped bans %v, all bans %v", topo.SSHNetV4, s.ScopedBans, s.Bans)
+	}
+	if s.FalseBans != 0 {
+		t.Errorf("false bans %v", s.FalseBanList)
 	}
 }

@@ -28,12 +28,17 @@ type Sources struct {
 	Prefix netip.Prefix
 	Layout Layout
 	Nets   int // for Spread24: how many /24s
+	// A shard's view (see Shard): source i is source i*stride+offset.
+	stride, offset int
 }
 
 // Addr returns the i-th source address.
 func (s Sources) Addr(i int) (netip.Addr, error) {
 	if i < 0 {
 		return netip.Addr{}, fmt.Errorf("source %d: negative index", i)
+	}
+	if s.stride > 1 {
+		i = i*s.stride + s.offset
 	}
 	switch s.Layout {
 	case Per64:

@@ -2,9 +2,11 @@ package gen
 
 import (
 	"encoding/binary"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -193,5 +195,87 @@ func TestBuildPacket(t *testing.T) {
 		if !checksumOK(src, dst, p, pkt[20:]) {
 			t.Fatalf("%s: bad checksum", proto)
 		}
+	}
+}
+
+func TestNATSchedule(t *testing.T) {
+	cfg := NATConfig{Gateways: []netip.Addr{netip.MustParseAddr("203.0.113.12")}, Users: 1100, UsersStart: 400,
+		Interval: 10 * time.Second, Duration: 100 * time.Second, Dst: netip.MustParseAddrPort("198.51.100.2:443")}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// The ramp ends at 90% of the run; users join in order, steadily.
+	var last time.Duration
+	for u := 0; u < cfg.Users; u++ {
+		delay, phase := natSchedule(&cfg, 0, u)
+		if u < cfg.UsersStart {
+			if delay != 0 || phase < 0 || phase >= cfg.Interval {
+				t.Fatalf("starting user %d: delay %s phase %s", u, delay, phase)
+			}
+			continue
+		}
+		if phase != 0 || delay <= last || delay > 90*time.Second {
+			t.Fatalf("user %d joins at %s (previous %s), phase %s", u, delay, last, phase)
+		}
+		last = delay
+	}
+	if last != 90*time.Second {
+		t.Fatalf("last user joins at %s, want 90s", last)
+	}
+	// Without a ramp, every user starts within one interval, as before.
+	flat := cfg
+	flat.UsersStart = 0
+	for u := 0; u < 200; u++ {
+		if d, p := natSchedule(&flat, 1, u); d >= flat.Interval || p != 0 {
+			t.Fatalf("flat user %d: delay %s phase %s", u, d, p)
+		}
+	}
+	for _, bad := range []NATConfig{{Users: 10, UsersStart: 10}, {Users: 10, UsersStart: -1}, {Users: 10, UsersStart: 5, RampOver: 200 * time.Second}} {
+		bad.Gateways, bad.Interval, bad.Duration = cfg.Gateways, cfg.Interval, cfg.Duration
+		if err := bad.Validate(); err == nil {
+			t.Errorf("no error for users %d, start %d, ramp %s", bad.Users, bad.UsersStart, bad.RampOver)
+		}
+	}
+}
+
+func TestKeepAliveShards(t *testing.T) {
+	cfg := KeepAliveConfig{BotConfig: BotConfig{Sources: Sources{Prefix: netip.MustParsePrefix("198.18.0.0/17"), Layout: Seq},
+		N: 1100, PerSource: 300, Active: 32, Rate: 5000, Duration: time.Minute, Dst: netip.MustParseAddrPort("198.51.100.2:443")}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	const k = 19
+	seen := map[netip.Addr]bool{}
+	n, rate := 0, 0.0
+	for i := 0; i < k; i++ {
+		s := cfg.Shard(i, k)
+		if err := s.Validate(); err != nil {
+			t.Fatalf("shard %d: %v", i, err)
+		}
+		n += s.N
+		rate += s.Rate
+		for j := 0; j < s.N; j++ {
+			a, err := s.Sources.Addr(j)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seen[a] {
+				t.Fatalf("shard %d reuses %s", i, a)
+			}
+			seen[a] = true
+		}
+	}
+	// Together the shards use exactly the sources of the whole attack.
+	if n != cfg.N || len(seen) != cfg.N || math.Abs(rate-cfg.Rate) > 1e-6 {
+		t.Fatalf("shards: %d sources (%d distinct) at %g/s, want %d at %g/s", n, len(seen), rate, cfg.N, cfg.Rate)
+	}
+	for j := 0; j < cfg.N; j++ {
+		a, _ := cfg.Sources.Addr(j)
+		if !seen[a] {
+			t.Fatalf("source %d (%s) in no shard", j, a)
+		}
+	}
+	if ShardsFor(330000, 17569) != 19 || ShardsFor(10, 100) != 1 || ShardCount(10, 3, 4) != 2 {
+		t.Fatal("shard arithmetic")
 	}
 }

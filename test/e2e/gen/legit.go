@@ -94,16 +94,59 @@ func Crowd(ctx context.Context, cfg CrowdConfig, w *wire.Writer) error {
 type NATConfig struct {
 	Gateways []netip.Addr
 	Users    int
-	Interval time.Duration
-	Dst      netip.AddrPort
-	Duration time.Duration
+	// UsersStart, if set (1..Users-1), makes each gateway grow, as a
+	// carrier-grade NAT does over the day: UsersStart users connect at once
+	// (their first requests spread over the interval), then users join at
+	// a steady pace until Users are live at RampOver (default: 90% of
+	// Duration).
+	UsersStart int
+	RampOver   time.Duration
+	Interval   time.Duration
+	Dst        netip.AddrPort
+	Duration   time.Duration
+}
+
+// Validate checks the bounds.
+func (c *NATConfig) Validate() error {
+	if len(c.Gateways) == 0 || c.Users < 1 || c.Users > 5000 || c.Interval <= 0 || c.Duration <= 0 {
+		return fmt.Errorf("nat: need gateways, 1..5000 users, interval and duration > 0")
+	}
+	if c.UsersStart < 0 || (c.UsersStart != 0 && c.UsersStart >= c.Users) {
+		return fmt.Errorf("nat: users-start %d: want 1..%d (0: no ramp)", c.UsersStart, c.Users-1)
+	}
+	if c.RampOver < 0 || c.RampOver > c.Duration {
+		return fmt.Errorf("nat: ramp %s: want 0..duration (%s)", c.RampOver, c.Duration)
+	}
+	return nil
+}
+
+// natSchedule says when user u of a gateway starts (delay) and how long it
+// waits after its first request, made on connecting, before its second
+// (phase), so that the users' requests are spread over the interval.
+func natSchedule(cfg *NATConfig, gi, u int) (delay, phase time.Duration) {
+	// Spread the users' phases over the interval.
+	spread := time.Duration((gi*cfg.Users+u)%97) * cfg.Interval / 97
+	if cfg.UsersStart <= 0 {
+		return spread, 0
+	}
+	if u < cfg.UsersStart {
+		// Connected from the start: the gateway holds its users'
+		// connections at once.
+		return 0, spread
+	}
+	ramp := cfg.RampOver
+	if ramp <= 0 {
+		ramp = cfg.Duration * 9 / 10
+	}
+	k, n := u-cfg.UsersStart+1, cfg.Users-cfg.UsersStart
+	return time.Duration(int64(ramp) * int64(k) / int64(n)), 0
 }
 
 // NAT runs the gateways' users. A user whose connection fails reconnects
 // after a second, as a browser would.
 func NAT(ctx context.Context, cfg NATConfig, w *wire.Writer) error {
-	if len(cfg.Gateways) == 0 || cfg.Users < 1 || cfg.Users > 5000 || cfg.Interval <= 0 || cfg.Duration <= 0 {
-		return fmt.Errorf("nat: need gateways, 1..5000 users, interval and duration > 0")
+	if err := cfg.Validate(); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
@@ -114,12 +157,11 @@ func NAT(ctx context.Context, cfg NATConfig, w *wire.Writer) error {
 	for gi, gw := range cfg.Gateways {
 		for u := 0; u < cfg.Users; u++ {
 			wg.Add(1)
-			go func(gw netip.Addr, u int) {
+			delay, phase := natSchedule(&cfg, gi, u)
+			go func(gw netip.Addr) {
 				defer wg.Done()
-				// Spread the users' phases over the interval.
-				phase := time.Duration((gi*cfg.Users+u)%97) * cfg.Interval / 97
-				natUser(ctx, gw, cfg, phase, c)
-			}(gw, u)
+				natUser(ctx, gw, cfg, delay, phase, c)
+			}(gw)
 		}
 	}
 	wg.Wait()
@@ -127,7 +169,9 @@ func NAT(ctx context.Context, cfg NATConfig, w *wire.Writer) error {
 	return w.Write(wire.Record{Kind: "progress", Progress: c.snapshot(true)})
 }
 
-func natUser(ctx context.Context, gw netip.Addr, cfg NATConfig, phase time.Duration, c *counters) {
+// natUser waits delay, connects and sends a request, waits phase, then
+// sends a request every Interval on its one connection until the run ends.
+func natUser(ctx context.Context, gw netip.Addr, cfg NATConfig, delay, phase time.Duration, c *counters) {
 	sleep := func(d time.Duration) bool {
 		t := time.NewTimer(d)
 		defer t.Stop()
@@ -138,19 +182,22 @@ func natUser(ctx context.Context, gw netip.Addr, cfg NATConfig, phase time.Durat
 			return true
 		}
 	}
-	if !sleep(phase) {
+	if !sleep(delay) {
 		return
 	}
 	for ctx.Err() == nil {
 		conn, err := dialer(gw, 3*time.Second).DialContext(ctx, network(gw, "tcp"), cfg.Dst.String())
 		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			c.failed.Add(1)
 			if !sleep(time.Second) {
 				return
 			}
 			continue
 		}
-		c.live.Add(1)
+		c.addLive(1)
 		r := bufio.NewReader(conn)
 		for ctx.Err() == nil {
 			_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
@@ -159,15 +206,23 @@ func natUser(ctx context.Context, gw netip.Addr, cfg NATConfig, phase time.Durat
 				break
 			}
 			if _, err := r.ReadString('\n'); err != nil {
-				c.failed.Add(1)
+				if ctx.Err() == nil {
+					c.failed.Add(1)
+				}
 				break
 			}
 			c.sent.Add(1)
-			if !sleep(cfg.Interval) {
+			wait := cfg.Interval
+			if phase > 0 {
+				// The first request goes out at once (a user connects to
+				// ask for something); the next ones are spread.
+				wait, phase = phase, 0
+			}
+			if !sleep(wait) {
 				break
 			}
 		}
-		c.live.Add(-1)
+		c.addLive(-1)
 		conn.Close()
 		if !sleep(time.Second) {
 			return

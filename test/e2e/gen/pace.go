@@ -54,6 +54,19 @@ func pacer(ctx context.Context, rate float64, total int64) <-chan struct{} {
 type counters struct {
 	name               string
 	sent, failed, live atomic.Int64
+	peak               atomic.Int64 // most live at once
+	pings, pingFailed  atomic.Int64
+}
+
+// addLive changes the live count and keeps the peak.
+func (c *counters) addLive(d int64) {
+	n := c.live.Add(d)
+	for {
+		p := c.peak.Load()
+		if n <= p || c.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
 }
 
 func (c *counters) report(ctx context.Context, w *wire.Writer, done <-chan struct{}) {
@@ -72,7 +85,8 @@ func (c *counters) report(ctx context.Context, w *wire.Writer, done <-chan struc
 }
 
 func (c *counters) snapshot(done bool) *wire.Progress {
-	return &wire.Progress{Gen: c.name, Sent: c.sent.Load(), Failed: c.failed.Load(), Live: c.live.Load(), Done: done}
+	return &wire.Progress{Gen: c.name, Sent: c.sent.Load(), Failed: c.failed.Load(), Live: c.live.Load(),
+		PeakLive: c.peak.Load(), Pings: c.pings.Load(), PingFailed: c.pingFailed.Load(), Done: done}
 }
 
 // dialer returns a dialer bound to src that may use addresses the namespace

@@ -3,6 +3,7 @@ package gen
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -16,12 +17,42 @@ import (
 // like the live bots' entries (never early-dropped). Only the short CI
 // scenarios use it, so that they do not spend half a minute filling the
 // table of a 2-core machine connection by connection.
+//
+// With Forwarded, the entries are forwarded ones instead: neither end is an
+// address of the namespace (checked), as if the host routed them, so a
+// guard counts them in the table's fill but attributes them to no remote
+// source. They fill the table without giving any defense a target: the
+// keep-alive and ssh-trick scenarios use them for pressure.
 type PrefillConfig struct {
 	Sources   Sources
 	N         int
 	PerSource int
 	Dst       netip.AddrPort
 	Duration  time.Duration
+	Forwarded bool
+}
+
+// checkForwarded fails if an end of the entries is a local address.
+func checkForwarded(cfg *PrefillConfig) error {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return fmt.Errorf("prefill: local addresses: %w", err)
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip == cfg.Dst.Addr().Unmap() || cfg.Sources.Prefix.Contains(ip) {
+			return fmt.Errorf("prefill: forwarded entries must not touch local address %s", ip)
+		}
+	}
+	return nil
 }
 
 // Prefill runs inside the victim namespace.
@@ -31,6 +62,11 @@ func Prefill(ctx context.Context, cfg PrefillConfig, w *wire.Writer) error {
 	}
 	if _, err := cfg.Sources.Addr(cfg.N - 1); err != nil {
 		return fmt.Errorf("prefill: %w", err)
+	}
+	if cfg.Forwarded {
+		if err := checkForwarded(&cfg); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()

@@ -36,6 +36,12 @@ var metrics = []metric{
 	}},
 	{"attack conns/packets sent", func(s Summary) string { return fmt.Sprint(s.AttackSent) }},
 	{"kernel drop / early_drop", func(s Summary) string { return fmt.Sprintf("%d / %d", s.Drop, s.EarlyDrop) }},
+	{"scenario measures", func(s Summary) string {
+		if x := s.Extras(); x != "" {
+			return x
+		}
+		return "-"
+	}},
 }
 
 func ms(v float64) string {

@@ -40,6 +40,7 @@ type Records struct {
 	Probes   []wire.Record
 	Bans     []wire.Record
 	Scans    []wire.Record
+	Ops      []wire.Record             // the SSH operator's commands and logins
 	Progress map[string]*wire.Progress // last progress per process
 }
 
@@ -92,6 +93,7 @@ type run struct {
 	ready map[string]bool
 	procs []*proc
 	dirs  []string // private directories to remove at the end
+	trees []int    // pids whose descendants are killed at the end (sshd)
 }
 
 // Run runs one scenario under one defense in a fresh topology and always
@@ -116,6 +118,7 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	}()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer func() {
+		r.killTrees()
 		cancel()
 		r.waitAll()
 		for _, d := range r.dirs {
@@ -136,7 +139,32 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		}
 	}
 	total := sc.Total()
-	if _, err := r.start(runCtx, Proc{Name: "server", Role: topo.Victim, Args: []string{"server"}}, "", total+30*time.Second); err != nil {
+	sshDir := ""
+	if sc.SSHD {
+		dir, err := os.MkdirTemp("", "ctglab-sshd-")
+		if err != nil {
+			return nil, err
+		}
+		r.dirs = append(r.dirs, dir)
+		cfg, err := prepareSSHD(runCtx, dir)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.startSSHD(runCtx, cfg); err != nil {
+			return nil, err
+		}
+		sshDir = dir
+	}
+	expand := func(p Proc) Proc {
+		args := make([]string, len(p.Args))
+		for i, a := range p.Args {
+			args[i] = strings.ReplaceAll(a, "{sshdir}", sshDir)
+		}
+		p.Args = args
+		return p
+	}
+	srvArgs := append([]string{"server"}, sc.ServerArgs...)
+	if _, err := r.start(runCtx, Proc{Name: "server", Role: topo.Victim, Args: srvArgs}, "", total+30*time.Second); err != nil {
 		return nil, err
 	}
 	if err := r.waitReady(runCtx, "server", 10*time.Second); err != nil {
@@ -152,6 +180,9 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	}
 	if def.NFTTable != "" {
 		monArgs = append(monArgs, "--nft-table", def.NFTTable)
+	}
+	for _, w := range sc.Watch {
+		monArgs = append(monArgs, "--watch", w)
 	}
 	if _, err := r.start(runCtx, Proc{Name: "monitor", Role: topo.Victim, Args: monArgs}, "", total+2*time.Second); err != nil {
 		return nil, err
@@ -172,8 +203,8 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		}
 	}
 	res.Start = time.Now()
-	for _, p := range legitProcs(sc.Family) {
-		if _, err := r.start(runCtx, p, "", total); err != nil {
+	for _, p := range append(legitProcs(sc.Family), sc.Background...) {
+		if _, err := r.start(runCtx, expand(p), "", total); err != nil {
 			return nil, err
 		}
 	}
@@ -183,7 +214,7 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	res.AttackStart = time.Now()
 	var attack []*proc
 	for _, p := range sc.Attack {
-		h, err := r.start(runCtx, p, "", sc.AttackFor)
+		h, err := r.start(runCtx, expand(p), "", sc.AttackFor)
 		if err != nil {
 			return nil, err
 		}
@@ -214,6 +245,7 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	// Let the last probes finish (they have a 2 s timeout) and the monitor
 	// take its last samples.
 	_ = sleep(runCtx, 2500*time.Millisecond)
+	r.killTrees()
 	cancel()
 	errs := r.waitAll()
 	for name, err := range errs {
@@ -265,7 +297,7 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 		}
 		return r.waitReady(ctx, p.Name, 10*time.Second)
 	}
-	h, err := r.startNative(ctx, p, def.Bin)
+	h, err := r.startNative(ctx, p, def.Bin, r.opt.DefenseLog)
 	if err != nil {
 		return err
 	}
@@ -290,14 +322,15 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 	}
 }
 
-// startNative runs a program that is not a lab role (ctguard itself): no
-// --duration, its output is kept as a log tail; the runner stops it.
-func (r *run) startNative(ctx context.Context, p Proc, bin string) (*proc, error) {
+// startNative runs a program that is not a lab role (ctguard, sshd): no
+// --duration, its output is kept as a log tail (and copied to log if set);
+// the runner stops it.
+func (r *run) startNative(ctx context.Context, p Proc, bin string, log io.Writer) (*proc, error) {
 	cmd := r.topo.Command(ctx, p.Role, append([]string{bin}, p.Args...)...)
 	h := &proc{p: p, cmd: cmd, done: make(chan error, 1), stderr: &tail{}}
 	var w io.Writer = h.stderr
-	if r.opt.DefenseLog != nil {
-		w = io.MultiWriter(h.stderr, r.opt.DefenseLog)
+	if log != nil {
+		w = io.MultiWriter(h.stderr, log)
 	}
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
@@ -373,6 +406,8 @@ func (r *run) read(name string, out io.Reader) {
 			r.rec.Bans = append(r.rec.Bans, rec)
 		case "scan":
 			r.rec.Scans = append(r.rec.Scans, rec)
+		case "op":
+			r.rec.Ops = append(r.rec.Ops, rec)
 		case "progress":
 			if rec.Progress != nil {
 				r.rec.Progress[name] = rec.Progress

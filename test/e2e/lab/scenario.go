@@ -39,6 +39,23 @@ type Scenario struct {
 	// attack-held counts (default 5 s: a walk of a full table costs up to a
 	// second of CPU).
 	StatesEvery time.Duration
+	// ServerArgs are extra flags for the victim server (--tcp-ports,
+	// --max-conns).
+	ServerArgs []string
+	// Background processes run for the whole scenario next to the usual
+	// legit background, started with it: extra legit clients (role Legit:
+	// their requests count as the legit clients') and the SSH scenario's
+	// operator and pre-auth holder.
+	Background []Proc
+	// SSHD runs a real OpenSSH server (/usr/sbin/sshd) in the victim on
+	// port 22, with a host key and a client key generated for the run (the
+	// victim server must then not serve 22: see ServerArgs). "{sshdir}" in
+	// any process's arguments is the directory holding them; the client
+	// key is {sshdir}/id_ed25519.
+	SSHD bool
+	// Watch lists ADDR:PORT targets whose TCP entries the monitor counts
+	// every 500 ms (Summary.Watch, in this order).
+	Watch []string
 }
 
 // Total is the scenario's wall-clock length.
@@ -66,6 +83,37 @@ func prefillProc(src, layout string, nets, n, per int, dst string) *Proc {
 		args = append(args, "--nets", itoa(nets))
 	}
 	return &Proc{Name: "prefill", Role: topo.Victim, Args: args}
+}
+
+// keepAliveProc is the keep-alive bots' command line.
+func keepAliveProc(name, src, layout string, n, per, active, rate int, interval time.Duration, dst string) Proc {
+	return Proc{Name: name, Role: topo.Attacker, Args: []string{"keepalive", "--src", src, "--layout", layout,
+		"--n", itoa(n), "--per-source", itoa(per), "--active", itoa(active), "--rate", itoa(rate),
+		"--interval", interval.String(), "--dst", dst}}
+}
+
+// forwardedPrefill injects n FORWARDED entries (topo.FwdV4: neither end a
+// victim address), ESTABLISHED and ASSURED for five days: they fill the
+// table, and no guard attributes them to a remote source.
+func forwardedPrefill(n int) *Proc {
+	const per = 4000
+	sources := (n + per - 1) / per
+	return &Proc{Name: "prefill", Role: topo.Victim, Args: []string{"prefill", "--forwarded", "--src", topo.FwdSrcV4.String(),
+		"--layout", "seq", "--n", itoa(sources), "--per-source", itoa(per), "--dst", topo.FwdDstV4.String()}}
+}
+
+// IsForwardedPrefill says whether p injects forwarded entries only (allowed
+// in full-length runs: they are pressure, not attack entries).
+func IsForwardedPrefill(p *Proc) bool {
+	if p == nil {
+		return false
+	}
+	for _, a := range p.Args {
+		if a == "--forwarded" {
+			return true
+		}
+	}
+	return false
 }
 
 func floodProc(proto string, rate, count int) Proc {
@@ -165,6 +213,36 @@ func Scenarios(short bool) []Scenario {
 			Attack: []Proc{floodProc("udp", 30000, 30000*30)},
 		},
 		{
+			Name: "keepalive",
+			Desc: "keep-alive bots: 1100 rotating IPv4 sources x 300 connections, 32 active, 5k conn/s; every connection stays open, " +
+				"sends a line every 20 s and is answered by the server; next to a carrier-grade NAT (one address, 400 live users growing to 1100)" +
+				map[bool]string{true: "; from a table prefilled with 200,000 forwarded entries"}[short],
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(20*time.Second, 85*time.Second), BaselineEvery: 5 * time.Second,
+			Attack: []Proc{keepAliveProc("keepalive", topo.BotV4.String(), "seq", 1100, 300, 32, KeepAliveRate, 20*time.Second, victim443v4)},
+			// Prefilled entries must not look like orphans (a guard would ban
+			// them for the wrong reason): forwarded ones, attributed to nobody.
+			Prefill:    prefill(forwardedPrefill(200000)),
+			ServerArgs: []string{"--max-conns", "300000", "--procs", "0"},
+			Background: []Proc{cgnatProc()},
+		},
+		{
+			Name: "ssh-trick",
+			Desc: "the SSH trick: X (198.18.7.10) holds a pre-auth connection to a real sshd while it and 9 neighbours of its /24 run 300 silent bot connections each; " +
+				"the operator keeps a real SSH session from 198.18.7.200 in the same /24; the table is prefilled with 215,000 forwarded entries (pressure)",
+			Family: 4, Warmup: 5 * time.Second, Tail: tail, AttackFor: pick(20*time.Second, 60*time.Second), BaselineEvery: 5 * time.Second,
+			Attack:     []Proc{botProc("bots", topo.SSHNetV4.String(), "seq", 0, 10, 300, 10, 600, victim443v4)},
+			Prefill:    forwardedPrefill(215000),
+			ServerArgs: []string{"--tcp-ports", "80,443"},
+			SSHD:       true,
+			Background: []Proc{
+				{Name: "operator", Role: topo.Attacker, Args: []string{"operator", "--key", "{sshdir}/id_ed25519",
+					"--bind", topo.OperatorV4.String(), "--host", topo.VictimV4.String(), "--every", "1s", "--timeout", "2s"}},
+				{Name: "preauth", Role: topo.Attacker, Args: []string{"preauth", "--src", topo.SSHTrickX.String(),
+					"--dst", topo.VictimV4.String() + ":22"}},
+			},
+			Watch: []string{topo.SSHTrickX.String() + ":443", topo.SSHTrickX.String() + ":22", topo.OperatorV4.String() + ":22"},
+		},
+		{
 			Name:   "low-and-slow",
 			Desc:   "distributed silent bots: 14400 sources in 60 /24s, 28 connections each (under the threshold of 30), 2000 active, up to 15k conn/s",
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
@@ -172,6 +250,18 @@ func Scenarios(short bool) []Scenario {
 			Prefill: prefill(prefillProc("198.19.64.0/18", "spread24", 60, 8220, 28, victim443v4)),
 		},
 	}
+}
+
+// KeepAliveRate is the keep-alive bots' connection rate: what this 2-core
+// lab machine sustains while the server answers every connection.
+const KeepAliveRate = 5000
+
+// cgnatProc is the carrier-grade NAT: one address, users growing from 400
+// (more than any bot's 300) to 1100 over the run, one live connection each
+// with a request every 10 s.
+func cgnatProc() Proc {
+	return Proc{Name: "cgnat", Role: topo.Legit, Args: []string{"nat", "--gateways", topo.CGNATV4.String(),
+		"--users-start", "400", "--users", "1100", "--interval", "10s", "--dst", victim443v4}}
 }
 
 // Find returns the named scenario.

@@ -47,6 +47,53 @@ type Summary struct {
 	InsertFailed           int64
 	Tracked                bool // conntrack held entries (the ruleset was live)
 	Unavailable            string
+
+	// Bans is every address or prefix banned during the run, sorted;
+	// ScopedBans those of them banned on every port but SSH (ctguard's
+	// scoped bans of targets that cover an open SSH session's peer).
+	Bans, ScopedBans []string
+	// FirstBanAny is the first ban of anything, from attack start (<0: never).
+	FirstBanAny time.Duration
+	// PressureAt is when the table first held PressureFill of its maximum,
+	// from attack start (negative: before it, a prefill); Pressured says it
+	// ever did.
+	PressureAt time.Duration
+	Pressured  bool
+	// AttackPeakLive is the most connections the attack generators held
+	// open at once (keep-alive bots), as they counted them.
+	AttackPeakLive int64
+	// CGNATPeakLive, CGNATSent and CGNATFailed are the carrier-grade NAT's
+	// (process "cgnat") most live connections and its requests.
+	CGNATPeakLive, CGNATSent, CGNATFailed int64
+	// The SSH operator: logins, commands, and the commands sent at or
+	// after the first ban of anything.
+	OpLogins, OpLoginsOK     int
+	OpCmds, OpOK             int
+	OpAfterBan, OpAfterBanOK int
+	OpFailures               []string // the first few failed commands: "seq@t: why"
+	// Watch is one entry per Scenario.Watch target.
+	Watch []WatchStat
+}
+
+// PressureFill is the fill at which the lab says pressure is reached:
+// ctguard's default elevated_fill (policy.Default().ElevatedFill).
+const PressureFill = 0.50
+
+// WatchStat is what the monitor saw of one watched target (entries from an
+// address to a port). Times are from attack start.
+type WatchStat struct {
+	Target string
+	Walks  int
+	Peak   int64
+	// PeakAt and FirstAt (the first walk that saw an entry) are set when
+	// Peak > 0; they are negative before the attack.
+	PeakAt, FirstAt time.Duration
+	// Cleared says the last walks saw none after some were seen (the
+	// entries were purged and did not come back); ClearedAt is the first of
+	// those walks.
+	Cleared   bool
+	ClearedAt time.Duration
+	End       int64 // the last walk's count
 }
 
 // ProbeRate is ok/total as a percentage; NaN without probes.
@@ -87,9 +134,52 @@ func (s Summary) Line() string {
 	if len(s.FalseBanList) > 0 {
 		fb = " [" + strings.Join(s.FalseBanList, " ") + "]"
 	}
-	return fmt.Sprintf("scenario=%s defense=%s peak=%.1f%% (%d/%d) peak_attack_held=%s full_after=%s full_for=%s probes_ok=%s probes_ok_while_full=%s first_ban=%s attacker_bans=%d false_bans=%d%s legit_failed=%d/%d attack_sent=%d drop=%d early_drop=%d",
+	line := fmt.Sprintf("scenario=%s defense=%s peak=%.1f%% (%d/%d) peak_attack_held=%s full_after=%s full_for=%s probes_ok=%s probes_ok_while_full=%s first_ban=%s attacker_bans=%d false_bans=%d%s legit_failed=%d/%d attack_sent=%d drop=%d early_drop=%d",
 		s.Scenario, s.Defense, s.PeakPct, s.Peak, s.Max, held(s.PeakAttackHeld), dur(s.FullAfter), dur(s.FullFor), pct(s.ProbesOK, s.Probes),
 		pct(s.ProbesFullOK, s.ProbesFull), dur(s.FirstBan), s.AttackBans, s.FalseBans, fb, s.LegitFailed, s.LegitSent+s.LegitFailed, s.AttackSent, s.Drop, s.EarlyDrop)
+	if x := s.Extras(); x != "" {
+		line += " " + x
+	}
+	return line
+}
+
+// Extras are the scenario-specific measures (keep-alive connections held,
+// the CGNAT, the SSH operator, watched entries), empty when a run has none.
+func (s Summary) Extras() string {
+	var parts []string
+	if s.AttackPeakLive > 0 {
+		parts = append(parts, fmt.Sprintf("attack_peak_live=%d", s.AttackPeakLive))
+	}
+	if s.CGNATPeakLive > 0 || s.CGNATSent > 0 || s.CGNATFailed > 0 {
+		parts = append(parts, fmt.Sprintf("cgnat_peak_live=%d cgnat_failed=%d/%d", s.CGNATPeakLive, s.CGNATFailed, s.CGNATSent+s.CGNATFailed))
+	}
+	if s.OpLogins > 0 {
+		parts = append(parts, fmt.Sprintf("operator_logins=%d/%d operator_ok=%d/%d operator_ok_after_ban=%d/%d",
+			s.OpLoginsOK, s.OpLogins, s.OpOK, s.OpCmds, s.OpAfterBanOK, s.OpAfterBan))
+	}
+	if len(s.Watch) > 0 {
+		pa := "never"
+		if s.Pressured {
+			pa = fmt.Sprintf("%.1fs", s.PressureAt.Seconds())
+		}
+		parts = append(parts, "pressure_at="+pa, "first_ban_any="+dur(s.FirstBanAny))
+		if len(s.ScopedBans) > 0 {
+			parts = append(parts, "scoped_bans=["+strings.Join(s.ScopedBans, " ")+"]")
+		}
+	}
+	for _, w := range s.Watch {
+		cleared := "no"
+		if w.Cleared {
+			cleared = fmt.Sprintf("at %.1fs", w.ClearedAt.Seconds())
+		}
+		if w.Peak == 0 {
+			parts = append(parts, fmt.Sprintf("watch[%s]=none in %d walks", w.Target, w.Walks))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("watch[%s]=first at %.1fs, peak %d at %.1fs, cleared %s, end %d",
+			w.Target, w.FirstAt.Seconds(), w.Peak, w.PeakAt.Seconds(), cleared, w.End))
+	}
+	return strings.Join(parts, " ")
 }
 
 // Classify says whether a banned address is in an attack range, a legit
@@ -122,10 +212,14 @@ func isFull(s *wire.Sample) bool {
 
 // Summarize computes the summary from a run's records.
 func Summarize(res *Result) Summary {
-	s := Summary{Scenario: res.Scenario.Name, Defense: res.Defense.Name, FullAfter: -1, FirstBan: -1, PeakAttackHeld: -1}
+	s := Summary{Scenario: res.Scenario.Name, Defense: res.Defense.Name, FullAfter: -1, FirstBan: -1, PeakAttackHeld: -1, FirstBanAny: -1}
 	samples := res.Records.Samples
+	var firstBanT time.Time
+	for _, target := range res.Scenario.Watch {
+		s.Watch = append(s.Watch, WatchStat{Target: target})
+	}
 	var base *wire.Sample
-	everBanned := map[string]bool{}
+	everBanned, everScoped := map[string]bool{}, map[string]bool{}
 	var fullSince time.Time
 	var lastT time.Time
 	for i := range samples {
@@ -159,7 +253,38 @@ func Summarize(res *Result) Summary {
 			fullSince = time.Time{}
 		}
 		lastT = t
+		if !s.Pressured && sm.Max > 0 && float64(sm.Count) >= PressureFill*float64(sm.Max) {
+			s.Pressured, s.PressureAt = true, t.Sub(res.AttackStart)
+		}
+		if sm.WatchSampled {
+			for i := range s.Watch {
+				if i >= len(sm.Watch) {
+					break
+				}
+				w, n, at := &s.Watch[i], sm.Watch[i], t.Sub(res.AttackStart)
+				w.Walks++
+				w.End = n
+				if n > 0 && w.Peak == 0 {
+					w.FirstAt = at
+				}
+				if n > w.Peak {
+					w.Peak, w.PeakAt = n, at
+				}
+				switch {
+				case n > 0:
+					w.Cleared = false // (back) in the table
+				case w.Peak > 0 && !w.Cleared:
+					w.Cleared, w.ClearedAt = true, at
+				}
+			}
+		}
 		s.Drop, s.EarlyDrop, s.InsertFailed = sm.Drop-base.Drop, sm.EarlyDrop-base.EarlyDrop, sm.InsertFailed-base.InsertFailed
+		for _, b := range sm.ScopedBans {
+			if !everScoped[b] {
+				everScoped[b] = true
+				s.ScopedBans = append(s.ScopedBans, b)
+			}
+		}
 		for _, b := range sm.Bans {
 			if everBanned[b] {
 				continue
@@ -167,6 +292,10 @@ func Summarize(res *Result) Summary {
 			everBanned[b] = true
 			if Classify(b) == "attack" && s.FirstBan < 0 {
 				s.FirstBan = max(t.Sub(res.AttackStart), 0)
+			}
+			if firstBanT.IsZero() {
+				firstBanT = t
+				s.FirstBanAny = t.Sub(res.AttackStart)
 			}
 		}
 	}
@@ -177,6 +306,7 @@ func Summarize(res *Result) Summary {
 		s.PeakPct = 100 * float64(s.Peak) / float64(s.Max)
 	}
 	for b := range everBanned {
+		s.Bans = append(s.Bans, b)
 		switch Classify(b) {
 		case "attack":
 			s.AttackBans++
@@ -188,6 +318,8 @@ func Summarize(res *Result) Summary {
 		}
 	}
 	sort.Strings(s.FalseBanList)
+	sort.Strings(s.Bans)
+	sort.Strings(s.ScopedBans)
 	var lat []float64
 	for _, p := range res.Records.Probes {
 		s.Probes++
@@ -217,12 +349,48 @@ func Summarize(res *Result) Summary {
 			}
 			s.AttackSent += pr.Sent
 			s.AttackFailed += pr.Failed
+			s.AttackPeakLive += pr.PeakLive
 		}
 	}
 	for _, p := range legitProcs(res.Scenario.Family) {
 		if pr := res.Records.Progress[p.Name]; pr != nil && p.Name != "probes" {
 			s.LegitSent += pr.Sent
 			s.LegitFailed += pr.Failed
+		}
+	}
+	for _, p := range res.Scenario.Background {
+		pr := res.Records.Progress[p.Name]
+		if pr == nil || p.Role != topo.Legit {
+			continue
+		}
+		s.LegitSent += pr.Sent
+		s.LegitFailed += pr.Failed
+		if p.Name == "cgnat" {
+			s.CGNATPeakLive, s.CGNATSent, s.CGNATFailed = pr.PeakLive, pr.Sent, pr.Failed
+		}
+	}
+	ops := append([]wire.Record(nil), res.Records.Ops...)
+	sort.SliceStable(ops, func(i, j int) bool { return ops[i].T < ops[j].T })
+	for _, r := range ops {
+		op := r.Op
+		if op.Login {
+			s.OpLogins++
+			if op.OK {
+				s.OpLoginsOK++
+			}
+			continue
+		}
+		s.OpCmds++
+		if op.OK {
+			s.OpOK++
+		} else if len(s.OpFailures) < 5 {
+			s.OpFailures = append(s.OpFailures, fmt.Sprintf("%d@%.1fs: %s", op.Seq, time.UnixMilli(r.T).Sub(res.AttackStart).Seconds(), op.Err))
+		}
+		if !firstBanT.IsZero() && r.T >= firstBanT.UnixMilli() {
+			s.OpAfterBan++
+			if op.OK {
+				s.OpAfterBanOK++
+			}
 		}
 	}
 	return s

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctguard/ctguard/test/e2e/topo"
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
 
@@ -180,8 +181,10 @@ func TestScenariosBounded(t *testing.T) {
 			if sc.Total() <= 0 || sc.Total() > 3*time.Minute || len(sc.Attack) == 0 || (sc.Family != 4 && sc.Family != 6) {
 				t.Errorf("%s (short=%v): total %s, %d attack procs, family %d", sc.Name, short, sc.Total(), len(sc.Attack), sc.Family)
 			}
-			if !short && sc.Prefill != nil {
-				t.Errorf("%s: full-length runs must use live traffic only", sc.Name)
+			// Forwarded entries are pressure no guard can act on, not attack
+			// entries: full-length runs may start from them.
+			if !short && sc.Prefill != nil && !IsForwardedPrefill(sc.Prefill) {
+				t.Errorf("%s: full-length runs must use live attack traffic only", sc.Name)
 			}
 		}
 	}
@@ -205,5 +208,91 @@ func TestReadSeriesRoundTrip(t *testing.T) {
 	}
 	if _, err := ReadSeries(strings.NewReader("a,b\n1,2\n"), "bad"); err == nil {
 		t.Fatal("no error for a CSV without the columns")
+	}
+}
+
+// The keep-alive and SSH measures: watched entries, operator commands
+// around the first ban, scoped bans, the CGNAT's and the attack's live
+// connections, pressure.
+func TestSummarizeExtras(t *testing.T) {
+	res := fakeResult()
+	res.Scenario.Watch = []string{"198.18.7.10:443", "198.18.7.10:22"}
+	res.Scenario.Background = []Proc{{Name: "cgnat", Role: "legit"}, {Name: "operator", Role: "attacker"}}
+	res.Records.Progress["cgnat"] = &wire.Progress{Sent: 900, Failed: 3, PeakLive: 1100}
+	res.Records.Progress["operator"] = &wire.Progress{Sent: 50}
+	res.Records.Progress["bots"].PeakLive = 1200
+	at := res.AttackStart
+	// X's :443 entries: seen at 0 s, 300 at 1 s, purged from 3 s; its :22
+	// entry throughout.
+	watch := map[int][]int64{-1: {0, 1}, 0: {10, 1}, 1: {300, 1}, 2: {120, 1}, 3: {0, 1}, 4: {0, 1}}
+	for i, r := range res.Records.Samples {
+		sec := i - 2
+		if w, ok := watch[sec]; ok {
+			r.Sample.Watch, r.Sample.WatchSampled = w, true
+		}
+		if sec == 4 {
+			r.Sample.ScopedBans = []string{"198.18.0.1"}
+		}
+	}
+	// One command a second from -2 s; the one at 6 s failed. The first ban
+	// is at 4 s: commands at 4..9 s count after it.
+	res.Records.Ops = append(res.Records.Ops, wire.Record{Kind: "op", T: at.Add(-3 * time.Second).UnixMilli(), Op: &wire.Op{Login: true, OK: true}})
+	for sec := -2; sec <= 9; sec++ {
+		op := &wire.Op{Seq: sec + 3, OK: sec != 6}
+		if !op.OK {
+			op.Err = "no answer within 2s"
+		}
+		res.Records.Ops = append(res.Records.Ops, wire.Record{Kind: "op", T: at.Add(time.Duration(sec) * time.Second).UnixMilli(), Op: op})
+	}
+	s := Summarize(res)
+	if s.OpLogins != 1 || s.OpLoginsOK != 1 || s.OpCmds != 12 || s.OpOK != 11 || s.OpAfterBan != 6 || s.OpAfterBanOK != 5 || len(s.OpFailures) != 1 {
+		t.Fatalf("operator: %+v", s)
+	}
+	x := s.Watch[0]
+	if x.Peak != 300 || x.FirstAt != 0 || x.PeakAt != time.Second || !x.Cleared || x.ClearedAt != 3*time.Second || x.End != 0 || x.Walks != 6 {
+		t.Fatalf("watch X:443: %+v", x)
+	}
+	if ssh := s.Watch[1]; ssh.Peak != 1 || ssh.FirstAt != -time.Second || ssh.Cleared || ssh.End != 1 {
+		t.Fatalf("watch X:22: %+v", ssh)
+	}
+	if strings.Join(s.ScopedBans, ",") != "198.18.0.1" || strings.Join(s.Bans, ",") != "198.18.0.1,203.0.113.10" || s.FirstBanAny != 4*time.Second {
+		t.Fatalf("bans: %v scoped %v first %s", s.Bans, s.ScopedBans, s.FirstBanAny)
+	}
+	if s.CGNATPeakLive != 1100 || s.CGNATSent != 900 || s.CGNATFailed != 3 || s.LegitSent != 900 || s.LegitFailed != 3 || s.AttackPeakLive != 1200 {
+		t.Fatalf("live connections: %+v", s)
+	}
+	// Half of max from -2 s on (500 of 1000).
+	if !s.Pressured || s.PressureAt != -2*time.Second {
+		t.Fatalf("pressure at %s (%v)", s.PressureAt, s.Pressured)
+	}
+	line := s.Line()
+	for _, want := range []string{"operator_ok=11/12", "operator_ok_after_ban=5/6", "cgnat_peak_live=1100", "scoped_bans=[198.18.0.1]",
+		"watch[198.18.7.10:443]=first at 0.0s, peak 300 at 1.0s, cleared at 3.0s, end 0"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("summary line %q lacks %q", line, want)
+		}
+	}
+	if plain := Summarize(fakeResult()); plain.Extras() != "" {
+		t.Errorf("a plain run has extras %q", plain.Extras())
+	}
+}
+
+func TestForwardedPrefillOnly(t *testing.T) {
+	for _, short := range []bool{true, false} {
+		for _, name := range []string{"keepalive", "ssh-trick"} {
+			sc, err := Find(name, short)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sc.Prefill != nil && !IsForwardedPrefill(sc.Prefill) {
+				t.Errorf("%s (short=%v): its prefill must be forwarded entries, which no guard attributes", name, short)
+			}
+		}
+	}
+	if Classify(topo.FwdSrcV4.Addr().Next().String()) != "other" || Classify(topo.FwdDstV4.Addr().String()) != "other" {
+		t.Error("the forwarded range must be neither attack nor legit")
+	}
+	if Classify(topo.CGNATV4.String()) != "legit" || Classify(topo.SSHTrickX.String()) != "attack" {
+		t.Error("the CGNAT must be legit, X an attacker")
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
 
@@ -28,6 +30,12 @@ type Config struct {
 	// AttackRanges: entries from these sources are counted on state ticks
 	// (Sample.AttackHeld).
 	AttackRanges []netip.Prefix
+	// Watch: TCP entries from each address to each port (original
+	// direction) are counted every WatchEvery (default 500 ms) with a
+	// source-filtered ctnetlink dump, which is cheap even on a full table
+	// (Sample.Watch, in this order).
+	Watch      []netip.AddrPort
+	WatchEvery time.Duration
 }
 
 // Run samples until ctx ends or Duration passes. It must run in the victim
@@ -73,9 +81,39 @@ func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) erro
 			}
 		}()
 	}
+	var watch []int64
+	if len(cfg.Watch) > 0 {
+		if cfg.WatchEvery <= 0 {
+			cfg.WatchEvery = 500 * time.Millisecond
+		}
+		ct, err := conntrack.Open()
+		if err != nil {
+			return fmt.Errorf("monitor: watch: %w", err)
+		}
+		defer ct.Close()
+		go func() {
+			t := time.NewTicker(cfg.WatchEvery)
+			defer t.Stop()
+			for {
+				w, err := countWatched(ctx, ct, cfg.Watch)
+				if err != nil && ctx.Err() == nil {
+					log.Warn("watch", "err", err)
+				} else if err == nil {
+					mu.Lock()
+					watch = w
+					mu.Unlock()
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
-	var lastBans []string
+	var lastBans, lastScoped []string
 	for {
 		s := &wire.Sample{}
 		var err error
@@ -96,13 +134,17 @@ func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) erro
 			s.HeldSampled = true
 			counts = nil
 		}
+		if watch != nil {
+			s.Watch, s.WatchSampled = watch, true
+			watch = nil
+		}
 		mu.Unlock()
 		if len(cfg.IPSets) > 0 || cfg.NFTTable != "" {
-			bans, err := readBans(ctx, cfg)
+			bans, scoped, err := readBans(ctx, cfg)
 			if err != nil && ctx.Err() == nil {
 				log.Warn("bans", "err", err)
-			} else if err == nil && !slices.Equal(bans, lastBans) {
-				s.Bans, s.BansChanged, lastBans = bans, true, bans
+			} else if err == nil && (!slices.Equal(bans, lastBans) || !slices.Equal(scoped, lastScoped)) {
+				s.Bans, s.ScopedBans, s.BansChanged, lastBans, lastScoped = bans, scoped, true, bans, scoped
 			}
 		}
 		if err := w.Write(wire.Record{Kind: "sample", Sample: s}); err != nil {
@@ -114,6 +156,33 @@ func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) erro
 		case <-tick.C:
 		}
 	}
+}
+
+// countWatched counts, per target, the TCP entries whose original source is
+// the target's address and whose original destination port is its port.
+func countWatched(ctx context.Context, ct *conntrack.Conn, targets []netip.AddrPort) ([]int64, error) {
+	out := make([]int64, len(targets))
+	bySrc := map[netip.Addr][]int{}
+	for i, t := range targets {
+		bySrc[t.Addr().Unmap()] = append(bySrc[t.Addr().Unmap()], i)
+	}
+	for src, idx := range bySrc {
+		err := ct.Dump(ctx, conntrack.DumpOptions{Source: src}, func(e *conntrack.Entry) error {
+			if e.Proto != conntrack.ProtoTCP {
+				return nil
+			}
+			for _, i := range idx {
+				if e.Orig.DstPort == targets[i].Port() {
+					out[i]++
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func readInt(path string) (int64, error) {
@@ -162,24 +231,35 @@ func readStates(ctx context.Context, procfs string, attack []netip.Prefix) (Coun
 	return m, perr
 }
 
-func readBans(ctx context.Context, cfg Config) ([]string, error) {
-	var bans []string
+// scopedSets are ctguard's sets of scoped bans: everything but the SSH
+// ports is banned (the target covers the peer of an open SSH session).
+var scopedSets = map[string]bool{enforce.SetBan4Scoped: true, enforce.SetBan6Scoped: true,
+	enforce.SetNet4Scoped: true, enforce.SetNet6Scoped: true}
+
+// readBans returns every ban, and separately the scoped ones.
+func readBans(ctx context.Context, cfg Config) (bans, scoped []string, err error) {
 	if len(cfg.IPSets) > 0 {
 		b, err := readIPSets(ctx, cfg.IPSets)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		bans = append(bans, b...)
 	}
 	if cfg.NFTTable != "" {
-		b, err := readNFTTable(ctx, cfg.NFTTable)
+		bySet, err := readNFTTable(ctx, cfg.NFTTable)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		bans = append(bans, b...)
+		for set, b := range bySet {
+			bans = append(bans, b...)
+			if scopedSets[set] {
+				scoped = append(scoped, b...)
+			}
+		}
 	}
 	slices.Sort(bans)
-	return bans, nil
+	slices.Sort(scoped)
+	return bans, scoped, nil
 }
 
 func readIPSets(ctx context.Context, sets []string) ([]string, error) {

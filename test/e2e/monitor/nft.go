@@ -15,12 +15,28 @@ import (
 // ParseNFTSets returns every address and prefix in the sets of an
 // `nft -j list table ...` document (ctguard keeps its bans in such sets),
 // sorted. Elements may be plain strings, prefixes, ranges, or wrapped in
-// {"elem": {"val": ...}} when they carry timeouts.
+// {"elem": {"val": ...}} when they carry timeouts. Sets of other types
+// (ctguard's set of SSH ports) are skipped.
 func ParseNFTSets(r io.Reader) ([]string, error) {
+	bySet, err := ParseNFTSetElems(r)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, v := range bySet {
+		out = append(out, v...)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// ParseNFTSetElems is ParseNFTSets per set name.
+func ParseNFTSetElems(r io.Reader) (map[string][]string, error) {
 	var doc struct {
 		Nftables []struct {
 			Set *struct {
 				Name string            `json:"name"`
+				Type json.RawMessage   `json:"type"`
 				Elem []json.RawMessage `json:"elem"`
 			} `json:"set"`
 		} `json:"nftables"`
@@ -28,20 +44,25 @@ func ParseNFTSets(r io.Reader) ([]string, error) {
 	if err := json.NewDecoder(r).Decode(&doc); err != nil {
 		return nil, fmt.Errorf("nft json: %w", err)
 	}
-	var out []string
+	out := map[string][]string{}
 	for _, o := range doc.Nftables {
 		if o.Set == nil {
 			continue
+		}
+		if len(o.Set.Type) > 0 {
+			var typ string
+			if json.Unmarshal(o.Set.Type, &typ) != nil || (typ != "ipv4_addr" && typ != "ipv6_addr") {
+				continue // ports, marks, concatenations: not bans of addresses
+			}
 		}
 		for _, raw := range o.Set.Elem {
 			v, err := nftValue(raw)
 			if err != nil {
 				return nil, fmt.Errorf("set %s: %w", o.Set.Name, err)
 			}
-			out = append(out, v)
+			out[o.Set.Name] = append(out[o.Set.Name], v)
 		}
 	}
-	sort.Strings(out)
 	return out, nil
 }
 
@@ -82,9 +103,9 @@ func nftValue(raw json.RawMessage) (string, error) {
 	return "", fmt.Errorf("element %s: unknown shape", raw)
 }
 
-// readNFTTable lists a table's set elements; a missing table (the defense
-// has not set up yet) is an empty ban list.
-func readNFTTable(ctx context.Context, table string) ([]string, error) {
+// readNFTTable lists a table's address set elements per set; a missing
+// table (the defense has not set up yet) is an empty ban list.
+func readNFTTable(ctx context.Context, table string) (map[string][]string, error) {
 	args := append([]string{"-j", "list", "table"}, strings.Fields(table)...)
 	cmd := exec.CommandContext(ctx, "nft", args...)
 	var out, errb bytes.Buffer
@@ -95,5 +116,5 @@ func readNFTTable(ctx context.Context, table string) ([]string, error) {
 		}
 		return nil, fmt.Errorf("nft list table %s: %w: %s", table, err, strings.TrimSpace(errb.String()))
 	}
-	return ParseNFTSets(&out)
+	return ParseNFTSetElems(&out)
 }

@@ -106,6 +106,15 @@ func TestParseNFTSets(t *testing.T) {
 	if strings.Join(got, " ") != want {
 		t.Fatalf("got %v, want %s", got, want)
 	}
+	// ctguard's SSH ports set is not a ban list; its scoped sets are.
+	scoped := `{"nftables": [{"set": {"family": "inet", "name": "ssh_ports", "table": "ctguard", "type": "inet_service", "elem": [22]}}, {"set": {"family": "inet", "name": "net4_but_ssh", "table": "ctguard", "type": "ipv4_addr", "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "198.18.7.0", "len": 24}}, "timeout": 900, "expires": 899}}]}}]}`
+	bySet, err := ParseNFTSetElems(strings.NewReader(scoped))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bySet) != 1 || strings.Join(bySet["net4_but_ssh"], " ") != "198.18.7.0/24" {
+		t.Fatalf("got %v, want only net4_but_ssh: 198.18.7.0/24", bySet)
+	}
 	for _, bad := range []string{`{`, `{"nftables":[{"set":{"name":"x","elem":["nonsense"]}}]}`, `{"nftables":[{"set":{"name":"x","elem":[{"foo":1}]}}]}`} {
 		if _, err := ParseNFTSets(strings.NewReader(bad)); err == nil {
 			t.Errorf("no error for %s", bad)

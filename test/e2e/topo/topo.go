@@ -54,6 +54,26 @@ var (
 	ProbeV4 = netip.MustParsePrefix("203.0.113.128/25") // probes
 	CrowdV6 = netip.MustParsePrefix("2001:db8:1::/64")
 	ProbeV6 = netip.MustParsePrefix("2001:db8:2::/64")
+
+	// CGNATV4 is a carrier-grade NAT: one address (inside NATV4, so a ban
+	// of it is a false ban) carrying about a thousand live users.
+	CGNATV4 = netip.MustParseAddr("203.0.113.12")
+
+	// FwdV4 is for prefilled FORWARDED entries: neither end is a victim
+	// address, so no guard attributes them to a remote source. It is
+	// neither an attack nor a legit range, and nothing routes it: the
+	// entries exist only in the victim's table. Sources come from
+	// FwdSrcV4, the destination is FwdDstV4.
+	FwdV4    = netip.MustParsePrefix("198.51.100.128/25")
+	FwdSrcV4 = netip.MustParsePrefix("198.51.100.128/26")
+	FwdDstV4 = netip.MustParseAddrPort("198.51.100.254:443")
+
+	// The SSH trick: an attacker's /24 (inside BotV4) from which X holds a
+	// pre-auth connection to the victim's sshd while it and its neighbours
+	// run silent bots, and from which the operator holds a real session.
+	SSHNetV4   = netip.MustParsePrefix("198.18.7.0/24")
+	SSHTrickX  = netip.MustParseAddr("198.18.7.10")
+	OperatorV4 = netip.MustParseAddr("198.18.7.200")
 )
 
 // AttackRanges and LegitRanges classify banned addresses.

@@ -34,6 +34,10 @@ type Config struct {
 	Backlog      int           // listen backlog (capped by somaxconn); default 1<<20
 	MaxConns     int           // accepted connections kept at once; default 200000
 	NoFileLimit  uint64        // RLIMIT_NOFILE to raise to; default 1<<20
+	// ReusePort sets SO_REUSEPORT on the TCP listeners, so several server
+	// processes share the ports (the kernel spreads connections over them)
+	// when one process may not hold enough files.
+	ReusePort bool
 }
 
 func (c *Config) defaults() {
@@ -74,8 +78,15 @@ type Server struct {
 	requests atomic.Int64
 }
 
-// RaiseNoFile lifts the soft (and if allowed the hard) RLIMIT_NOFILE.
+// RaiseNoFile lifts the soft (and if allowed the hard) RLIMIT_NOFILE, to at
+// most fs.nr_open (the kernel refuses more).
 func RaiseNoFile(want uint64) (uint64, error) {
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		var n uint64
+		if _, err := fmt.Sscan(string(b), &n); err == nil && n > 0 && want > n {
+			want = n
+		}
+	}
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return 0, fmt.Errorf("getrlimit: %w", err)
@@ -105,7 +116,13 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	log.Info("file limit", "nofile", lim)
+	log.Info("file limit", "nofile", lim, "max_conns", cfg.MaxConns)
+	if room := int(lim) - 1024; room < cfg.MaxConns {
+		// Accepting past the file limit would fail with EMFILE in a loop.
+		log.Warn("file limit below max conns: capping", "nofile", lim, "max_conns", cfg.MaxConns, "cap", room)
+		cfg.MaxConns = max(room, 1)
+		s.cfg.MaxConns = cfg.MaxConns
+	}
 	for _, p := range cfg.TCPPorts {
 		deferAccept := contains(cfg.DeferPorts, p)
 		ln, err := s.listenTCP(p, deferAccept)
@@ -149,6 +166,9 @@ func (s *Server) listenTCP(port int, deferAccept bool) (net.Listener, error) {
 	}
 	if deferAccept {
 		opts = append(opts, struct{ level, opt, val int }{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, s.cfg.DeferSeconds})
+	}
+	if s.cfg.ReusePort {
+		opts = append(opts, struct{ level, opt, val int }{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1})
 	}
 	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.val); err != nil {
@@ -236,6 +256,10 @@ func (s *Server) udpLoop(pc net.PacketConn) {
 		}
 	}
 }
+
+// MaxConns returns the effective cap on accepted connections (after the
+// file limit).
+func (s *Server) MaxConns() int { return s.cfg.MaxConns }
 
 // Live returns the number of accepted connections currently open.
 func (s *Server) Live() int64 { return s.live.Load() }

@@ -13,7 +13,7 @@ import (
 
 // Record is one line. Kind says which of the optional parts is set.
 type Record struct {
-	Kind string `json:"kind"` // "ready", "sample", "probe", "progress", "ban", "scan", "log"
+	Kind string `json:"kind"` // "ready", "sample", "probe", "progress", "ban", "scan", "op", "log"
 	T    int64  `json:"t"`    // Unix ms
 
 	Sample   *Sample   `json:"sample,omitempty"`
@@ -21,6 +21,7 @@ type Record struct {
 	Progress *Progress `json:"progress,omitempty"`
 	Ban      *Ban      `json:"ban,omitempty"`
 	Scan     *Scan     `json:"scan,omitempty"`
+	Op       *Op       `json:"op,omitempty"`
 	Msg      string    `json:"msg,omitempty"`
 }
 
@@ -38,6 +39,14 @@ type Sample struct {
 	HeldSampled bool     `json:"held_sampled,omitempty"`
 	Bans        []string `json:"bans,omitempty"` // full ban list, only when it changed
 	BansChanged bool     `json:"bans_changed,omitempty"`
+	// ScopedBans are the bans among Bans that leave the SSH ports open
+	// (ctguard's *_but_ssh sets), sent with Bans.
+	ScopedBans []string `json:"scoped_bans,omitempty"`
+	// Watch: entries per watched target (the monitor's --watch list, in
+	// order: original source address and destination port), on the ticks
+	// after a watch walk (WatchSampled) only.
+	Watch        []int64 `json:"watch,omitempty"`
+	WatchSampled bool    `json:"watch_sampled,omitempty"`
 }
 
 // Probe is the outcome of one legit connection attempt.
@@ -54,7 +63,24 @@ type Progress struct {
 	Sent   int64  `json:"sent"`   // connections opened or packets sent
 	Failed int64  `json:"failed"` // failed attempts
 	Live   int64  `json:"live"`   // currently open connections (NAT gateways, crowd)
-	Done   bool   `json:"done"`
+	// PeakLive is the most connections open at once so far.
+	PeakLive int64 `json:"peak_live,omitempty"`
+	// Pings and PingFailed count the keep-alive bots' writes on open
+	// connections.
+	Pings      int64 `json:"pings,omitempty"`
+	PingFailed int64 `json:"ping_failed,omitempty"`
+	Done       bool  `json:"done"`
+}
+
+// Op is one command of the SSH operator: sent through the one session it
+// holds, ok if the answer came back in time. Login marks the session's
+// first round trip (not a command).
+type Op struct {
+	Seq       int     `json:"seq"`
+	OK        bool    `json:"ok"`
+	LatencyMS float64 `json:"latency_ms"`
+	Login     bool    `json:"login,omitempty"`
+	Err       string  `json:"err,omitempty"`
 }
 
 // Ban is one address a defense banned.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/ctguard/ctguard/test/e2e/lab"
 	"github.com/ctguard/ctguard/test/e2e/topo"
@@ -71,6 +72,10 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 		opt.DefenseLog = f
 	}
 	res, err := lab.Run(ctx, sc, def, opt)
+	if errors.Is(err, lab.ErrUnavailable) {
+		// The scenario needs something this machine lacks (sshd).
+		return lab.Summary{Scenario: sc.Name, Defense: defense, Unavailable: err.Error()}, nil, nil
+	}
 	if err != nil {
 		return lab.Summary{}, nil, fmt.Errorf("%s/%s: %w", sc.Name, def.Name, err)
 	}
@@ -146,12 +151,23 @@ func writeRecords(path string, res *lab.Result) error {
 		return err
 	}
 	w := wire.NewWriter(f)
-	for _, group := range [][]wire.Record{res.Records.Samples, res.Records.Probes, res.Records.Bans, res.Records.Scans} {
+	for _, group := range [][]wire.Record{res.Records.Samples, res.Records.Probes, res.Records.Bans, res.Records.Scans, res.Records.Ops} {
 		for _, r := range group {
 			if err := w.Write(r); err != nil {
 				f.Close()
 				return err
 			}
+		}
+	}
+	names := make([]string, 0, len(res.Records.Progress))
+	for n := range res.Records.Progress {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := w.Write(wire.Record{Kind: "progress", Msg: n, Progress: res.Records.Progress[n]}); err != nil {
+			f.Close()
+			return err
 		}
 	}
 	return f.Close()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +21,9 @@ import (
 
 func init() {
 	register(&command{"server", "victim server: TCP 22/80/443 (defer-accept on 443), UDP 443", runServer})
+	register(&command{"keepalive", "keep-alive bots: rotating sources, every connection held open and pinged", runKeepAlive})
+	register(&command{"operator", "the server's operator: one ssh session, a command through it every second", runOperator})
+	register(&command{"preauth", "hold a TCP connection to sshd open without authenticating", runPreauth})
 	register(&command{"monitor", "sample the namespace's conntrack table every 250 ms", runMonitor})
 	register(&command{"baseline", "the brief's method: ban sources with more than 30 entries", runBaseline})
 	register(&command{"bots", "silent established bots", runBots})
@@ -83,22 +87,70 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	fs := newFlags("server", e)
 	d := durationFlag(fs)
 	deferSec := fs.Int("defer-seconds", 30, "TCP_DEFER_ACCEPT seconds on 443")
+	ports := fs.String("tcp-ports", "22,80,443", "TCP ports to serve (comma-separated)")
+	maxConns := fs.Int("max-conns", 200000, "accepted connections kept at once (all processes together)")
+	procs := fs.Int("procs", 1, "processes sharing the TCP ports (SO_REUSEPORT); 0: as many as --max-conns needs under the file limit")
+	worker := fs.Bool("worker", false, "a helper process of a multi-process server (set by the parent)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if err := needDuration(*d); err != nil {
 		return err
 	}
-	srv, err := victim.Start(victim.Config{DeferSeconds: *deferSec}, e.log)
+	var tcp []int
+	for _, p := range strings.Split(*ports, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 1 || n > 65535 {
+			return usagef("--tcp-ports: bad port %q", p)
+		}
+		tcp = append(tcp, n)
+	}
+	if *maxConns < 1 || *procs < 0 || *procs > 64 {
+		return usagef("--max-conns must be positive and --procs 0..64")
+	}
+	cfg := victim.Config{DeferSeconds: *deferSec, TCPPorts: tcp, MaxConns: *maxConns}
+	lim, err := victim.RaiseNoFile(1 << 20)
+	if err != nil {
+		return err
+	}
+	if *procs == 0 {
+		// One process holds at most its file limit: RLIMIT_NOFILE's hard
+		// limit can only be raised with CAP_SYS_RESOURCE.
+		*procs = min(gen.ShardsFor(*maxConns, int(lim)-1024), 64)
+	}
+	if *procs > 1 {
+		cfg.ReusePort = true
+		cfg.MaxConns = (*maxConns + *procs - 1) / *procs
+		if *worker {
+			cfg.UDPPorts = []int{} // the parent answers UDP
+		}
+	}
+	srv, err := victim.Start(cfg, e.log)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
 	w := wire.NewWriter(e.stdout)
-	_ = w.Write(wire.Record{Kind: "ready"})
 	ctx, cancel := context.WithTimeout(ctx, *d)
 	defer cancel()
+	var kids *gen.Children
+	if *procs > 1 && !*worker {
+		e.log.Info("server: one process cannot hold every connection; running helpers", "procs", *procs, "max_conns_each", srv.MaxConns())
+		kids, err = gen.SpawnChildren(ctx, *procs-1, func(int) []string {
+			return append(append([]string{"server"}, args...), "--worker", "--procs", strconv.Itoa(*procs))
+		})
+		if err != nil {
+			return err
+		}
+		if err := kids.WaitReady(ctx, 10*time.Second); err != nil {
+			return err
+		}
+	}
+	_ = w.Write(wire.Record{Kind: "ready"})
 	<-ctx.Done()
+	if kids != nil {
+		kids.Drain()
+	}
 	_ = w.Write(wire.Record{Kind: "log", Msg: fmt.Sprintf("server: %d requests, %d live", srv.Requests(), srv.Live())})
 	return nil
 }
@@ -111,6 +163,16 @@ func runMonitor(ctx context.Context, e *env, args []string) error {
 	var sets listFlag
 	fs.Var(&sets, "ipset", "ipset whose members are the defense's bans (repeatable)")
 	nft := fs.String("nft-table", "", `nftables table whose sets hold bans ("inet ctguard")`)
+	var watch []netip.AddrPort
+	fs.Func("watch", "count TCP entries from ADDR to PORT (ADDR:PORT, repeatable)", func(v string) error {
+		a, err := netip.ParseAddrPort(v)
+		if err != nil {
+			return err
+		}
+		watch = append(watch, a)
+		return nil
+	})
+	we := fs.Duration("watch-every", 500*time.Millisecond, "watch interval")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -118,7 +180,7 @@ func runMonitor(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	return monitor.Run(ctx, monitor.Config{Interval: *iv, StatesEvery: *se, Duration: *d, IPSets: sets, NFTTable: *nft,
-		AttackRanges: topo.AttackRanges}, wire.NewWriter(e.stdout), e.log)
+		AttackRanges: topo.AttackRanges, Watch: watch, WatchEvery: *we}, wire.NewWriter(e.stdout), e.log)
 }
 
 func runBaseline(ctx context.Context, e *env, args []string) error {
@@ -199,7 +261,9 @@ func runNAT(ctx context.Context, e *env, args []string) error {
 	fs := newFlags("nat", e)
 	var c gen.NATConfig
 	gws := fs.String("gateways", "", "comma-separated gateway addresses")
-	fs.IntVar(&c.Users, "users", 60, "live users per gateway")
+	fs.IntVar(&c.Users, "users", 60, "live users per gateway (with --users-start: at the end of the ramp)")
+	fs.IntVar(&c.UsersStart, "users-start", 0, "grow each gateway from this many users to --users (0: no ramp)")
+	fs.DurationVar(&c.RampOver, "ramp", 0, "time over which users grow to --users (0: 90% of the duration)")
 	fs.DurationVar(&c.Interval, "interval", 3*time.Second, "request interval per user")
 	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port")
 	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
@@ -212,6 +276,9 @@ func runNAT(ctx context.Context, e *env, args []string) error {
 			return usagef("--gateways: %v", err)
 		}
 		c.Gateways = append(c.Gateways, a)
+	}
+	if err := c.Validate(); err != nil {
+		return usagef("%v", err)
 	}
 	return gen.NAT(ctx, c, wire.NewWriter(e.stdout))
 }
@@ -242,11 +309,111 @@ func runPrefill(ctx context.Context, e *env, args []string) error {
 	src := sourcesFlags(fs)
 	fs.IntVar(&c.N, "n", 0, "sources")
 	fs.IntVar(&c.PerSource, "per-source", 0, "entries per source")
-	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port")
+	fs.BoolVar(&c.Forwarded, "forwarded", false, "forwarded entries: neither end (sources, dst) may be a local address")
+	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port (with --forwarded: a non-local address:port)")
 	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	c.Sources = *src
 	return gen.Prefill(ctx, c, wire.NewWriter(e.stdout))
+}
+
+func runKeepAlive(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("keepalive", e)
+	var c gen.KeepAliveConfig
+	src := sourcesFlags(fs)
+	fs.IntVar(&c.N, "n", 0, "sources")
+	fs.IntVar(&c.PerSource, "per-source", 0, "connections per source")
+	fs.IntVar(&c.Active, "active", 0, "sources active at a time")
+	fs.Float64Var(&c.Rate, "rate", 0, "new connections per second")
+	fs.IntVar(&c.Workers, "workers", 0, "connects in flight at most (0: 16384)")
+	fs.DurationVar(&c.Interval, "interval", 20*time.Second, "keep-alive line interval per connection")
+	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port")
+	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required); every connection is closed then")
+	shard := fs.Int("shard", 0, "this process's shard (set by the parent)")
+	shards := fs.Int("shards", 0, "processes the attack runs as (0: as many as the file limit needs)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c.Sources = *src
+	if err := c.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	w := wire.NewWriter(e.stdout)
+	if *shards == 0 {
+		k, workers, err := gen.KeepAlivePlan(&c)
+		if err != nil {
+			return err
+		}
+		if k > 1 {
+			e.log.Info("keepalive: one process cannot hold every connection; running shards", "shards", k, "workers_each", workers)
+			kids, err := gen.SpawnChildren(ctx, k, func(i int) []string {
+				return append(append([]string{"keepalive"}, args...), "--shard", strconv.Itoa(i), "--shards", strconv.Itoa(k),
+					"--workers", strconv.Itoa(workers))
+			})
+			if err != nil {
+				return err
+			}
+			return kids.Supervise("keepalive", w)
+		}
+		*shards = 1
+	}
+	if *shard < 0 || *shard >= *shards {
+		return usagef("--shard %d of %d", *shard, *shards)
+	}
+	return gen.KeepAlive(ctx, c.Shard(*shard, *shards), w)
+}
+
+type addrFlag struct{ a *netip.Addr }
+
+func (f addrFlag) String() string {
+	if f.a == nil || !f.a.IsValid() {
+		return ""
+	}
+	return f.a.String()
+}
+func (f addrFlag) Set(s string) error {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return err
+	}
+	*f.a = a
+	return nil
+}
+
+func runOperator(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("operator", e)
+	var c gen.OperatorConfig
+	fs.StringVar(&c.SSH, "ssh", "ssh", "ssh client")
+	fs.StringVar(&c.Key, "key", "", "private key file")
+	fs.Var(addrFlag{&c.Bind}, "bind", "local address of the session (AnyIP-routed in this namespace)")
+	fs.Var(addrFlag{&c.Host}, "host", "sshd address")
+	fs.StringVar(&c.User, "user", "root", "remote user")
+	fs.DurationVar(&c.Every, "every", time.Second, "command interval")
+	fs.DurationVar(&c.Timeout, "timeout", 2*time.Second, "a command is ok if answered within this")
+	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := needDuration(c.Duration); err != nil {
+		return err
+	}
+	return gen.Operator(ctx, c, wire.NewWriter(e.stdout))
+}
+
+func runPreauth(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("preauth", e)
+	var c gen.PreauthConfig
+	fs.Var(addrFlag{&c.Src}, "src", "source address (AnyIP-routed in this namespace)")
+	fs.Var(addrPortFlag{&c.Dst}, "dst", "sshd address:port")
+	fs.BoolVar(&c.Banner, "banner", true, "send an SSH version banner (then nothing)")
+	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := needDuration(c.Duration); err != nil {
+		return err
+	}
+	return gen.Preauth(ctx, c, wire.NewWriter(e.stdout))
 }
