@@ -69,7 +69,8 @@ func New(c Config) *Engine {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, closer: c.Closer, allowC: c.Allow, log: c.Log, now: c.Now, warned: map[string]bool{}}
+	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, closer: c.Closer, allowC: c.Allow, allowMaxAge: c.AllowMaxAge,
+		log: c.Log, now: c.Now, warned: map[string]bool{}}
 	if v, err := c.Store.Meta(metaTableID); err == nil && v != "" {
 		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
 			e.tableID = TableID(id)

@@ -96,6 +96,11 @@ type Config struct {
 	Threshold [NumPressures]float64 `toml:"threshold"`
 	// MinEntries: a source holding fewer entries is never banned.
 	MinEntries uint32 `toml:"min_entries"`
+	// OrphanMinShare: a holder's active orphans weigh as orphans only when
+	// orphans are at least this share of its ESTABLISHED entries (idle and
+	// active); below it they are measurement noise (a socket dump under heavy
+	// churn misses a few sockets) and weigh as active entries.
+	OrphanMinShare float64 `toml:"orphan_min_share"`
 
 	// Prefix aggregation. A prefix is banned when PrefixBannedMembers of
 	// its sources are banned, or when its members together score at least
@@ -155,6 +160,7 @@ func Default() Config {
 		// with 60 live users scores 0.6.
 		Threshold:           [NumPressures]float64{100, 60, 30, 15},
 		MinEntries:          10,
+		OrphanMinShare:      0.25,
 		PrefixBannedMembers: 3,
 		PrefixFactor:        3,
 		PrefixMinSources:    4,
@@ -194,7 +200,7 @@ func (c *Config) Validate() error {
 	for _, r := range []struct {
 		k string
 		v float64
-	}{{"elevated_fill", c.ElevatedFill}, {"high_fill", c.HighFill}, {"critical_fill", c.CriticalFill},
+	}{{"elevated_fill", c.ElevatedFill}, {"high_fill", c.HighFill}, {"critical_fill", c.CriticalFill}, {"orphan_min_share", c.OrphanMinShare},
 		{"max_ban_share", c.MaxBanShare}, {"valve_high", c.ValveHigh}, {"valve_target", c.ValveTarget}} {
 		if err := ratio(r.k, r.v); err != nil {
 			return err
@@ -269,6 +275,9 @@ func (c *Config) Validate() error {
 func (c *Config) Score(h *snapshot.Counts) float64 {
 	w := c.Weights
 	orphanActive := min(h.OrphanActive, h.Active)
+	if est := h.Idle + h.Active; est > 0 && float64(max(h.Orphan, h.OrphanActive)) < c.OrphanMinShare*float64(est) {
+		orphanActive = 0 // a few stray orphans among many served entries: noise
+	}
 	served := min(h.ServedIdle, h.Idle)
 	return w.Idle*float64(h.Idle-served) + w.IdleServed*float64(served) + w.Orphan*float64(orphanActive) + w.Active*float64(h.Active-orphanActive) +
 		w.HalfOpen*float64(h.HalfOpen) + w.Stalled*float64(h.Stalled) + w.Closing*float64(h.Closing) + w.Other*float64(h.Other)

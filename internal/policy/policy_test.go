@@ -510,3 +510,19 @@ func TestValveActiveHolders(t *testing.T) {
 		t.Fatalf("valve holders %s, want %s", got, want)
 	}
 }
+
+// TestOrphanNoise: a few socket-less entries among a carrier NAT's many
+// served ones (a socket listing under heavy churn misses some) do not make
+// it score like a bot; a bot with sockets behind a few of its entries still
+// scores on its orphans.
+func TestOrphanNoise(t *testing.T) {
+	c := Default()
+	cgnat := snapshot.Counts{Active: 562, Orphan: 33, OrphanActive: 33}
+	if s := c.Score(&cgnat); s > 6 {
+		t.Errorf("carrier NAT with 6%% stray orphans scores %.2f", s)
+	}
+	bot := snapshot.Counts{Active: 300, Orphan: 270, OrphanActive: 270} // "netstat 30, conntrack 300"
+	if s := c.Score(&bot); s < 270 {
+		t.Errorf("bot with 90%% orphans scores %.2f", s)
+	}
+}
