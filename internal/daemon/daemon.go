@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -59,7 +60,11 @@ type Daemon struct {
 	interfaces    func() ([]netip.Prefix, error)
 	socketsWarned bool
 	growth        growth
-	earlier       *policy.Held // what the last cycle compared with (for why)
+	// sshPeers are the SSH sessions seen in the last scan's socket listing
+	// (at sshPeersAt): bans covering them leave the SSH ports open.
+	sshPeers   []netip.AddrPort
+	sshPeersAt time.Time
+	earlier    *policy.Held // what the last cycle compared with (for why)
 	// losing is the last cycle that banned nothing under high or critical
 	// pressure (zero when the last cycle was not one); lostWarn rate-limits
 	// its WARN line.
@@ -194,8 +199,9 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 			closer = &sockets.Closer{DryRun: d.dryRun}
 		}
 	}
-	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Closer: closer, Log: d.log, Allow: d.allowConfig(c),
-		AllowMaxAge: c.Allow.Refresh})
+	// No allowlist cache: the SSH sessions must be current at every ban, and
+	// the rest (addresses, routes, resolv.conf) is cheap to read.
+	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Closer: closer, Log: d.log, Allow: d.allowConfig(c)})
 	return d, nil
 }
 
@@ -211,10 +217,26 @@ func (d *Daemon) allowConfig(c config.Config) allow.Config {
 		ports[i] = uint16(p)
 	}
 	return allow.Config{ProcRoot: c.Daemon.Procfs, ResolvConf: c.Allow.ResolvConf, SSHPorts: ports,
-		Static: static, InterfaceAddrs: d.interfaces,
-		SSHPeers: func(ports []uint16) ([]netip.AddrPort, error) {
-			return sockets.Peers(context.Background(), ports)
-		}}
+		Static: static, InterfaceAddrs: d.interfaces, SSHPeers: d.sessions}
+}
+
+// sshPeersMaxAge is how old the scan's list of SSH sessions may be before a
+// ban reads them afresh (a socket dump, seconds on a host holding 60,000
+// connections under attack).
+const sshPeersMaxAge = 10 * time.Second
+
+// sessions lists the open SSH sessions for the allowlist: from the last
+// scan's socket listing when it is recent (scans run every 1-2 s under
+// pressure), else from a fresh socket dump. Never cached longer: a ban that
+// missed the operator's session would cut it.
+func (d *Daemon) sessions(ports []uint16) ([]netip.AddrPort, error) {
+	d.mu.Lock()
+	peers, at := d.sshPeers, d.sshPeersAt
+	d.mu.Unlock()
+	if !at.IsZero() && time.Since(at) < sshPeersMaxAge {
+		return slices.Clone(peers), nil
+	}
+	return sockets.Peers(context.Background(), ports)
 }
 
 // loadHost reads the sysctls and local addresses and builds the
@@ -391,17 +413,9 @@ func (d *Daemon) cycle(ctx context.Context) {
 	}
 	d.mu.Lock()
 	cfg := d.cfg
-	refresh := time.Since(d.allowAt) >= cfg.Allow.Refresh || d.allowed == nil
+	refreshLocal := time.Since(d.allowAt) >= cfg.Allow.Refresh || d.allowed == nil
 	d.mu.Unlock()
-	if refresh {
-		l, err := d.eng.Allowlist()
-		if err != nil {
-			d.log.Error("allowlist", "err", err)
-		} else {
-			d.mu.Lock()
-			d.allowed, d.allowAt = l, time.Now()
-			d.mu.Unlock()
-		}
+	if refreshLocal {
 		// Addresses change (DHCP, SLAAC): inbound attribution follows.
 		if local, err := scan.LocalAddrs(); err == nil {
 			d.mu.Lock()
@@ -409,7 +423,6 @@ func (d *Daemon) cycle(ctx context.Context) {
 			d.mu.Unlock()
 		}
 	}
-
 	d.mu.Lock()
 	agg := d.agg
 	d.mu.Unlock()
@@ -417,6 +430,24 @@ func (d *Daemon) cycle(ctx context.Context) {
 	if d.src.SocketsErr != nil && !d.socketsWarned {
 		d.socketsWarned = true
 		d.log.Warn("cannot list TCP sockets: the orphan signal is off", "err", d.src.SocketsErr)
+	}
+	if err == nil {
+		if peers, ok := d.src.SocketPeers(d.allowConfig(cfg).SSHPorts); ok {
+			d.mu.Lock()
+			d.sshPeers, d.sshPeersAt = peers, time.Now()
+			d.mu.Unlock()
+		}
+		// The allowlist after the scan: its SSH sessions are this scan's.
+		if l, err := d.eng.Allowlist(); err != nil {
+			d.log.Error("allowlist", "err", err)
+		} else {
+			d.mu.Lock()
+			d.allowed = l
+			if refreshLocal {
+				d.allowAt = time.Now()
+			}
+			d.mu.Unlock()
+		}
 	}
 	if err != nil {
 		if ctx.Err() == nil {

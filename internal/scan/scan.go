@@ -41,6 +41,8 @@ type Source struct {
 	Sockets    bool
 	SocketsErr error
 	dumper     sockets.Dumper
+	lastSet    *sockets.Set // the last scan's listing (listed: it exists)
+	listed     bool
 }
 
 // Open opens a reader of the given kind. procfs is the procfs root
@@ -126,11 +128,22 @@ func (s *Source) Stats(ctx context.Context) (conntrack.Stats, error) {
 	return st, nil
 }
 
+// SocketPeers lists the peers of the last scan's served sockets on the
+// given local ports, and whether that scan listed sockets. Call it from
+// the goroutine that scans (the listing is reused by the next scan).
+func (s *Source) SocketPeers(ports []uint16) ([]netip.AddrPort, bool) {
+	if !s.Sockets || !s.listed {
+		return nil, false
+	}
+	return s.lastSet.Peers(ports), true
+}
+
 // Scan dumps the table into a (after Reset) and returns the snapshot.
 func (s *Source) Scan(ctx context.Context, a *snapshot.Aggregator) (*snapshot.Snapshot, error) {
 	a.Reset()
 	start := time.Now()
 	a.SetSockets(nil)
+	s.listed = false
 	if s.Sockets {
 		set, err := s.dumper.Dump(ctx)
 		if err != nil {
@@ -140,6 +153,7 @@ func (s *Source) Scan(ctx context.Context, a *snapshot.Aggregator) (*snapshot.Sn
 			s.Sockets, s.SocketsErr = false, err
 		} else {
 			a.SetSockets(set)
+			s.lastSet, s.listed = set, true
 		}
 	}
 	err := s.reader.Dump(ctx, conntrack.DumpOptions{}, func(e *conntrack.Entry) error {

@@ -79,6 +79,24 @@ func (s *Set) Len() int {
 	return len(s.m)
 }
 
+// Peers lists the remote ends of the served sockets on the given local
+// ports (the SSH sessions, read from the scan's listing).
+func (s *Set) Peers(ports []uint16) []netip.AddrPort {
+	if s == nil {
+		return nil
+	}
+	var out []netip.AddrPort
+	for k := range s.m {
+		for _, p := range ports {
+			if k.LocalPort == p {
+				out = append(out, netip.AddrPortFrom(netip.AddrFrom16(k.Remote).Unmap(), k.RemotePort))
+				break
+			}
+		}
+	}
+	return out
+}
+
 // Add inserts a key (for tests and fakes).
 func (s *Set) Add(k Key) {
 	if s.m == nil {
