@@ -1,10 +1,14 @@
 package daemon
 
 import (
+	"bytes"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/snapshot"
 	"github.com/ctguard/ctguard/internal/store"
 )
@@ -82,5 +86,33 @@ func TestGrowthCheckpoints(t *testing.T) {
 	}
 	if len(g.cps) > maxCheckpoints {
 		t.Fatalf("%d checkpoints", len(g.cps))
+	}
+}
+
+// TestNoteLosing: a cycle under high pressure that bans nothing is counted,
+// kept for status and logged as a WARN naming the top holders, at most
+// every lostWarnEvery; a cycle that bans or runs calm clears it.
+func TestNoteLosing(t *testing.T) {
+	var buf bytes.Buffer
+	d := &Daemon{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	t0 := time.Date(2026, 12, 3, 2, 0, 0, 0, time.UTC)
+	cgnat := netip.MustParsePrefix("203.0.113.12/32")
+	res := policy.Result{Pressure: policy.Critical, Threshold: 15, Spared: []policy.Spare{{Target: cgnat,
+		Counts: snapshot.Counts{Entries: 1100, Active: 1100}, Why: "score 11.00 under threshold 15"}}}
+	d.noteLosing(t0, res)
+	d.noteLosing(t0.Add(time.Second), res)
+	if d.counters.PressureNoBan != 2 || d.losing == nil || d.losing.Spared[0].Target != cgnat {
+		t.Fatalf("counters %+v losing %+v", d.counters, d.losing)
+	}
+	if n := strings.Count(buf.String(), "level=WARN"); n != 1 || !strings.Contains(buf.String(), "203.0.113.12/32 (1100 entries, 1100 active") {
+		t.Fatalf("%d WARN lines:\n%s", n, buf.String())
+	}
+	d.noteLosing(t0.Add(11*time.Second), res)
+	if !strings.Contains(buf.String(), "similar_cycles_not_logged=1") {
+		t.Fatalf("second WARN does not count the muted cycle:\n%s", buf.String())
+	}
+	d.noteLosing(t0.Add(12*time.Second), policy.Result{Pressure: policy.High, Bans: []policy.Decision{{Target: cgnat}}})
+	if d.losing != nil {
+		t.Fatal("a cycle that banned still shows as losing")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -77,6 +78,7 @@ func runResults(ctx context.Context, e *env, args []string) error {
 	md := fs.String("md", "test/e2e/RESULTS.md", "results table to write")
 	short := fs.Bool("short", false, "short (CI) versions")
 	only := fs.String("scenarios", "", "comma-separated subset (default: all)")
+	defs := fs.String("defenses", "", "comma-separated subset of "+strings.Join(lab.DefenseNames, ", ")+" (default: all)")
 	ctg := fs.String("ctguard", "bin/ctguard", "ctguard binary")
 	step := fs.Int("csv-step", 4, "keep every n-th 250 ms sample in the CSVs (4: one per second)")
 	if err := parse(fs, args); err != nil {
@@ -96,6 +98,9 @@ func runResults(ctx context.Context, e *env, args []string) error {
 		}
 		var runs []*lab.Result
 		for _, d := range lab.DefenseNames {
+			if *defs != "" && !slices.Contains(strings.Split(*defs, ","), d) {
+				continue
+			}
 			s, res, err := runOne(ctx, e, sc.Name, d, *ctg, *out, *short, *step)
 			if err != nil {
 				return err
