@@ -142,8 +142,9 @@ type Config struct {
 	// GrowthMinGain ESTABLISHED entries within the growth window, and at
 	// least GrowthYoung of what it holds, is banned whatever its entries
 	// carry; a grouping prefix when it gained PrefixFactor times as much
-	// over at least PrefixMinSources growing members. GrowthWindow is how
-	// far back the daemon compares.
+	// over at least PrefixMinSources members that each gained
+	// GrowthMinGain/PrefixMinSources, none of them half of it. GrowthWindow
+	// is how far back the daemon compares.
 	GrowthPressure Pressure      `toml:"growth_pressure"`
 	GrowthWindow   time.Duration `toml:"growth_window"`
 	GrowthMinGain  int           `toml:"growth_min_gain"`
@@ -512,7 +513,9 @@ func Decide(in Input, c Config) Result {
 		return snap.Config.V6Bits
 	}
 	growthOn := p >= c.GrowthPressure && in.Earlier != nil
-	growingIn := map[netip.Prefix]int{} // grouping prefix -> growing members
+	growingIn := map[netip.Prefix]int{}  // grouping prefix -> members that grew noticeably
+	topGain := map[netip.Prefix]uint32{} // grouping prefix -> its biggest member's gain
+	memberBar := uint32(max(1, c.GrowthMinGain/max(1, c.PrefixMinSources)))
 	for i := range snap.Sources {
 		h := &snap.Sources[i]
 		s := c.Score(&h.Counts)
@@ -520,7 +523,10 @@ func Decide(in Input, c Config) Result {
 		var growth *Growth
 		if g := in.GrowthOf(h); growthOn && g.Gain > 0 {
 			pfx, _ := h.Key.Addr().Prefix(bits(h.Key.Addr()))
-			growingIn[pfx]++
+			if g.Gain >= memberBar {
+				growingIn[pfx]++
+			}
+			topGain[pfx] = max(topGain[pfx], g.Gain)
 			if s < r.Threshold && c.growing(g, c.GrowthMinGain) {
 				reason, growth = ReasonGrowth, &g
 			}
@@ -566,7 +572,10 @@ func Decide(in Input, c Config) Result {
 			scoringMembers(snap, h.Key, &c) >= c.PrefixMinSources {
 			reason = ReasonPrefixScore
 		} else if g := in.GrowthOf(h); growthOn && c.PrefixMinSources > 0 && growingIn[h.Key] >= c.PrefixMinSources &&
-			c.growing(g, int(math.Ceil(c.PrefixFactor*float64(c.GrowthMinGain)))) {
+			c.growing(g, int(math.Ceil(c.PrefixFactor*float64(c.GrowthMinGain)))) && 2*topGain[h.Key] <= g.Gain {
+			// Distributed growth only: when one member made most of it,
+			// the source rule judges that member (a carrier NAT among a
+			// few quiet neighbours is not a spread-out herd).
 			reason, growth = ReasonPrefixGrowth, &g
 		}
 		if reason == "" {

@@ -526,3 +526,20 @@ func TestOrphanNoise(t *testing.T) {
 		t.Errorf("bot with 90%% orphans scores %.2f", s)
 	}
 }
+
+// TestPrefixGrowthNotOneMember: a /24 whose growth is mostly one member's
+// is not banned as a spread-out herd: the member is judged on its own (here
+// a young 300-connection holder, banned by the source rule), its four
+// neighbours that each gained a little (users of NAT gateways starting up)
+// are not swept along.
+func TestPrefixGrowthNotOneMember(t *testing.T) {
+	w := new(world).add("203.0.113.12", snapshot.Counts{Active: 300})
+	for i := range 4 {
+		w.add(fmt.Sprintf("203.0.113.%d", 20+i), snapshot.Counts{Active: 40})
+	}
+	in := input(w.snap(), 250_000, 262_144)
+	in.Earlier = earlier(10*time.Second, nil)
+	if got := targets(Decide(in, Default())); got != "203.0.113.12/32(growth)" {
+		t.Fatalf("bans %q, want only the member that made most of the growth", got)
+	}
+}

@@ -172,16 +172,7 @@ func NAT(ctx context.Context, cfg NATConfig, w *wire.Writer) error {
 // natUser waits delay, connects and sends a request, waits phase, then
 // sends a request every Interval on its one connection until the run ends.
 func natUser(ctx context.Context, gw netip.Addr, cfg NATConfig, delay, phase time.Duration, c *counters) {
-	sleep := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
-	}
+	sleep := func(d time.Duration) bool { return sleepCtx(ctx, d) }
 	if !sleep(delay) {
 		return
 	}

@@ -197,13 +197,27 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		}
 		h.done <- nil
 	}
+	background := sc.Background
+	if sc.Settle > 0 && len(background) > 0 {
+		// The background was there long before the defense (a carrier
+		// NAT's users do not all arrive with the guard).
+		for _, p := range background {
+			if _, err := r.start(runCtx, expand(p), "", total+sc.Settle); err != nil {
+				return nil, err
+			}
+		}
+		background = nil
+		if err := sleep(runCtx, sc.Settle); err != nil {
+			return nil, err
+		}
+	}
 	if def.Proc != nil {
 		if err := r.startDefense(runCtx, def, total); err != nil {
 			return nil, err
 		}
 	}
 	res.Start = time.Now()
-	for _, p := range append(legitProcs(sc.Family), sc.Background...) {
+	for _, p := range append(legitProcs(sc.Family), background...) {
 		if _, err := r.start(runCtx, expand(p), "", total); err != nil {
 			return nil, err
 		}

@@ -35,6 +35,10 @@ type Scenario struct {
 	// BaselineEvery is the interval of the brief's method: 5 s for fast
 	// attacks, 10 s for slow ones (prior-art.md).
 	BaselineEvery time.Duration
+	// Settle starts the Background processes this long before the defense
+	// (and the other traffic), so that what they hold is older than the
+	// defense's growth window when the attack starts.
+	Settle time.Duration
 	// StatesEvery is how often the monitor walks the table for state and
 	// attack-held counts (default 5 s: a walk of a full table costs up to a
 	// second of CPU).
@@ -215,7 +219,7 @@ func Scenarios(short bool) []Scenario {
 		{
 			Name: "keepalive",
 			Desc: "keep-alive bots: 1100 rotating IPv4 sources x 300 connections, 32 active, 5k conn/s; every connection stays open, " +
-				"sends a line every 20 s and is answered by the server; next to a carrier-grade NAT (one address, its live users growing by about 7 a second to 1100)" +
+				"sends a line every 20 s and is answered by the server; next to a carrier-grade NAT (one address, its live users growing by about 7 a second to 1100, started 20 s before the guard)" +
 				map[bool]string{true: "; from a table prefilled with 200,000 forwarded entries"}[short],
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(20*time.Second, 85*time.Second), BaselineEvery: 5 * time.Second,
 			Attack: []Proc{keepAliveProc("keepalive", topo.BotV4.String(), "seq", 1100, 300, 32, KeepAliveRate, 20*time.Second, victim443v4)},
@@ -224,6 +228,7 @@ func Scenarios(short bool) []Scenario {
 			Prefill:    prefill(forwardedPrefill(200000)),
 			ServerArgs: []string{"--max-conns", "300000", "--procs", "0"},
 			Background: []Proc{cgnatProc(short)},
+			Settle:     20 * time.Second,
 		},
 		{
 			Name: "ssh-trick",
