@@ -121,7 +121,9 @@ func (l *lab) flows(t *testing.T, src, dst string, n int) {
 			if _, err := u.Read(buf); err != nil {
 				t.Fatalf("udp echo to %s from %s: %v", dst, src, err)
 			}
-			u.Close()
+			// Kept open: a closed socket's port can be picked again by the
+			// next datagram socket, which then shares its conntrack entry.
+			l.keep(u)
 		}
 	})
 }
