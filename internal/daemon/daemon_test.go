@@ -89,6 +89,32 @@ func TestGrowthCheckpoints(t *testing.T) {
 	}
 }
 
+// TestGrowthSlowScans: when the scans come slower than the window (a host
+// starved of CPU under attack), each scan is compared with the one before,
+// up to maxSpan windows back, never with nothing.
+func TestGrowthSlowScans(t *testing.T) {
+	var g growth
+	t0 := time.Date(2026, 12, 3, 2, 0, 0, 0, time.UTC)
+	bot := netip.MustParsePrefix("198.18.0.1/32")
+	snapAt := func(active uint32) *snapshot.Snapshot {
+		return &snapshot.Snapshot{Sources: []snapshot.Holder{{Key: bot, Counts: snapshot.Counts{Active: active}}}}
+	}
+	window := 15 * time.Second
+	g.observe(t0, snapAt(10), window)
+	e := g.observe(t0.Add(18*time.Second), snapAt(200), window)
+	if e == nil || e.Since != 18*time.Second || e.Entries[bot] != 10 {
+		t.Fatalf("a scan 18 s after the last one (window 15 s) compared with %+v, want the one before", e)
+	}
+	e = g.observe(t0.Add(40*time.Second), snapAt(300), window)
+	if e == nil || e.Since != 22*time.Second || e.Entries[bot] != 200 {
+		t.Fatalf("next slow scan compared with %+v, want the one at 18 s", e)
+	}
+	// A gap over maxSpan windows: too old to say anything about growth.
+	if e := g.observe(t0.Add(40*time.Second+maxSpan*window+time.Second), snapAt(300), window); e != nil {
+		t.Fatalf("after a gap of more than %d windows compared with %+v, want nothing", maxSpan, e)
+	}
+}
+
 // TestNoteLosing: a cycle under high pressure that bans nothing is counted,
 // kept for status and logged as a WARN naming the top holders, at most
 // every lostWarnEvery; a cycle that bans or runs calm clears it.

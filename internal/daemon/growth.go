@@ -28,12 +28,22 @@ type growth struct {
 // maxCheckpoints bounds the memory: one checkpoint per quarter window.
 const maxCheckpoints = 5
 
-// observe returns the earlier holdings to compare snap with (the oldest
-// checkpoint within window, nil when none), then records snap.
+// maxSpan bounds, in growth windows, how old a checkpoint may be and still
+// be compared with when the scans are slower than the window.
+const maxSpan = 4
+
+// observe returns the earlier holdings to compare snap with, then records
+// snap. That is the oldest checkpoint within window; when there is none
+// (a starved host's scans take longer than the window), the newest one
+// up to maxSpan windows old, whose longer span the policy's bar accounts
+// for; nil when there is none of either.
 func (g *growth) observe(now time.Time, snap *snapshot.Snapshot, window time.Duration) *policy.Held {
 	cut := 0
 	for cut < len(g.cps) && now.Sub(g.cps[cut].at) > window {
 		cut++
+	}
+	if cut == len(g.cps) && cut > 0 && now.Sub(g.cps[cut-1].at) <= maxSpan*window {
+		cut-- // no younger checkpoint: keep the newest old one
 	}
 	g.cps = g.cps[cut:]
 	var out *policy.Held

@@ -358,9 +358,21 @@ func (in *Input) GrowthOf(h *snapshot.Holder) Growth {
 }
 
 // growing reports whether g meets the growth rule's bar (gain at least
-// minGain, and the young share).
+// minGain over the growth window, and the young share).
 func (c *Config) growing(g Growth, minGain int) bool {
-	return g.Window > 0 && int(g.Gain) >= minGain && g.Young() >= c.GrowthYoung
+	return g.Window > 0 && g.Gain >= c.gainBar(minGain, g.Window) && g.Young() >= c.GrowthYoung
+}
+
+// gainBar is what a gain must reach over window for a bar of minGain per
+// growth window. A comparison over a longer span (the daemon's scans were
+// slower than the window, as on a starved host) keeps the rate: the bar
+// grows with the span, so a slow scan never turns steady growth into a
+// ban. Spans up to the window keep the bar as it is.
+func (c *Config) gainBar(minGain int, window time.Duration) uint32 {
+	if c.GrowthWindow <= 0 || window <= c.GrowthWindow {
+		return uint32(max(0, minGain))
+	}
+	return uint32(math.Ceil(float64(minGain) * float64(window) / float64(c.GrowthWindow)))
 }
 
 // Decision is one ban with its evidence.
@@ -515,7 +527,10 @@ func Decide(in Input, c Config) Result {
 	growthOn := p >= c.GrowthPressure && in.Earlier != nil
 	growingIn := map[netip.Prefix]int{}  // grouping prefix -> members that grew noticeably
 	topGain := map[netip.Prefix]uint32{} // grouping prefix -> its biggest member's gain
-	memberBar := uint32(max(1, c.GrowthMinGain/max(1, c.PrefixMinSources)))
+	memberBar := uint32(1)
+	if in.Earlier != nil {
+		memberBar = max(1, c.gainBar(c.GrowthMinGain/max(1, c.PrefixMinSources), in.Earlier.Since))
+	}
 	for i := range snap.Sources {
 		h := &snap.Sources[i]
 		s := c.Score(&h.Counts)
@@ -722,7 +737,10 @@ func (c *Config) spared(in *Input, snap *snapshot.Snapshot, threshold float64, g
 				sp.Why += "; growth not known yet (no earlier scan)"
 			case !growthOn:
 				sp.Why += fmt.Sprintf("; growth rule off below %s pressure", c.GrowthPressure)
-			case int(g.Gain) < c.GrowthMinGain:
+			case g.Gain < c.gainBar(c.GrowthMinGain, g.Window) && g.Window > c.GrowthWindow:
+				sp.Why += fmt.Sprintf("; grew by %d in %s, under growth_min_gain %d per %s (%d over that span)",
+					g.Gain, g.Window.Round(time.Second), c.GrowthMinGain, c.GrowthWindow, c.gainBar(c.GrowthMinGain, g.Window))
+			case g.Gain < c.gainBar(c.GrowthMinGain, g.Window):
 				sp.Why += fmt.Sprintf("; grew by %d in %s, under growth_min_gain %d", g.Gain, g.Window.Round(time.Second), c.GrowthMinGain)
 			default:
 				sp.Why += fmt.Sprintf("; grew by %d in %s but that is %.0f%% of the %d it holds, under growth_young %.0f%% (long-held: looks like many users)",

@@ -416,6 +416,16 @@ func TestGrowthRule(t *testing.T) {
 		t.Fatalf("elevated pressure: %s %q", r.Pressure, targets(r))
 	}
 
+	// Scans slower than the window: the bar keeps its rate (150 per 15 s
+	// is 200 over 20 s). 198.18.0.2 gained 150 in 20 s: too slow.
+	in = input(w.snap(), 200_000, 262_144)
+	in.RatePerSec, in.RateOK = 400, true
+	in.Earlier = earlier(20*time.Second, held)
+	r = Decide(in, Default())
+	if got, want := targets(r), "198.18.0.1/32(growth) 2001:db8:bad:1::1/128(growth)"; got != want {
+		t.Fatalf("over a 20 s span: bans %q, want %q", got, want)
+	}
+
 	// No earlier scan yet: nothing to compare, and the losing cycle says so.
 	in = input(w.snap(), 240_000, 262_144)
 	r = Decide(in, Default())
@@ -457,6 +467,12 @@ func TestGrowthSparedExplains(t *testing.T) {
 		if !strings.Contains(why[addr], want) {
 			t.Errorf("%s spared because %q, want it to say %q", addr, why[addr], want)
 		}
+	}
+	// Compared over a span longer than the window, the bar says so.
+	in.Earlier.Since = 20 * time.Second
+	r = Decide(in, Default())
+	if why, want := sparedWhy(r, "198.18.1.1"), "grew by 10 in 20s, under growth_min_gain 150 per 15s (200 over that span)"; !strings.Contains(why, want) {
+		t.Errorf("198.18.1.1 spared because %q, want it to say %q", why, want)
 	}
 }
 
@@ -542,4 +558,14 @@ func TestPrefixGrowthNotOneMember(t *testing.T) {
 	if got := targets(Decide(in, Default())); got != "203.0.113.12/32(growth)" {
 		t.Fatalf("bans %q, want only the member that made most of the growth", got)
 	}
+}
+
+// sparedWhy is why the result spared the source addr ("" if it did not).
+func sparedWhy(r Result, addr string) string {
+	for _, s := range r.Spared {
+		if s.Target.Addr().String() == addr {
+			return s.Why
+		}
+	}
+	return ""
 }

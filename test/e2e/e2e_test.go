@@ -8,6 +8,7 @@
 package e2e_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -99,6 +100,35 @@ func (w tWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// lockedBuffer collects a defense's log from the runner's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
+}
+
+// Tail is the last n bytes of the log.
+func (l *lockedBuffer) Tail(n int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.b.Bytes()
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
 func runScenario(t *testing.T, name, defense string) lab.Summary {
 	t.Helper()
 	return runScenarioWith(t, name, defense, nil)
@@ -121,7 +151,15 @@ func runScenarioWith(t *testing.T, name, defense string, mod func(*lab.Scenario)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), sc.Total()+90*time.Second)
 	defer cancel()
-	res, err := lab.Run(ctx, sc, def, lab.Options{LabBin: labBin(t), Log: logger(t)})
+	// ctguard's own log is shown when the test fails: its decisions (or
+	// their absence) are what a failure is about.
+	var defLog lockedBuffer
+	t.Cleanup(func() {
+		if (t.Failed() || os.Getenv("CTGLAB_DEFENSE_LOG") != "") && defLog.Len() > 0 {
+			t.Logf("%s's log (last 20,000 bytes):\n%s", defense, defLog.Tail(20000))
+		}
+	})
+	res, err := lab.Run(ctx, sc, def, lab.Options{LabBin: labBin(t), Log: logger(t), DefenseLog: &defLog})
 	if err != nil {
 		t.Fatal(err)
 	}

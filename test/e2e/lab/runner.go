@@ -184,11 +184,13 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	for _, w := range sc.Watch {
 		monArgs = append(monArgs, "--watch", w)
 	}
-	if _, err := r.start(runCtx, Proc{Name: "monitor", Role: topo.Victim, Args: monArgs}, "", total+2*time.Second); err != nil {
+	// The monitor runs until the runner stops it: its own bound covers the
+	// prefill (at most prefillMax), the settling time and the run.
+	if _, err := r.start(runCtx, Proc{Name: "monitor", Role: topo.Victim, Args: monArgs}, "", prefillMax+sc.Settle+total+5*time.Second); err != nil {
 		return nil, err
 	}
 	if sc.Prefill != nil {
-		h, err := r.start(runCtx, *sc.Prefill, "", 60*time.Second)
+		h, err := r.start(runCtx, *sc.Prefill, "", prefillMax)
 		if err != nil {
 			return nil, err
 		}
@@ -271,10 +273,18 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	if len(res.Records.Samples) == 0 {
 		return nil, errors.New("monitor reported no samples")
 	}
+	// A monitor that stopped early would make a late ban or a late fill
+	// look like none: the samples must cover the whole attack.
+	if last := time.UnixMilli(res.Records.Samples[len(res.Records.Samples)-1].T); last.Before(res.AttackEnd) {
+		return nil, fmt.Errorf("the monitor's last sample (%s) is %s before the attack's end", last.Format(time.TimeOnly), res.AttackEnd.Sub(last).Round(time.Millisecond))
+	}
 	res.Rows = Rows(res)
 	res.Summary = Summarize(res)
 	return res, nil
 }
+
+// prefillMax bounds a scenario's prefill.
+const prefillMax = 60 * time.Second
 
 func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
