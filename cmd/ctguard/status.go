@@ -253,6 +253,17 @@ func printStatus(w io.Writer, r *statusReport) {
 			mode, d.Pressure, d.Threshold, d.ActiveBans, total, forecast.Format(time.Since(d.LastCycle)))
 		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d, cycles under pressure without a ban %d\n",
 			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors, d.Counters.PressureNoBan)
+		if sv := d.Service; sv != nil {
+			now := "full now"
+			if !sv.Drained.IsZero() {
+				now = "drained " + forecast.Format(time.Since(sv.Drained)) + " ago"
+			}
+			fmt.Fprintf(w, "SERVICE    accept queue full (new clients turned away), episode started %s ago, %s; scanning at the critical interval:\n",
+				forecast.Format(time.Since(sv.Since)), now)
+			for _, l := range sv.Full {
+				fmt.Fprintf(w, "           %s  %d of %d queued\n", l.Local, l.Queue, l.Backlog)
+			}
+		}
 		if l := d.Losing; l != nil {
 			fmt.Fprintf(w, "LOSING     pressure %s and the last scan banned nothing; top holders:\n", l.Pressure)
 			for _, s := range l.Spared {
@@ -299,6 +310,8 @@ type daemonStatus struct {
 	ActiveBans int             `json:"active_bans"`
 	Counters   daemon.Counters `json:"counters"`
 	Losing     *daemon.Losing  `json:"losing,omitempty"`
+	// Service: the listening sockets whose accept queue is full, if any.
+	Service *daemon.ServiceState `json:"service,omitempty"`
 }
 
 func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON bool) error {
@@ -311,7 +324,7 @@ func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON boo
 	}
 	r := buildStatus(d.Stats, d.Snapshot, d.Samples, hostInfo{d.Buckets, d.Kernel, d.Timeouts, ""}, d.NumSources)
 	r.Daemon = &daemonStatus{DryRun: d.DryRun, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
-		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters, Losing: d.Losing}
+		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters, Losing: d.Losing, Service: d.Service}
 	if asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")

@@ -51,6 +51,9 @@ type Daemon struct {
 	// covers (sock_diag destroy), so the service is freed, not only the
 	// table.
 	CloseSockets bool `toml:"close_sockets"`
+	// WatchListeners reads the listening sockets' accept queues at every
+	// poll; while one is full, scans run at the critical interval.
+	WatchListeners bool `toml:"watch_listeners"`
 }
 
 // Snapshot is how entries are classified and grouped.
@@ -97,6 +100,7 @@ func Default() Config {
 			Sockets:        true,
 			ValveMaxDelete: 50000,
 			CloseSockets:   true,
+			WatchListeners: true,
 		},
 		Snapshot: Snapshot{IdleThreshold: 60 * time.Second, V4Prefix: 24, V6Prefix: 64},
 		Policy:   policy.Default(),

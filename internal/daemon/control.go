@@ -210,6 +210,8 @@ type StatusReply struct {
 	// Losing is set while the last cycle ran under high or critical
 	// pressure and banned nothing.
 	Losing *Losing `json:"losing,omitempty"`
+	// Service is set while a listening socket's accept queue is full.
+	Service *ServiceState `json:"service,omitempty"`
 }
 
 // Status is what `status` shows of a running daemon.
@@ -221,7 +223,7 @@ func (d *Daemon) Status() StatusReply {
 		DryRun: d.dryRun, Stats: d.stats, Samples: slices.Clone(d.samples), Pressure: d.result.Pressure,
 		Threshold: d.result.Threshold, CycleAt: d.cycleAt, Cycles: d.cycles, Counters: d.counters,
 		ActiveBans: len(active), Buckets: d.sys.Buckets, Kernel: d.sys.Kernel, Timeouts: d.sys.Timeouts,
-		Reader: d.src.ReaderName(), Losing: d.losing,
+		Reader: d.src.ReaderName(), Losing: d.losing, Service: d.svc.state(),
 	}
 	r.Counters.BansByReason = maps(d.counters.BansByReason)
 	if d.snap != nil {

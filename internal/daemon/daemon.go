@@ -71,6 +71,8 @@ type Daemon struct {
 	losing   *Losing
 	lostWarn time.Time
 	lostMute int
+	// svc watches the listeners' accept queues (the service, not the table).
+	svc service
 }
 
 // Losing is a cycle under high or critical pressure that banned nothing,
@@ -125,6 +127,9 @@ type Options struct {
 	// Closer overrides the socket closer (tests); nil: the real one when
 	// daemon.close_sockets is on.
 	Closer enforce.SocketCloser
+	// Listeners overrides how the listening sockets are read (tests); nil:
+	// sock_diag when daemon.watch_listeners is on.
+	Listeners func(context.Context) ([]sockets.Listener, error)
 }
 
 // New opens everything the daemon needs: the table reader, the store (or a
@@ -188,6 +193,10 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		}
 	}
 	d.interfaces = o.Interfaces
+	d.svc.list = o.Listeners
+	if d.svc.list == nil {
+		d.svc.list = sockets.Listeners
+	}
 	closer := o.Closer
 	if closer == nil && c.Daemon.CloseSockets {
 		// Known from the kernel's build config, or found out at the first
@@ -287,26 +296,33 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("ctguard running", "dry_run", d.dryRun, "restored_bans", res.Restored, "took", res.Took.Round(time.Millisecond),
 		"reader", d.src.ReaderName(), "max", d.sys.Max, "established_timeout", d.agg.Config().EstablishedTimeout)
-	var lastScan time.Time
+	var lastScan, lastPoll time.Time
 	lastCount := -1
 	for {
 		d.mu.Lock()
 		cfg := d.cfg
 		pressure := d.result.Pressure
 		d.mu.Unlock()
-		st, err := d.src.Count(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			d.log.Error("read conntrack count", "err", err)
-		} else {
-			d.addSample(time.Now(), st)
-			due := time.Since(lastScan) >= cfg.Daemon.Interval[pressure] ||
-				(lastCount >= 0 && int(st.Count)-lastCount >= cfg.Daemon.ScanOnGrowth)
-			if due {
-				lastScan, lastCount = time.Now(), int(st.Count)
-				d.cycle(ctx)
+		// The accept queues are read at every tick (a quarter second when
+		// watched), the count at every poll: a full queue calls for a
+		// scan sooner than the table's pace would.
+		full, filled := d.pollService(ctx)
+		if filled || full || time.Since(lastPoll) >= cfg.Daemon.Poll {
+			lastPoll = time.Now()
+			st, err := d.src.Count(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d.log.Error("read conntrack count", "err", err)
+			} else {
+				d.addSample(time.Now(), st)
+				due := filled || time.Since(lastScan) >= scanInterval(cfg.Daemon, pressure, full) ||
+					(lastCount >= 0 && int(st.Count)-lastCount >= cfg.Daemon.ScanOnGrowth)
+				if due {
+					lastScan, lastCount = time.Now(), int(st.Count)
+					d.cycle(ctx)
+				}
 			}
 		}
 		select {
@@ -315,9 +331,38 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case <-d.reload:
 			d.doReload()
 			lastScan = time.Time{}
-		case <-time.After(cfg.Daemon.Poll):
+		case <-time.After(tick(cfg.Daemon)):
 		}
 	}
+}
+
+// tick is the loop's step: the poll, or servicePoll when the accept
+// queues are watched (a listing of the listeners costs tens of
+// microseconds; the count is still read once per poll).
+func tick(d config.Daemon) time.Duration {
+	if d.WatchListeners {
+		return min(d.Poll, servicePoll)
+	}
+	return d.Poll
+}
+
+// pollService reads the accept queues (when daemon.watch_listeners is on)
+// and reports whether an episode is on and whether a queue just filled.
+func (d *Daemon) pollService(ctx context.Context) (on, filled bool) {
+	d.mu.Lock()
+	watch := d.cfg.Daemon.WatchListeners
+	d.mu.Unlock()
+	var ls []sockets.Listener
+	var err error
+	if watch {
+		ls, err = d.svc.list(ctx)
+		if err != nil && ctx.Err() != nil {
+			return false, false
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.svc.update(ls, err, time.Now(), d.log)
 }
 
 func (d *Daemon) doReload() {

@@ -24,7 +24,7 @@ func (d *Daemon) MetricsState() metrics.State {
 		Drop: float64(d.stats.Drop), EarlyDrop: float64(d.stats.EarlyDrop), InsertFailed: float64(d.stats.InsertFailed),
 		Pressure: float64(d.result.Pressure), BreakerTrips: float64(d.counters.BreakerTrips),
 		ValveRuns: float64(d.counters.ValveRuns), ValveDeleted: float64(d.counters.ValveDeleted), PressureNoBan: float64(d.counters.PressureNoBan), SocketsClosed: float64(d.counters.SocketsClosed),
-		TableRebuilds: float64(d.counters.Rebuilds), ScanErrors: float64(d.counters.ScanErrors),
+		TableRebuilds: float64(d.counters.Rebuilds), ScanErrors: float64(d.counters.ScanErrors), ListenFull: float64(d.svc.fullNow()),
 		DryRun: d.dryRun, States: map[string]float64{}, Classes: map[string]float64{},
 		BansActive: map[string]float64{"address": 0, "prefix": 0}, BansTotal: map[string]float64{},
 		GrowthPerSec: math.NaN(), SecondsToFull: metrics.Inf,

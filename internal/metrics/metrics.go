@@ -31,6 +31,7 @@ type State struct {
 	ValveDeleted    float64
 	PressureNoBan   float64
 	SocketsClosed   float64
+	ListenFull      float64 // listening sockets whose accept queue is full
 	Orphans         float64
 	TableRebuilds   float64
 	ScanErrors      float64
@@ -69,6 +70,7 @@ func New(read func() State) *prometheus.Registry {
 		"valve_deleted": desc("valve_deleted_entries_total", "Entries the emergency valve deleted."),
 		"sockets":       desc("sockets_closed_total", "TCP sockets of banned peers that bans closed (sock_diag destroy), freeing the service's workers."),
 		"no_ban":        desc("pressure_without_ban_cycles_total", "Cycles under high or critical pressure that banned nothing: the guard is losing (see the WARN log and status)."),
+		"listen_full":   desc("listen_queues_full", "Listening TCP sockets whose accept queue was full at the last poll: the service is turning new clients away."),
 		"orphans":       desc("orphan_entries", "Inbound ESTABLISHED entries with no socket behind them, or one whose client never sent a byte, at the last scan."),
 		"rebuilds":      desc("table_rebuilds_total", "Times ctguard's nftables table had to be rebuilt."),
 		"scan_errors":   desc("scan_errors_total", "Failed scans."),
@@ -125,6 +127,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ctr("valve_deleted", s.ValveDeleted)
 	ctr("no_ban", s.PressureNoBan)
 	ctr("sockets", s.SocketsClosed)
+	g("listen_full", s.ListenFull)
 	g("orphans", s.Orphans)
 	ctr("rebuilds", s.TableRebuilds)
 	ctr("scan_errors", s.ScanErrors)

@@ -108,5 +108,6 @@ func FuzzDiagMessage(f *testing.F) {
 		d.set.m = map[Key]struct{}{}
 		d.add(p)
 		silent(p[72:])
+		parseListener(p)
 	})
 }

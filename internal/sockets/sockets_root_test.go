@@ -122,3 +122,54 @@ func TestRootServedAndSilent(t *testing.T) {
 		t.Error("no silent sockets counted")
 	}
 }
+
+// TestRootListenersFull: a listener whose application never accepts fills
+// its accept queue (backlog 2 here); Listeners reports it full, and an idle
+// listener beside it not.
+func TestRootListenersFull(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNS(t)
+	var got []Listener
+	ns.Do(t, func() {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: 8080, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Listen(fd, 2); err != nil {
+			t.Fatal(err)
+		}
+		listen(t, "127.0.0.1:8081", false)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for range 3 { // the kernel completes backlog+1 handshakes
+			c, err := net.DialTimeout("tcp", "127.0.0.1:8080", time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if got, err = Listeners(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	by := map[uint16]Listener{}
+	for _, l := range got {
+		by[l.Local.Port()] = l
+	}
+	if l := by[8080]; !l.Full() || l.Backlog != 2 || l.Local.Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("never-accepting listener: %+v (full %v), want a full queue of backlog 2", l, l.Full())
+	}
+	if l, ok := by[8081]; !ok || l.Full() {
+		t.Errorf("accepting listener: %+v (listed %v), want listed and not full", l, ok)
+	}
+}

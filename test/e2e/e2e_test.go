@@ -637,3 +637,43 @@ func TestSSHTrickCtguard(t *testing.T) {
 		t.Errorf("false bans %v", s.FalseBanList)
 	}
 }
+
+// needApache fails under CI and skips elsewhere when Apache is missing
+// (Debian: apache2, which .ci/run installs).
+func needApache(t *testing.T) {
+	t.Helper()
+	if err := lab.ApacheAvailable(); err != nil {
+		if testutil.InCI() {
+			t.Fatalf("%v (CI=true: refusing to skip)", err)
+		}
+		t.Skip(err)
+	}
+}
+
+// The fastest silent bots against a real Apache with Debian's default
+// limits: each bot connection Apache accepted holds one of its 150
+// workers until its request timeout (20-40 s), whatever the firewall does
+// afterwards. ctguard's ban closes those connections, so Apache answers
+// nearly every probe over the run, v4 and v6.
+func TestApacheBotsCtguard(t *testing.T) {
+	needLab(t)
+	needApache(t)
+	for _, name := range []string{"apache-bots-v4", "apache-bots-v6"} {
+		t.Run(name, func(t *testing.T) {
+			s := runScenario(t, name, "ctguard")
+			if !s.Apache {
+				t.Fatal("the run had no Apache")
+			}
+			if s.Probes == 0 || s.ProbesOK*100 < s.Probes*97 {
+				t.Errorf("Apache answered %d of %d probes under ctguard, want at least 97%% (Apache reached MaxRequestWorkers %d times)",
+					s.ProbesOK, s.Probes, s.ApacheWorkersFull)
+			}
+			if s.AttackBans == 0 {
+				t.Error("ctguard banned none of the bots")
+			}
+			if s.FalseBans != 0 {
+				t.Errorf("ctguard banned legit sources %v", s.FalseBanList)
+			}
+		})
+	}
+}

@@ -1,10 +1,12 @@
 package gen
 
 import (
+	"bufio"
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -277,5 +279,23 @@ func TestKeepAliveShards(t *testing.T) {
 	}
 	if ShardsFor(330000, 17569) != 19 || ShardsFor(10, 100) != 1 || ShardCount(10, 3, 4) != 2 {
 		t.Fatal("shard arithmetic")
+	}
+}
+
+// TestHTTPStatusOK: an Apache probe succeeds on a 200 status line only.
+func TestHTTPStatusOK(t *testing.T) {
+	for in, ok := range map[string]bool{
+		"HTTP/1.1 200 OK\r\n":                  true,
+		"HTTP/1.0 200 OK\r\n":                  true,
+		"HTTP/1.1 503 Service Unavailable\r\n": false,
+		"HTTP/1.1 404 Not Found\r\n":           false,
+		"ok /probe\n":                          false,
+		"HTTP/1.1 200 OK":                      false, // cut before the line ended
+		"":                                     false,
+	} {
+		err := httpStatusOK(bufio.NewReader(strings.NewReader(in)))
+		if (err == nil) != ok {
+			t.Errorf("%q: err %v, want ok=%v", in, err, ok)
+		}
 	}
 }

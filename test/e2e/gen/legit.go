@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +32,42 @@ func request(ctx context.Context, src netip.Addr, dst netip.AddrPort, path strin
 	return err
 }
 
+// httpGet fetches / over HTTP/1.1 on a fresh connection and wants a 200
+// status line: what a browser needs from a real web server (Apache). The
+// Host header is ADDR:PORT (an IPv6 address in brackets, as HTTP wants).
+func httpGet(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := dialer(src, timeout).DialContext(ctx, network(src, "tcp"), dst.String())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s\r\nUser-Agent: ctglab-probe\r\nConnection: close\r\n\r\n", dst); err != nil {
+		return err
+	}
+	return httpStatusOK(bufio.NewReader(conn))
+}
+
+// httpStatusOK reads a status line and wants 200.
+func httpStatusOK(r *bufio.Reader) error {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(line)
+	if len(f) < 2 || !strings.HasPrefix(f[0], "HTTP/") {
+		return fmt.Errorf("not an HTTP status line: %q", strings.TrimSpace(line))
+	}
+	if f[1] != "200" {
+		return fmt.Errorf("HTTP status %s", strings.Join(f[1:], " "))
+	}
+	return nil
+}
+
 // CrowdConfig is a benign crowd: short request/response connections from
 // many sources, at a fixed rate.
 type CrowdConfig struct {
@@ -40,6 +77,7 @@ type CrowdConfig struct {
 	Dst      netip.AddrPort
 	Duration time.Duration
 	Timeout  time.Duration
+	HTTP     bool // real HTTP/1.1 GETs that must answer 200 (a web server)
 }
 
 // Crowd runs the benign crowd.
@@ -73,7 +111,11 @@ func Crowd(ctx context.Context, cfg CrowdConfig, w *wire.Writer) error {
 				next++
 				mu.Unlock()
 				src, _ := cfg.Sources.Addr(idx)
-				if err := request(ctx, src, cfg.Dst, "/crowd", cfg.Timeout); err != nil {
+				get := func() error { return request(ctx, src, cfg.Dst, "/crowd", cfg.Timeout) }
+				if cfg.HTTP {
+					get = func() error { return httpGet(ctx, src, cfg.Dst, cfg.Timeout) }
+				}
+				if err := get(); err != nil {
 					if ctx.Err() != nil {
 						return
 					}
@@ -230,6 +272,9 @@ type ProbeConfig struct {
 	Timeout  time.Duration
 	Dst      netip.AddrPort
 	Duration time.Duration
+	// HTTP makes each probe a real HTTP/1.1 GET that must answer 200 (a
+	// web server such as Apache), instead of the lab server's line.
+	HTTP bool
 }
 
 // Probes runs the probes; each outcome is one "probe" record.
@@ -259,7 +304,12 @@ func Probes(ctx context.Context, cfg ProbeConfig, w *wire.Writer) error {
 			defer wg.Done()
 			// A probe has its own deadline and is not cut short by the end
 			// of the run, so every started probe gets an outcome.
-			err := request(context.Background(), src, cfg.Dst, "/probe", cfg.Timeout)
+			var err error
+			if cfg.HTTP {
+				err = httpGet(context.Background(), src, cfg.Dst, cfg.Timeout)
+			} else {
+				err = request(context.Background(), src, cfg.Dst, "/probe", cfg.Timeout)
+			}
 			p := &wire.Probe{Src: src.String(), OK: err == nil, LatencyMS: float64(time.Since(start).Microseconds()) / 1000}
 			if err != nil {
 				p.Err = err.Error()

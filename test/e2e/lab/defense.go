@@ -58,8 +58,21 @@ var meterRuleset = fmt.Sprintf(`table inet ctmeter {
 }
 `, MeterLimit)
 
-// DefenseNames lists the defenses the runner knows.
+// DefenseNames lists the defenses every scenario runs under.
 var DefenseNames = []string{"none", "baseline", "meter", "ctguard"}
+
+// ApacheDefenses are the defenses the Apache variants run under: none,
+// ctguard with socket closing off (what a ban did before it closed the
+// banned peers' sockets), and ctguard on its defaults.
+var ApacheDefenses = []string{"none", "ctguard-noclose", "ctguard"}
+
+// DefensesFor is the defenses sc runs under.
+func DefensesFor(sc Scenario) []string {
+	if sc.Apache {
+		return ApacheDefenses
+	}
+	return DefenseNames
+}
 
 // NewDefense returns the named defense for a scenario. "ctguard" needs a
 // ctguard binary with a `run` command (issue 6); until that exists it
@@ -82,7 +95,7 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 	case "meter":
 		return Defense{Name: name, Ruleset: meterRuleset,
 			Note: fmt.Sprintf("nft ct count meter: new connections over %d live per source dropped (input hook)", MeterLimit)}, nil
-	case "ctguard":
+	case "ctguard", "ctguard-noclose":
 		if err := ctguardAvailable(ctx, ctguardBin); err != nil {
 			return Defense{Name: name}, err
 		}
@@ -90,25 +103,31 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 		if err != nil {
 			return Defense{Name: name}, err
 		}
+		note, closeSockets := "ctguard run, built-in defaults", true
+		if name == "ctguard-noclose" {
+			note, closeSockets = "ctguard run, built-in defaults but daemon.close_sockets = false", false
+		}
 		return Defense{
 			Name:     name,
 			Proc:     &Proc{Name: "ctguard", Role: topo.Victim, Args: []string{"run"}},
 			Bin:      bin,
 			NFTTable: "inet ctguard",
 			Native:   true,
-			Note:     "ctguard run, built-in defaults",
-			Prepare:  ctguardConfig,
+			Note:     note,
+			Prepare:  func(dir string) ([]string, error) { return ctguardConfig(dir, closeSockets) },
 		}, nil
 	}
-	return Defense{}, fmt.Errorf("unknown defense %q (have %v)", name, DefenseNames)
+	return Defense{}, fmt.Errorf("unknown defense %q (have %v, and ctguard-noclose)", name, DefenseNames)
 }
 
 // ctguardConfig writes a config that changes only where the daemon keeps
-// its state and control socket; everything else stays at the defaults.
-func ctguardConfig(dir string) ([]string, error) {
+// its state and control socket (and, for ctguard-noclose, turns socket
+// closing off); everything else stays at the defaults.
+func ctguardConfig(dir string, closeSockets bool) ([]string, error) {
 	path := filepath.Join(dir, "ctguard.toml")
 	// Debug logging: one line per cycle in the run's log (it changes no decision).
-	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n", filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"))
+	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\nclose_sockets = %t\n\n[log]\nlevel = \"debug\"\n",
+		filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"), closeSockets)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("ctguard config: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +55,8 @@ type Result struct {
 	Records     Records
 	Summary     Summary
 	Rows        []Row
+	// ApacheLog is the Apache variants' error log (Scenario.Apache).
+	ApacheLog string
 }
 
 type proc struct {
@@ -94,6 +97,8 @@ type run struct {
 	procs []*proc
 	dirs  []string // private directories to remove at the end
 	trees []int    // pids whose descendants are killed at the end (sshd)
+	// apacheLog is the path of Apache's error log, if it runs.
+	apacheLog string
 }
 
 // Run runs one scenario under one defense in a fresh topology and always
@@ -163,6 +168,21 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		p.Args = args
 		return p
 	}
+	if sc.Apache {
+		dir, err := os.MkdirTemp("", "ctglab-apache-")
+		if err != nil {
+			return nil, err
+		}
+		r.dirs = append(r.dirs, dir)
+		cfg, err := prepareApache(runCtx, dir)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.startApache(runCtx, cfg); err != nil {
+			return nil, err
+		}
+		r.apacheLog = filepath.Join(dir, "error.log")
+	}
 	srvArgs := append([]string{"server"}, sc.ServerArgs...)
 	if _, err := r.start(runCtx, Proc{Name: "server", Role: topo.Victim, Args: srvArgs}, "", total+30*time.Second); err != nil {
 		return nil, err
@@ -219,7 +239,7 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		}
 	}
 	res.Start = time.Now()
-	for _, p := range append(legitProcs(sc.Family), background...) {
+	for _, p := range append(legitProcs(sc), background...) {
 		if _, err := r.start(runCtx, expand(p), "", total); err != nil {
 			return nil, err
 		}
@@ -277,6 +297,13 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	// look like none: the samples must cover the whole attack.
 	if last := time.UnixMilli(res.Records.Samples[len(res.Records.Samples)-1].T); last.Before(res.AttackEnd) {
 		return nil, fmt.Errorf("the monitor's last sample (%s) is %s before the attack's end", last.Format(time.TimeOnly), res.AttackEnd.Sub(last).Round(time.Millisecond))
+	}
+	if r.apacheLog != "" {
+		b, err := os.ReadFile(r.apacheLog)
+		if err != nil {
+			return nil, fmt.Errorf("apache error log: %w", err)
+		}
+		res.ApacheLog = string(b)
 	}
 	res.Rows = Rows(res)
 	res.Summary = Summarize(res)

@@ -7,7 +7,9 @@ package lab
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ctguard/ctguard/test/e2e/topo"
@@ -60,6 +62,10 @@ type Scenario struct {
 	// Watch lists ADDR:PORT targets whose TCP entries the monitor counts
 	// every 500 ms (Summary.Watch, in this order).
 	Watch []string
+	// Apache runs a real Apache (Debian's apache2, its default limits) in
+	// the victim on ApachePort next to the lab server; the probes are then
+	// HTTP requests to it. See ApacheVariant.
+	Apache bool
 }
 
 // Total is the scenario's wall-clock length.
@@ -279,9 +285,91 @@ func cgnatProc(short bool) Proc {
 		"--users-start", start, "--users", "1100", "--interval", "10s", "--dst", victim443v4}}
 }
 
-// Find returns the named scenario.
+// ApacheScenarios are the scenarios that also run against Apache: silent
+// bots at full speed and at the incident's rate, v4 and v6, and the flash
+// crowd next to the NAT gateways.
+var ApacheScenarios = []string{"bots-v4", "bots-v6", "bots-brief", "bots-brief-v6", "crowd-nat"}
+
+// ApacheVariant is sc against a real Apache: named "apache-" + sc.Name, the
+// attack (and a crowd that is the scenario's load) sent to Apache's port
+// instead of the lab server's, the crowd's requests in real HTTP, no
+// prefill, and the probes HTTP GETs to Apache that must answer 200 within 2 s. The rest of
+// the legit background (the small crowd, the NAT gateways' long-lived
+// sessions) keeps using the lab server: it is the host's other traffic.
+func ApacheVariant(sc Scenario, short bool) Scenario {
+	out := sc
+	if short {
+		// A probe lost while the first wave is detected costs 1 % of a
+		// 15 s run: 25 s gives the ratio room to mean something.
+		out.AttackFor = max(out.AttackFor, 25*time.Second)
+	}
+	out.Name = "apache-" + sc.Name
+	out.Desc = sc.Desc + "; against Apache (Debian's apache2 with its default limits: 150 workers, request header within 20-40 s), the probes are HTTP GETs to it"
+	out.Apache = true
+	// Apache takes its port from the lab server.
+	out.ServerArgs = withoutPort(sc.ServerArgs, ApachePort)
+	out.Attack = make([]Proc, len(sc.Attack))
+	for i, p := range sc.Attack {
+		p.Args = toApache(p.Args)
+		if p.Role == topo.Legit && len(p.Args) > 0 && p.Args[0] == "crowd" {
+			p.Args = append(p.Args, "--http")
+		}
+		out.Attack[i] = p
+	}
+	// No prefill: a short run's head start of injected entries is about the
+	// table, and would let a guard ban the bots' whole range before they
+	// ever reach Apache. The live bots must meet the service.
+	out.Prefill = nil
+	return out
+}
+
+// withoutPort returns server flags that leave port to another server.
+func withoutPort(args []string, port int) []string {
+	out := slices.Clone(args)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "--tcp-ports" {
+			var keep []string
+			for _, p := range strings.Split(out[i+1], ",") {
+				if p != itoa(port) {
+					keep = append(keep, p)
+				}
+			}
+			out[i+1] = strings.Join(keep, ",")
+			return out
+		}
+	}
+	return append(out, "--tcp-ports", "22,443") // the server's default, less port 80
+}
+
+// toApache points the lab server's :443 destinations at Apache's port.
+func toApache(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		switch a {
+		case victim443v4:
+			a = fmt.Sprintf("%s:%d", topo.VictimV4, ApachePort)
+		case victim443v6:
+			a = fmt.Sprintf("[%s]:%d", topo.VictimV6, ApachePort)
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// All is every scenario: Scenarios, then the Apache variants.
+func All(short bool) []Scenario {
+	all := Scenarios(short)
+	for _, sc := range all[:len(all):len(all)] {
+		if slices.Contains(ApacheScenarios, sc.Name) {
+			all = append(all, ApacheVariant(sc, short))
+		}
+	}
+	return all
+}
+
+// Find returns the named scenario (an Apache variant too).
 func Find(name string, short bool) (Scenario, error) {
-	for _, s := range Scenarios(short) {
+	for _, s := range All(short) {
 		if s.Name == name {
 			return s, nil
 		}
@@ -292,14 +380,19 @@ func Find(name string, short bool) (Scenario, error) {
 // legitProcs is the background every scenario has: probes, a benign crowd
 // and two NAT gateways with 60 live users each (the brief's false-positive
 // case). They run for the whole scenario.
-func legitProcs(family int) []Proc {
+func legitProcs(sc Scenario) []Proc {
 	probeSrc, dst := topo.ProbeV4.String(), victim443v4
-	if family == 6 {
+	if sc.Family == 6 {
 		probeSrc, dst = topo.ProbeV6.String(), victim443v6
 	}
+	probe := []string{"probes", "--src", probeSrc, "--n", "100", "--interval", "250ms", "--timeout", "2s"}
+	if sc.Apache {
+		probe = append(probe, "--http", "--dst", toApache([]string{dst})[0])
+	} else {
+		probe = append(probe, "--dst", dst)
+	}
 	return []Proc{
-		{Name: "probes", Role: topo.Legit, Args: []string{"probes", "--src", probeSrc, "--n", "100",
-			"--interval", "250ms", "--timeout", "2s", "--dst", dst}},
+		{Name: "probes", Role: topo.Legit, Args: probe},
 		{Name: "crowd", Role: topo.Legit, Args: []string{"crowd", "--src", topo.CrowdV4.String(), "--n", "250",
 			"--rate", "20", "--dst", victim443v4}},
 		{Name: "crowd6", Role: topo.Legit, Args: []string{"crowd", "--src", topo.CrowdV6.String(), "--n", "250",

@@ -91,20 +91,26 @@ func (r *run) startSSHD(ctx context.Context, cfg string) error {
 	r.mu.Lock()
 	r.trees = append(r.trees, h.cmd.Process.Pid)
 	r.mu.Unlock()
+	return r.waitListen(ctx, h, 22)
+}
+
+// waitListen waits until a native process listens on TCP port in the
+// victim (10 s at most), or says why not.
+func (r *run) waitListen(ctx context.Context, h *proc, port int) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		out, err := r.topo.Output(ctx, topo.Victim, "ss", "-Htln", "sport = :22")
+		out, err := r.topo.Output(ctx, topo.Victim, "ss", "-Htln", "sport = :"+strconv.Itoa(port))
 		if err == nil && strings.TrimSpace(out) != "" {
 			return nil
 		}
 		select {
 		case err := <-h.done:
 			h.done <- err
-			return fmt.Errorf("sshd exited before it listened: %v: %s", err, h.stderr.String())
+			return fmt.Errorf("%s exited before it listened: %v: %s", h.p.Name, err, h.stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("sshd not listening on 22 after 10 s: %s", h.stderr.String())
+			return fmt.Errorf("%s not listening on %d after 10 s: %s", h.p.Name, port, h.stderr.String())
 		}
 		if err := sleep(ctx, 50*time.Millisecond); err != nil {
 			return err

@@ -52,6 +52,10 @@ type Summary struct {
 	// ScopedBans those of them banned on every port but SSH (ctguard's
 	// scoped bans of targets that cover an open SSH session's peer).
 	Bans, ScopedBans []string
+	// Apache: the run's victim service was Apache; ApacheWorkersFull is
+	// how often its error log says it reached MaxRequestWorkers.
+	Apache            bool
+	ApacheWorkersFull int
 	// FirstBanAny is the first ban of anything, from attack start (<0: never).
 	FirstBanAny time.Duration
 	// PressureAt is when the table first held PressureFill of its maximum,
@@ -147,6 +151,9 @@ func (s Summary) Line() string {
 // the CGNAT, the SSH operator, watched entries), empty when a run has none.
 func (s Summary) Extras() string {
 	var parts []string
+	if s.Apache {
+		parts = append(parts, fmt.Sprintf("apache_workers_full=%d", s.ApacheWorkersFull))
+	}
 	if s.AttackPeakLive > 0 {
 		parts = append(parts, fmt.Sprintf("attack_peak_live=%d", s.AttackPeakLive))
 	}
@@ -212,7 +219,8 @@ func isFull(s *wire.Sample) bool {
 
 // Summarize computes the summary from a run's records.
 func Summarize(res *Result) Summary {
-	s := Summary{Scenario: res.Scenario.Name, Defense: res.Defense.Name, FullAfter: -1, FirstBan: -1, PeakAttackHeld: -1, FirstBanAny: -1}
+	s := Summary{Scenario: res.Scenario.Name, Defense: res.Defense.Name, FullAfter: -1, FirstBan: -1, PeakAttackHeld: -1, FirstBanAny: -1,
+		Apache: res.Scenario.Apache, ApacheWorkersFull: apacheFull(res.ApacheLog)}
 	samples := res.Records.Samples
 	var firstBanT time.Time
 	for _, target := range res.Scenario.Watch {
@@ -352,7 +360,7 @@ func Summarize(res *Result) Summary {
 			s.AttackPeakLive += pr.PeakLive
 		}
 	}
-	for _, p := range legitProcs(res.Scenario.Family) {
+	for _, p := range legitProcs(res.Scenario) {
 		if pr := res.Records.Progress[p.Name]; pr != nil && p.Name != "probes" {
 			s.LegitSent += pr.Sent
 			s.LegitFailed += pr.Failed

@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"encoding/csv"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -177,7 +178,7 @@ func TestMarkdownTable(t *testing.T) {
 
 func TestScenariosBounded(t *testing.T) {
 	for _, short := range []bool{true, false} {
-		for _, sc := range Scenarios(short) {
+		for _, sc := range All(short) {
 			if sc.Total() <= 0 || sc.Total() > 3*time.Minute || len(sc.Attack) == 0 || (sc.Family != 4 && sc.Family != 6) {
 				t.Errorf("%s (short=%v): total %s, %d attack procs, family %d", sc.Name, short, sc.Total(), len(sc.Attack), sc.Family)
 			}
@@ -294,5 +295,66 @@ func TestForwardedPrefillOnly(t *testing.T) {
 	}
 	if Classify(topo.CGNATV4.String()) != "legit" || Classify(topo.SSHTrickX.String()) != "attack" {
 		t.Error("the CGNAT must be legit, X an attacker")
+	}
+}
+
+// TestApacheVariant: the Apache variant of a scenario sends the attack and
+// HTTP probes to Apache's port, never to the lab server's, and keeps the
+// rest of the scenario.
+func TestApacheVariant(t *testing.T) {
+	names := map[string]bool{}
+	for _, sc := range All(true) {
+		if names[sc.Name] {
+			t.Errorf("two scenarios named %s", sc.Name)
+		}
+		names[sc.Name] = true
+	}
+	for _, n := range ApacheScenarios {
+		if !names["apache-"+n] {
+			t.Errorf("no Apache variant of %s", n)
+		}
+	}
+	base, err := Find("crowd-nat", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := Find("apache-crowd-nat", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(sc.ServerArgs, " "); got != "--tcp-ports 22,443" {
+		t.Errorf("lab server flags %q, want it off Apache's port", got)
+	}
+	if got := strings.Join(withoutPort([]string{"--max-conns", "9", "--tcp-ports", "80,443"}, ApachePort), " "); got != "--max-conns 9 --tcp-ports 443" {
+		t.Errorf("withoutPort: %q", got)
+	}
+	if !sc.Apache || sc.AttackFor != max(base.AttackFor, 25*time.Second) || len(sc.Attack) != len(base.Attack) {
+		t.Fatalf("variant %+v of %+v", sc, base)
+	}
+	apache4, apache6 := fmt.Sprintf("%s:%d", topo.VictimV4, ApachePort), fmt.Sprintf("[%s]:%d", topo.VictimV6, ApachePort)
+	for _, p := range sc.Attack {
+		args := strings.Join(p.Args, " ")
+		if strings.Contains(args, ":443") || !(strings.Contains(args, apache4) || strings.Contains(args, apache6)) {
+			t.Errorf("%s: %s, want Apache's port", p.Name, args)
+		}
+		if !strings.Contains(args, "--http") {
+			t.Errorf("%s: the crowd must speak HTTP to Apache: %s", p.Name, args)
+		}
+	}
+	v6, err := Find("apache-bots-v6", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range legitProcs(v6) {
+		args := strings.Join(p.Args, " ")
+		if p.Name == "probes" && (!strings.Contains(args, "--http") || !strings.Contains(args, apache6)) {
+			t.Errorf("probes: %s, want HTTP to %s", args, apache6)
+		}
+		if p.Name != "probes" && strings.Contains(args, "--http") {
+			t.Errorf("%s: %s, the rest of the background stays on the lab server", p.Name, args)
+		}
+	}
+	if v6.Prefill != nil {
+		t.Errorf("prefill %+v: the live bots must meet Apache", v6.Prefill)
 	}
 }

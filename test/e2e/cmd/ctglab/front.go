@@ -33,8 +33,8 @@ func runList(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	for _, s := range lab.Scenarios(*short) {
-		fmt.Fprintf(e.stdout, "%-13s %5.0fs  %s\n", s.Name, s.Total().Seconds(), s.Desc)
+	for _, s := range lab.All(*short) {
+		fmt.Fprintf(e.stdout, "%-20s %5.0fs  %s\n", s.Name, s.Total().Seconds(), s.Desc)
 	}
 	return nil
 }
@@ -113,7 +113,7 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 func runRun(ctx context.Context, e *env, args []string) error {
 	fs := newFlags("run", e)
 	name := fs.String("scenario", "bots-v4", "scenario (see ctglab list)")
-	defense := fs.String("defense", "none", "none, baseline or ctguard")
+	defense := fs.String("defense", "none", "none, baseline, meter, ctguard or ctguard-noclose")
 	short := fs.Bool("short", false, "short (CI) version")
 	out := fs.String("out", "out/lab", "directory for the CSV")
 	step := fs.Int("csv-step", 1, "keep every n-th sample in the CSV")

@@ -249,6 +249,7 @@ func runCrowd(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&c.N, "n", 0, "sources")
 	fs.Float64Var(&c.Rate, "rate", 0, "connections per second")
 	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port")
+	fs.BoolVar(&c.HTTP, "http", false, "HTTP/1.1 GET / that must answer 200 (a real web server)")
 	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -291,6 +292,7 @@ func runProbes(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&c.Interval, "interval", 250*time.Millisecond, "probe interval")
 	fs.DurationVar(&c.Timeout, "timeout", 2*time.Second, "probe timeout")
 	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port")
+	fs.BoolVar(&c.HTTP, "http", false, "an HTTP/1.1 GET / that must answer 200 (a real web server)")
 	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
 	if err := parse(fs, args); err != nil {
 		return err
