@@ -50,7 +50,7 @@ LAB_BIN := bin/ctglab
 lab-build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(LAB_BIN) ./test/e2e/cmd/ctglab
 
-# The brief's attack unprotected, under the brief's method and under ctguard
+# The incident's attack unprotected, under the cron-script method and under ctguard
 # (defaults): summaries side by side, plot in out/demo/.
 demo: build lab-build
 	$(LAB_BIN) demo --out out/demo --ctguard $(BIN)

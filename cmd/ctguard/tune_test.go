@@ -82,8 +82,8 @@ func withStdin(t *testing.T, input string, tty bool) {
 	t.Cleanup(func() { tuneStdin = old })
 }
 
-func TestTuneBriefHost(t *testing.T) {
-	_, roots := tuneFixture(t, "brief-4.9")
+func TestTuneIncidentHost(t *testing.T) {
+	_, roots := tuneFixture(t, "incident-4.9")
 	out, errOut, code := runCLI(t, append([]string{"tune"}, roots...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
@@ -91,7 +91,7 @@ func TestTuneBriefHost(t *testing.T) {
 	for _, want := range []string{
 		"kernel 4.9.0-19-amd64",
 		"kernel default for this RAM: max 16384, buckets 4096",
-		// The scan read the fixture's /proc/net/nf_conntrack: the brief's
+		// The scan read the fixture's /proc/net/nf_conntrack: the incident's
 		// ten inbound entries, idle 195..2850 s.
 		"observed: 1 scan(s)", "inbound n=10 p50=1752 p90=2772 p99=2850 max=2850",
 		"recommended: 21504 entries = 9.4 MiB = 1.9 % of RAM",
@@ -124,7 +124,7 @@ func hasRow(out string, fields ...string) bool {
 }
 
 func TestTuneJSON(t *testing.T) {
-	_, roots := tuneFixture(t, "brief-5.15")
+	_, roots := tuneFixture(t, "incident-5.15")
 	out, errOut, code := runCLI(t, append([]string{"tune", "--json", "--mem-budget", "4"}, roots...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
@@ -146,7 +146,7 @@ func TestTuneJSON(t *testing.T) {
 }
 
 func TestTuneBadFlags(t *testing.T) {
-	dir, roots := tuneFixture(t, "brief-5.15")
+	dir, roots := tuneFixture(t, "incident-5.15")
 	before := snapshotTree(t, dir)
 	for _, tc := range []struct {
 		args []string
@@ -174,7 +174,7 @@ func TestTuneBadFlags(t *testing.T) {
 }
 
 func TestTuneApplyNeedsConfirmation(t *testing.T) {
-	dir, roots := tuneFixture(t, "brief-4.9")
+	dir, roots := tuneFixture(t, "incident-4.9")
 	before := snapshotTree(t, dir)
 	args := append([]string{"tune", "--apply"}, roots...)
 
@@ -242,7 +242,7 @@ func TestTuneObserve(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes 5 s")
 	}
-	_, roots := tuneFixture(t, "brief-5.15")
+	_, roots := tuneFixture(t, "incident-5.15")
 	out, errOut, code := runCLI(t, append([]string{"tune", "--observe", "6s"}, roots...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
@@ -253,7 +253,7 @@ func TestTuneObserve(t *testing.T) {
 }
 
 func TestTuneWithoutLocalAddrs(t *testing.T) {
-	dir, roots := tuneFixture(t, "brief-5.15")
+	dir, roots := tuneFixture(t, "incident-5.15")
 	os.Remove(filepath.Join(dir, "proc/net/fib_trie"))
 	out, errOut, code := runCLI(t, append([]string{"tune"}, roots...)...)
 	if code != 0 || !strings.Contains(errOut, "counting all as inbound") || !strings.Contains(out, "inbound n=10 ") {

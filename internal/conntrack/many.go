@@ -9,7 +9,7 @@ import (
 
 // flushBatchMax is where per-address filtered flushes stop paying off: each
 // costs a table walk (~90 ms at 262k entries), one dump plus per-entry
-// deletes costs about a second plus 10 µs per entry (kernel-facts.md §3).
+// deletes costs about a second plus 10 µs per entry.
 const flushBatchMax = 8
 
 // prefixMatcher finds which of a set of prefixes holds an address, with one

@@ -19,11 +19,11 @@ func readLines(t testing.TB, name string) [][]byte {
 	return bytes.SplitAfter(bytes.TrimSpace(b), []byte("\n"))
 }
 
-func TestParseProcBrief(t *testing.T) {
+func TestParseProcIncident(t *testing.T) {
 	perSource := map[string]int{}
 	var timeouts []uint32
 	var e Entry
-	for _, l := range readLines(t, "brief-nf_conntrack.txt") {
+	for _, l := range readLines(t, "incident-nf_conntrack.txt") {
 		if err := ParseProcLine(l, &e); err != nil {
 			t.Fatalf("%s: %v", l, err)
 		}
@@ -138,7 +138,7 @@ func TestParseProcShapes(t *testing.T) {
 }
 
 func TestProcReaderFiltersAndErrors(t *testing.T) {
-	r := &ProcReader{Path: "testdata/brief-nf_conntrack.txt"}
+	r := &ProcReader{Path: "testdata/incident-nf_conntrack.txt"}
 	n := 0
 	src := netip.MustParseAddr("78.39.13.110")
 	if err := r.Dump(context.Background(), DumpOptions{Source: src}, func(e *Entry) error { n++; return nil }); err != nil {
@@ -165,7 +165,7 @@ func TestProcReaderFiltersAndErrors(t *testing.T) {
 }
 
 func FuzzParseProcLine(f *testing.F) {
-	for _, name := range []string{"brief-nf_conntrack.txt", "mixed-nf_conntrack.txt"} {
+	for _, name := range []string{"incident-nf_conntrack.txt", "mixed-nf_conntrack.txt"} {
 		for _, l := range readLines(f, name) {
 			f.Add(l)
 		}

@@ -518,7 +518,7 @@ nft add rule ip nat pre tcp dport 9090 dnat to 198.51.100.2:8080`)
 }
 
 // TestRootBanManyPurgesEachSource: several sources in one BanMany go
-// through the lead's one-dump PurgeSources/CountSources, and each gets its
+// through the one-dump PurgeSources/CountSources, and each gets its
 // own count while an unbanned source keeps its entries.
 func TestRootBanManyPurgesEachSource(t *testing.T) {
 	l := newLab(t)

@@ -22,7 +22,7 @@ import (
 
 // lab is an attacker and a victim namespace joined by veth, with a
 // stateful rule in the victim (so conntrack tracks), ctguard's engine
-// managing the victim's firewall, and the lead's conntrack package as the
+// managing the victim's firewall, and the conntrack package as the
 // purger.
 type lab struct {
 	t        *testing.T

@@ -40,7 +40,7 @@ const (
 	chainPriority = -300
 )
 
-// Message limits (kernel-facts section 5): the element list of one
+// Message limits: the element list of one
 // NEWSETELEM is a netlink attribute with a 16-bit length, so one message
 // must stay under 64 KiB; the whole batch must fit the socket send buffer.
 const (

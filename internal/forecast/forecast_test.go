@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-func TestBriefForecast(t *testing.T) {
-	// The brief: 249 -> 268 entries in 60 s, nf_conntrack_max 16384.
+func TestIncidentForecast(t *testing.T) {
+	// The incident: 249 -> 268 entries in 60 s, nf_conntrack_max 16384.
 	t0 := time.Unix(1_700_000_000, 0)
 	r, ok := Rate([]Sample{{t0, 249}, {t0.Add(time.Minute), 268}})
 	if !ok || math.Abs(r*60-19) > 1e-9 {
@@ -22,7 +22,7 @@ func TestBriefForecast(t *testing.T) {
 	if got := Format(eta); got != "14h 8m" {
 		t.Errorf("Format(%v) = %q, want %q", eta, got, "14h 8m")
 	}
-	// From 180 at the same rate: the brief's "about 853 minutes".
+	// From 180 at the same rate: the incident's "about 853 minutes".
 	eta, _ = ETA(180, 16384, r)
 	if m := eta.Minutes(); m < 852 || m > 854 {
 		t.Errorf("from 180: %.1f min, want about 853", m)

@@ -157,7 +157,7 @@ func Default() Config {
 		ElevatedFill: 0.50, HighFill: 0.75, CriticalFill: 0.90,
 		ElevatedETA: 6 * time.Hour, HighETA: 30 * time.Minute, CriticalETA: 5 * time.Minute,
 		Weights: Weights{Idle: 1, IdleServed: 0.25, Orphan: 1, HalfOpen: 0.2, Stalled: 0.1, Active: 0.01, Closing: 0.02, Other: 0.02},
-		// The brief's bots hold ~300 unevictable entries each; a NAT gateway
+		// The incident's bots hold ~300 unevictable entries each; a NAT gateway
 		// with 60 live users scores 0.6.
 		Threshold:           [NumPressures]float64{100, 60, 30, 15},
 		MinEntries:          10,

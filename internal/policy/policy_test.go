@@ -70,7 +70,7 @@ func targets(r Result) string {
 }
 
 func TestDecide(t *testing.T) {
-	bot := snapshot.Counts{Idle: 300}                              // the brief's bot, its entries idle
+	bot := snapshot.Counts{Idle: 300}                              // the incident's bot, its entries idle
 	freshBot := snapshot.Counts{Active: 150, OrphanActive: 150}    // seconds old, no socket behind them
 	nat := snapshot.Counts{Active: 60, Closing: 20, Other: 4}      // 60 live users
 	cgnat := snapshot.Counts{Active: 3000, Idle: 40, Closing: 500} // a big carrier NAT
@@ -88,7 +88,7 @@ func TestDecide(t *testing.T) {
 		breaker    bool
 		valve      bool
 	}{
-		{name: "the brief: bots banned, NAT gateways and crowd spared",
+		{name: "the incident: bots banned, NAT gateways and crowd spared",
 			w:     new(world).add("203.0.113.110", bot).add("198.51.100.204", bot).add("192.0.2.1", nat).add("192.0.2.2", nat).add("192.0.2.3", crowd).add("100.64.0.1", cgnat),
 			count: 4000, max: 262144,
 			want: "198.51.100.204/32(source-score) 203.0.113.110/32(source-score)", pressure: Calm},

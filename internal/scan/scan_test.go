@@ -22,9 +22,10 @@ func write(t *testing.T, root, rel, content string) {
 	}
 }
 
-// briefHost is a procfs tree of the brief's host: kernel 4.9, max 16384,
-// the /proc file with the brief's ten lines, and the old stat file.
-func briefHost(t *testing.T) string {
+// incidentHost is a procfs tree of the incident's host: kernel 4.9, max
+// 16384, the /proc file with ten of the incident's entries, and the old
+// stat file.
+func incidentHost(t *testing.T) string {
 	root := t.TempDir()
 	nf := "sys/net/netfilter/"
 	write(t, root, nf+"nf_conntrack_max", "16384\n")
@@ -35,7 +36,7 @@ func briefHost(t *testing.T) string {
 	write(t, root, nf+"nf_conntrack_tcp_timeout_max_retrans", "300\n")
 	write(t, root, nf+"nf_conntrack_udp_timeout", "30\n")
 	write(t, root, "sys/kernel/osrelease", "4.9.0-6-amd64\n")
-	b, err := os.ReadFile("../conntrack/testdata/brief-nf_conntrack.txt")
+	b, err := os.ReadFile("../conntrack/testdata/incident-nf_conntrack.txt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,7 @@ func briefHost(t *testing.T) string {
 }
 
 func TestReadSysctls(t *testing.T) {
-	s, err := ReadSysctls(briefHost(t))
+	s, err := ReadSysctls(incidentHost(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func TestReadSysctls(t *testing.T) {
 }
 
 func TestProcSourceOnFixtureTree(t *testing.T) {
-	root := briefHost(t)
+	root := incidentHost(t)
 	src, err := Open(context.Background(), Proc, root)
 	if err != nil {
 		t.Fatal(err)

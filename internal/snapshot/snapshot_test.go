@@ -37,8 +37,8 @@ func find(hs []Holder, key string) *Holder {
 	return nil
 }
 
-func TestBrief(t *testing.T) {
-	s := fromProc(t, "brief-nf_conntrack.txt", Config{Local: NewLocalSet(netip.MustParseAddr("172.31.19.247"))})
+func TestIncident(t *testing.T) {
+	s := fromProc(t, "incident-nf_conntrack.txt", Config{Local: NewLocalSet(netip.MustParseAddr("172.31.19.247"))})
 	if s.Total != 10 || s.Inbound != 10 || s.Outbound != 0 || s.States[conntrack.TCPEstablished] != 10 || s.Classes[Idle] != 10 {
 		t.Fatalf("totals: %+v", s)
 	}

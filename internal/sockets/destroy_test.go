@@ -39,6 +39,24 @@ func TestMatch(t *testing.T) {
 	}
 }
 
+// TestPeerOfMapped: a dual-stack listener ([::]:80, as Apache opens it)
+// sees IPv4 clients as IPv4-mapped IPv6 peers; they match IPv4 targets.
+func TestPeerOfMapped(t *testing.T) {
+	var id [48]byte
+	binary.BigEndian.PutUint16(id[0:], 80)
+	binary.BigEndian.PutUint16(id[2:], 40000)
+	mapped := netip.MustParseAddr("::ffff:198.51.100.7").As16()
+	copy(id[20:], mapped[:])
+	p := peerOf(unix.AF_INET6, &id)
+	if p != netip.MustParseAddrPort("198.51.100.7:40000") {
+		t.Fatalf("peerOf = %s, want the IPv4 peer", p)
+	}
+	ts := []Target{{Prefix: netip.MustParsePrefix("198.51.100.0/24")}}
+	if match(ts, p.Addr(), 80) != 0 {
+		t.Error("a mapped IPv4 peer escaped an IPv4 ban")
+	}
+}
+
 // TestAppendDestroy checks the SOCK_DESTROY request byte by byte: a
 // netlink header with ACK, then inet_diag_req_v2 carrying the dumped id.
 func TestAppendDestroy(t *testing.T) {

@@ -1,9 +1,9 @@
 // Package sockets lists the host's TCP sockets over NETLINK_SOCK_DIAG, to
 // tell which inbound conntrack entries have an application socket behind
 // them. An inbound ESTABLISHED entry with no served socket is an orphan:
-// the brief saw 20-30 sockets per attacking address while conntrack held
-// 150-300 entries for it, while a NAT gateway full of real users has a
-// socket behind every entry.
+// during the incident the host had 20-30 sockets per attacking address
+// while conntrack held 150-300 entries for it, while a NAT gateway full of
+// real users has a socket behind every entry.
 //
 // It only reads. It must never be used to judge entries forwarded or
 // DNAT'ed to other namespaces: their sockets are not here.

@@ -62,7 +62,7 @@ func mustRead(t *testing.T, p string) string {
 }
 
 func TestApplyRollbackRoundTrip(t *testing.T) {
-	for _, name := range []string{"brief-4.9", "brief-5.15", "host-4g", "host-64g", "kube"} {
+	for _, name := range []string{"incident-4.9", "incident-5.15", "host-4g", "host-64g", "kube"} {
 		t.Run(name, func(t *testing.T) {
 			r := fixture(t, name)
 			before := treeState(t, r)
@@ -101,7 +101,7 @@ func TestApplyRollbackRoundTrip(t *testing.T) {
 				t.Errorf("modules-load file: %q", got)
 			}
 			modPath := filepath.Join(r.Etc, "modprobe.d", ModprobeFile)
-			if name == "brief-4.9" {
+			if name == "incident-4.9" {
 				// 4.9: read-only buckets sysctl: module option + live /sys parameter.
 				if got := mustRead(t, modPath); !strings.Contains(got, "options nf_conntrack hashsize=21504") {
 					t.Errorf("modprobe file: %q", got)
@@ -165,7 +165,7 @@ func itoa(v int64) string { return strconv.FormatInt(v, 10) }
 // A file that already sits at ctguard's path (hand-written, say) is backed
 // up byte for byte, with its mode, and restored.
 func TestApplyBacksUpForeignFile(t *testing.T) {
-	r := fixture(t, "brief-5.15")
+	r := fixture(t, "incident-5.15")
 	own := filepath.Join(r.Etc, "sysctl.d", SysctlFile)
 	if err := os.MkdirAll(filepath.Dir(own), 0o755); err != nil {
 		t.Fatal(err)
@@ -195,7 +195,7 @@ func TestApplyBacksUpForeignFile(t *testing.T) {
 // A live value that cannot be written is reported, the rest applied; the
 // rollback of the others still works.
 func TestApplyLiveFailure(t *testing.T) {
-	r := fixture(t, "brief-5.15")
+	r := fixture(t, "incident-5.15")
 	before := treeState(t, r)
 	c, err := Prepare(r, Recommend(readHost(t, r), nil, Budget{}))
 	if err != nil {
@@ -231,7 +231,7 @@ func TestApplyLiveFailure(t *testing.T) {
 }
 
 func TestManifestRejectsEscapes(t *testing.T) {
-	r := fixture(t, "brief-5.15")
+	r := fixture(t, "incident-5.15")
 	if err := os.MkdirAll(r.backupPath(), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestDiffLines(t *testing.T) {
 // nf_conntrack_buckets are 0444: the plan still writes the files, but never
 // tries those values live.
 func TestPrepareGlobalReadOnly(t *testing.T) {
-	r := fixture(t, "brief-5.15")
+	r := fixture(t, "incident-5.15")
 	for _, n := range []string{Max, Buckets, Count} {
 		if err := os.Chmod(r.SysctlPath(n), 0o444); err != nil {
 			t.Fatal(err)

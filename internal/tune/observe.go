@@ -32,7 +32,7 @@ type IdleStats struct {
 // Observation is what the scans saw of ESTABLISHED idle times.
 //
 // Idle time = configured established timeout - remaining timeout: every
-// packet resets the timeout (kernel-facts section 1). A single scan sees gaps
+// packet resets the timeout. A single scan sees gaps
 // still in progress; only the host's own outbound connections are legit by
 // construction, so their idle times are the single-scan evidence. Across
 // several scans, a flow whose idle time fell between two scans had a packet:

@@ -11,7 +11,7 @@ import (
 //   go test ./internal/tune -run '^$' -fuzz FuzzParseSysctlConf -fuzztime 30s
 
 func addFixtureSeeds(f *testing.F, rels ...string) {
-	for _, host := range []string{"brief-4.9", "brief-5.15", "host-4g", "host-64g", "kube"} {
+	for _, host := range []string{"incident-4.9", "incident-5.15", "host-4g", "host-64g", "kube"} {
 		for _, rel := range rels {
 			if data, err := readSmall("testdata/" + host + "/" + rel); err == nil {
 				f.Add(data)

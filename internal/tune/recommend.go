@@ -33,7 +33,7 @@ const (
 	// of a smaller table.
 	fallbackObjSize = 320
 	// maxCeiling caps the recommended table: a full dump costs about 1 s per
-	// 262,144 entries (kernel-facts section 2), so 2M entries is an 8 s scan.
+	// 262,144 entries, so 2M entries is an 8 s scan.
 	maxCeiling = 1 << 21
 	// pooledFloor protects pooled idle connections (database pools idle for
 	// 10 minutes and more) whatever the observation says.
@@ -410,9 +410,10 @@ func established(h *Host, obs *Observation, cur int64, maxRec int64) Item {
 		Current: cur, Recommended: rec, Change: rec != cur, PerNamespace: true, Reason: why.String()}
 }
 
-// policy suggests the targeted alternative (kernel-facts section 6): a short
-// established timeout only for inbound flows to public ports, so idle bots on
-// :443 expire in minutes while the host's outbound pools keep theirs.
+// policy suggests the targeted alternative to a lower global timeout: a
+// short established timeout (an nft ct timeout policy) only for inbound
+// flows to public ports, so idle bots on :443 expire in minutes while the
+// host's outbound pools keep theirs.
 func (p *Plan) policy(h *Host, obs *Observation) {
 	var ports []uint16
 	for _, port := range h.ListenPorts {

@@ -71,7 +71,7 @@ func TestDefaultTable(t *testing.T) {
 		mem          uint64
 		buckets, max int64
 	}{
-		// The brief's t2.nano: 3890 buckets by the formula, rounded up to a
+		// The incident's t2.nano: 3890 buckets by the formula, rounded up to a
 		// page of heads (4096): 4 x 4096 on 4.9, 1 x 4096 on 5.15+.
 		{"0.5GiB 4.9", k49, 498004 * kib, 4096, 16384},
 		{"0.5GiB 5.15", k515, 498004 * kib, 4096, 4096},
@@ -96,7 +96,7 @@ func TestDefaultTable(t *testing.T) {
 }
 
 func TestReadHost(t *testing.T) {
-	h := readHost(t, fixture(t, "brief-4.9"))
+	h := readHost(t, fixture(t, "incident-4.9"))
 	if h.Kernel.Major != 4 || h.Kernel.Minor != 9 {
 		t.Errorf("kernel %+v", h.Kernel)
 	}
@@ -107,7 +107,7 @@ func TestReadHost(t *testing.T) {
 		t.Errorf("sysctl %v", h.Sysctl)
 	}
 	if h.Slab != nil {
-		t.Errorf("brief-4.9 has no slabinfo, got %+v", h.Slab)
+		t.Errorf("incident-4.9 has no slabinfo, got %+v", h.Slab)
 	}
 	if h.BucketsWritable {
 		t.Error("4.9 nf_conntrack_buckets is read-only (0444 in the fixture)")
@@ -118,7 +118,7 @@ func TestReadHost(t *testing.T) {
 	if len(h.ListenPorts) != 2 || h.ListenPorts[0] != 22 || h.ListenPorts[1] != 443 {
 		t.Errorf("listen ports %v, want [22 443] (3306 on loopback excluded)", h.ListenPorts)
 	}
-	addrs, err := LocalAddrs(fixture(t, "brief-4.9").Procfs)
+	addrs, err := LocalAddrs(fixture(t, "incident-4.9").Procfs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,16 +138,16 @@ func TestReadHost(t *testing.T) {
 	if _, err := ReadHost(Roots{Procfs: t.TempDir(), Sysfs: t.TempDir(), Etc: t.TempDir()}); err == nil {
 		t.Error("empty procfs: want an error")
 	}
-	r := fixture(t, "brief-5.15")
+	r := fixture(t, "incident-5.15")
 	os.Remove(r.SysctlPath(Max))
 	if _, err := ReadHost(r); !errors.Is(err, ErrNoConntrack) {
 		t.Errorf("no nf_conntrack_max: err %v, want ErrNoConntrack", err)
 	}
 }
 
-// briefObservation is one scan of the brief's ten entries: all inbound to
+// incidentObservation is one scan of the incident's ten entries: all inbound to
 // :443, idle 662, 2772, 953, 195, 2688, 294, 1752, 1942, 2850, 2409 s.
-func briefObservation(t *testing.T) *Observation {
+func incidentObservation(t *testing.T) *Observation {
 	o := NewObserver(432000, 300)
 	o.BeginScan(time.Unix(1000, 0))
 	for i, idle := range []uint32{662, 2772, 953, 195, 2688, 294, 1752, 1942, 2850, 2409} {
@@ -157,7 +157,7 @@ func briefObservation(t *testing.T) *Observation {
 	o.EndScan(268)
 	obs := o.Observation()
 	if obs.Inbound.N != 10 || obs.Inbound.Max != 2850 || obs.Inbound.P50 != 1752 || obs.Outbound.N != 0 {
-		t.Fatalf("brief observation %+v", obs)
+		t.Fatalf("incident observation %+v", obs)
 	}
 	return obs
 }
@@ -179,7 +179,7 @@ func TestRecommendFixtures(t *testing.T) {
 		obs  func(t *testing.T) *Observation
 		want want
 	}{
-		{"brief-4.9", briefObservation, want{
+		{"incident-4.9", incidentObservation, want{
 			// 2 % of 509956096 B / (448+8) B = 22366 -> 21504; hashsize via
 			// the module option (buckets read-only), which makes the boot
 			// default 8 x 21504.
@@ -188,7 +188,7 @@ func TestRecommendFixtures(t *testing.T) {
 			maxMemory:            "21504 entries = 9.4 MiB = 1.9 % of RAM",
 			establishedReasonHas: "0 of 10 inbound ESTABLISHED entries",
 		}},
-		{"brief-5.15", briefObservation, want{
+		{"incident-5.15", incidentObservation, want{
 			// 256 B objects from slabinfo: 2 % / 392 B = 26018 -> 25600.
 			max: 25600, hash: 25600, hashKey: "net.netfilter.nf_conntrack_buckets", established: 8400, defaultMax: 4096, entryBytes: 384,
 			noWarnings: true, maxMemory: "25600 entries = 9.6 MiB = 2.0 % of RAM",
@@ -442,11 +442,11 @@ func BenchmarkObserverAdd(b *testing.B) {
 	}
 }
 
-// The brief's growth, 249 -> 268 entries in 60 s: silent entries at 19/min
+// The incident's growth, 249 -> 268 entries in 60 s: silent entries at 19/min
 // level off at 19/60 x 8400 = 2660 under the new timeout (12 % of 21504),
 // against 136,800 at 432000 s (the 16384 table fills instead).
 func TestEstablishedLevelOff(t *testing.T) {
-	h := readHost(t, fixture(t, "brief-4.9"))
+	h := readHost(t, fixture(t, "incident-4.9"))
 	obs := &Observation{Scans: 2, Window: 60 * time.Second, FirstCount: 249, LastCount: 268, PeakCount: 268}
 	p := Recommend(h, obs, Budget{})
 	est, _ := p.Item(Established)

@@ -1,7 +1,8 @@
 // Package e2e_test runs the attack lab's scenarios as tests: each builds a
 // fresh namespace topology, attacks the victim and asserts on the summary,
-// including that the undefended run fails the way kernel-facts.md section 1
-// says it does. They need root, nft, conntrack, ipset and iptables (and
+// including that the undefended run fails the way the kernel makes it fail
+// (a table full of ESTABLISHED+ASSURED entries drops new connections, while
+// flood entries are early-dropped). They need root, nft, conntrack, ipset and iptables (and
 // openssh-server for the SSH scenario); under CI=true they fail instead of
 // skipping. `go test -short` skips them.
 // CTGLAB_FULL=1 runs the full-length scenarios (make lab-test).
@@ -191,7 +192,7 @@ func needFull(t *testing.T, s lab.Summary) {
 	t.Fatalf("table never full (peak %.1f%%) although %d connections (+%d prefilled) were made: the attack should fill it", s.PeakPct, s.AttackSent, s.Prefilled)
 }
 
-// The brief's attack without a defense: the table fills with unevictable
+// The incident's attack without a defense: the table fills with unevictable
 // ESTABLISHED entries and new connections fail while it is full.
 func TestSilentBotsV4Undefended(t *testing.T) {
 	needLab(t)
@@ -237,7 +238,7 @@ func TestFloodsUndefended(t *testing.T) {
 	}
 }
 
-// The brief's method against the brief's attack: it bans attackers, but one
+// The cron-script method against the incident's attack: it bans attackers, but one
 // source at a time with a conntrack -D each, so it falls behind rotating bots.
 func TestSilentBotsV4Baseline(t *testing.T) {
 	needLab(t)
@@ -251,7 +252,7 @@ func TestSilentBotsV4Baseline(t *testing.T) {
 	}
 }
 
-// The brief's method bans NAT gateways: 60 live users behind one address
+// The cron-script method bans NAT gateways: 60 live users behind one address
 // are more than 30 entries. Undefended, the bots' entries never go away.
 func TestNATFalsePositives(t *testing.T) {
 	needLab(t)
@@ -267,17 +268,17 @@ func TestNATFalsePositives(t *testing.T) {
 			t.Fatalf("baseline banned %d of 50 bots, want most", s.AttackBans)
 		}
 		if s.FalseBans < 2 {
-			t.Fatalf("false bans %v: the brief's threshold of 30 should ban both NAT gateways", s.FalseBanList)
+			t.Fatalf("false bans %v: the cron-script method's threshold of 30 should ban both NAT gateways", s.FalseBanList)
 		}
 	})
 }
 
-// ctguard with its defaults (issue 6) against the brief's attack and next to
+// ctguard with its defaults against the incident's attack and next to
 // the NAT gateways: it must keep the table from filling and legit
 // connections working, and must not ban the gateways.
 func TestCtguardDefaults(t *testing.T) {
 	needLab(t)
-	// bots-v4 is the brief's attack at the lab's fastest rate; bots-spread
+	// bots-v4 is the incident's attack at the lab's fastest rate; bots-spread
 	// the same dealt over 256 /24s, so no single prefix ban ends it.
 	for _, sc := range []string{"bots-v4", "bots-spread"} {
 		t.Run(sc, func(t *testing.T) {
@@ -309,7 +310,7 @@ func TestCtguardDefaults(t *testing.T) {
 }
 
 // Distributed low-and-slow: every source stays under the threshold, so the
-// brief's method bans nobody and the table fills as if undefended.
+// cron-script method bans nobody and the table fills as if undefended.
 func TestLowAndSlowBaseline(t *testing.T) {
 	needLab(t)
 	s := runScenario(t, "low-and-slow", "baseline")
@@ -409,18 +410,18 @@ func TestCleanupRemovesOnlyRecorded(t *testing.T) {
 	}
 }
 
-// The brief's attack at the issue's rate (200 new connections/s, bots of 300
+// The incident's attack at the incident's rate (200 new connections/s, bots of 300
 // silent connections, 4 active at a time): undefended the bots' entries
 // pile up; ctguard bans each bot early, so the bots never hold 1,500 entries
 // at once and every probe works. The same over IPv6 (one /64 per bot).
-func TestBriefRate(t *testing.T) {
+func TestIncidentRate(t *testing.T) {
 	needLab(t)
-	none := runScenario(t, "bots-brief", "none")
+	none := runScenario(t, "bots-incident", "none")
 	// 30 s at 200/s is 6,000 silent entries, all still held.
 	if none.PeakAttackHeld < 4000 {
 		t.Errorf("undefended, the bots held at most %d entries: want the ~6,000 they made", none.PeakAttackHeld)
 	}
-	for _, sc := range []string{"bots-brief", "bots-brief-v6"} {
+	for _, sc := range []string{"bots-incident", "bots-incident-v6"} {
 		guarded := runScenario(t, sc, "ctguard")
 		if guarded.PeakAttackHeld < 0 || guarded.PeakAttackHeld >= 1500 {
 			t.Errorf("%s: under ctguard the bots held up to %d entries, want < 1,500", sc, guarded.PeakAttackHeld)
@@ -439,12 +440,12 @@ func TestBriefRate(t *testing.T) {
 
 // No attack at all, only a crowd of thousands of clients and two NAT
 // gateways with 60 live users each: ctguard must ban nobody, while the
-// brief's method bans the gateways.
+// cron-script method bans the gateways.
 func TestCrowdAndNATNoBans(t *testing.T) {
 	needLab(t)
 	base := runScenario(t, "crowd-nat", "baseline")
 	if base.FalseBans < 2 {
-		t.Errorf("the brief's method banned %v: expected both NAT gateways", base.FalseBanList)
+		t.Errorf("the cron-script method banned %v: expected both NAT gateways", base.FalseBanList)
 	}
 	guarded := runScenario(t, "crowd-nat", "ctguard")
 	if guarded.FalseBans != 0 || guarded.AttackBans != 0 || guarded.OtherBans != 0 {

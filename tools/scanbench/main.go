@@ -182,7 +182,7 @@ func fill(name string, entries, sources int) (int, error) {
 			Orig:   conntrack.Tuple{Src: src, Dst: dst, SrcPort: port, DstPort: 443},
 			Reply:  conntrack.Tuple{Src: dst, Dst: src, SrcPort: 443, DstPort: port},
 			Status: conntrack.StatusConfirmed | conntrack.StatusSeenReply | conntrack.StatusAssured,
-			// Idle for a while, as the brief's bots are.
+			// Idle for a while, as the incident's bots are.
 			Timeout: uint32(432000 - 60 - i%3000), TCPState: conntrack.TCPEstablished, HasTCPState: true,
 		})
 		if len(batch) == cap(batch) || i == entries-1 {

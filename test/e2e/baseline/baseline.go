@@ -1,13 +1,15 @@
-// Package baseline is the lab's own implementation of the brief's method
-// (docs/prior-art.md, "The baseline"): every run, count the conntrack
+// Package baseline is the lab's own implementation of the cron-script
+// method (a cron bash script that counts entries per source in
+// /proc/net/nf_conntrack, bans sources above 30 with ipset and deletes
+// their entries with `conntrack -D`): every run, count the conntrack
 // entries per first src= address, and for every address over the threshold
 // add it to the ipset blacklist1 (hash:ip, no timeout) and delete its
 // entries with `conntrack -D --src`. The set is matched by one iptables
-// rule in the filter table's INPUT chain, after conntrack, as in the brief.
+// rule in the filter table's INPUT chain, after conntrack, as in the script.
 //
-// It runs inside the victim namespace. The only change from the brief is a
+// It runs inside the victim namespace. The only change from the script is a
 // generous one: IPv6 offenders go to a second set blacklist1-v6 with an
-// ip6tables rule (the brief's hash:ip set is IPv4 only, so its `ipset add`
+// ip6tables rule (the script's hash:ip set is IPv4 only, so its `ipset add`
 // would fail for them while `conntrack -D` still ran).
 package baseline
 
@@ -28,7 +30,7 @@ import (
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
 
-// Set names as in the brief.
+// Set names as in the cron script.
 const (
 	SetV4 = "blacklist1"
 	SetV6 = "blacklist1-v6"
@@ -36,7 +38,7 @@ const (
 
 // CountSources counts lines per first src= address (the original
 // direction's source) in /proc/net/nf_conntrack or `conntrack -L` text.
-// Unlike the brief's awk field 8, this also works for UDP and ICMP lines,
+// Unlike the cron script's awk field 8, this also works for UDP and ICMP lines,
 // which have no state column.
 func CountSources(r io.Reader) (map[string]int, int, error) {
 	counts := map[string]int{}
@@ -102,7 +104,7 @@ func (Exec) Run(ctx context.Context, name string, args ...string) ([]byte, error
 
 // Config of the baseline.
 type Config struct {
-	Threshold int           // the brief's THRESHOLD; default 30
+	Threshold int           // the cron script's THRESHOLD; default 30
 	Interval  time.Duration // pause between runs; default 5 s
 	Duration  time.Duration // hard stop
 	Table     string        // conntrack table file; default /proc/net/nf_conntrack
@@ -144,7 +146,7 @@ func Once(ctx context.Context, r Runner, cfg Config, w *wire.Writer, log *slog.L
 		}
 		if _, err := r.Run(ctx, "ipset", "add", set, a.String()); err != nil {
 			// Already there (an entry that survived a previous purge): the
-			// brief's script ignores this too, and goes on to delete.
+			// cron script ignores this too, and goes on to delete.
 			log.Debug("ipset add", "err", err)
 		}
 		out, err := r.Run(ctx, "conntrack", "-D", "--src", a.String())

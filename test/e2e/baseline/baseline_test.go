@@ -25,7 +25,7 @@ garbage line
 		t.Fatal(err)
 	}
 	// The reply direction's src= (the server) must not be counted, and UDP
-	// and ICMP lines count too (the brief's awk field 8 misses them).
+	// and ICMP lines count too (the cron script's awk field 8 misses them).
 	if lines != 4 || counts["192.0.2.66"] != 2 || counts["192.0.2.97"] != 1 || counts["192.0.2.10"] != 0 ||
 		counts["2001:0db8:0000:0000:0000:0000:0000:0067"] != 1 {
 		t.Fatalf("lines %d counts %v", lines, counts)

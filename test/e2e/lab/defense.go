@@ -38,11 +38,12 @@ type Defense struct {
 	Ruleset string
 }
 
-// MeterLimit is the per-source limit of the "meter" defense: the brief's
-// threshold, and a common `ct count` value in published nft configs.
+// MeterLimit is the per-source limit of the "meter" defense: the
+// cron-script method's threshold, and a common `ct count` value in
+// published nft configs.
 const MeterLimit = 30
 
-// meterRuleset is the in-kernel `ct count` meter of prior-art.md: new
+// meterRuleset is the in-kernel `ct count` meter: new
 // connections from a source that already has MeterLimit live ones are
 // dropped, in the input hook (ct count needs conntrack). It keeps no
 // memory: a source under the limit is never touched, and nothing it holds
@@ -62,9 +63,11 @@ var meterRuleset = fmt.Sprintf(`table inet ctmeter {
 var DefenseNames = []string{"none", "baseline", "meter", "ctguard"}
 
 // ApacheDefenses are the defenses the Apache variants run under: none,
-// ctguard with socket closing off (what a ban did before it closed the
-// banned peers' sockets), and ctguard on its defaults.
-var ApacheDefenses = []string{"none", "ctguard-noclose", "ctguard"}
+// ctguard with socket closing off (a ban drops and purges, but the
+// service keeps the banned peers' connections), ctguard without the watch
+// on the accept queues (scans at the table's pace), and ctguard on its
+// defaults.
+var ApacheDefenses = []string{"none", "ctguard-noclose", "ctguard-nowatch", "ctguard"}
 
 // DefensesFor is the defenses sc runs under.
 func DefensesFor(sc Scenario) []string {
@@ -75,7 +78,7 @@ func DefensesFor(sc Scenario) []string {
 }
 
 // NewDefense returns the named defense for a scenario. "ctguard" needs a
-// ctguard binary with a `run` command (issue 6); until that exists it
+// ctguard binary with a `run` command; without one it
 // returns ErrUnavailable rather than pretending.
 func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string) (Defense, error) {
 	switch name {
@@ -90,12 +93,12 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 			Name:   name,
 			Proc:   &Proc{Name: "baseline", Role: topo.Victim, Args: []string{"baseline", "--interval", every.String(), "--threshold", "30"}},
 			IPSets: []string{baseline.SetV4, baseline.SetV6},
-			Note:   fmt.Sprintf("brief's method, threshold 30, every %s", every),
+			Note:   fmt.Sprintf("cron-script method, threshold 30, every %s", every),
 		}, nil
 	case "meter":
 		return Defense{Name: name, Ruleset: meterRuleset,
 			Note: fmt.Sprintf("nft ct count meter: new connections over %d live per source dropped (input hook)", MeterLimit)}, nil
-	case "ctguard", "ctguard-noclose":
+	case "ctguard", "ctguard-noclose", "ctguard-nowatch":
 		if err := ctguardAvailable(ctx, ctguardBin); err != nil {
 			return Defense{Name: name}, err
 		}
@@ -103,10 +106,8 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 		if err != nil {
 			return Defense{Name: name}, err
 		}
-		note, closeSockets := "ctguard run, built-in defaults", true
-		if name == "ctguard-noclose" {
-			note, closeSockets = "ctguard run, built-in defaults but daemon.close_sockets = false", false
-		}
+		v := ctguardVariants[name]
+		note, extra := v.note, v.extra
 		return Defense{
 			Name:     name,
 			Proc:     &Proc{Name: "ctguard", Role: topo.Victim, Args: []string{"run"}},
@@ -114,20 +115,28 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 			NFTTable: "inet ctguard",
 			Native:   true,
 			Note:     note,
-			Prepare:  func(dir string) ([]string, error) { return ctguardConfig(dir, closeSockets) },
+			Prepare:  func(dir string) ([]string, error) { return ctguardConfig(dir, extra) },
 		}, nil
 	}
-	return Defense{}, fmt.Errorf("unknown defense %q (have %v, and ctguard-noclose)", name, DefenseNames)
+	return Defense{}, fmt.Errorf("unknown defense %q (have %v, %v)", name, DefenseNames, ApacheDefenses[1:3])
+}
+
+// ctguardVariants are the ctguard defenses: the defaults, and the Apache
+// comparisons that turn one feature off (extra [daemon] keys).
+var ctguardVariants = map[string]struct{ note, extra string }{
+	"ctguard":         {"ctguard run, built-in defaults", ""},
+	"ctguard-noclose": {"ctguard run, built-in defaults but daemon.close_sockets = false", "close_sockets = false\n"},
+	"ctguard-nowatch": {"ctguard run, built-in defaults but daemon.watch_listeners = false", "watch_listeners = false\n"},
 }
 
 // ctguardConfig writes a config that changes only where the daemon keeps
-// its state and control socket (and, for ctguard-noclose, turns socket
-// closing off); everything else stays at the defaults.
-func ctguardConfig(dir string, closeSockets bool) ([]string, error) {
+// its state and control socket, plus extra [daemon] keys (the Apache
+// comparisons turn one feature off); everything else stays at the defaults.
+func ctguardConfig(dir, extra string) ([]string, error) {
 	path := filepath.Join(dir, "ctguard.toml")
 	// Debug logging: one line per cycle in the run's log (it changes no decision).
-	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\nclose_sockets = %t\n\n[log]\nlevel = \"debug\"\n",
-		filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"), closeSockets)
+	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\n%s\n[log]\nlevel = \"debug\"\n",
+		filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"), extra)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("ctguard config: %w", err)
 	}
@@ -144,7 +153,7 @@ func ctguardAvailable(ctx context.Context, bin string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := exec.CommandContext(ctx, bin, "run", "-h").Run(); err != nil {
-		return fmt.Errorf("%w: %s has no working `run` command yet (issue 6): %v", ErrUnavailable, bin, err)
+		return fmt.Errorf("%w: %s has no working `run` command: %v", ErrUnavailable, bin, err)
 	}
 	return nil
 }

@@ -34,8 +34,8 @@ type Scenario struct {
 	// Warmup runs legit traffic (and the defense) before the attack; Attack
 	// bounds the attack generators; Tail keeps probing after they stop.
 	Warmup, AttackFor, Tail time.Duration
-	// BaselineEvery is the interval of the brief's method: 5 s for fast
-	// attacks, 10 s for slow ones (prior-art.md).
+	// BaselineEvery is the interval of the cron-script method: 5 s for fast
+	// attacks, 10 s for slow ones.
 	BaselineEvery time.Duration
 	// Settle starts the Background processes this long before the defense
 	// (and the other traffic), so that what they hold is older than the
@@ -159,7 +159,7 @@ func Scenarios(short bool) []Scenario {
 	return []Scenario{
 		{
 			Name:   "bots-v4",
-			Desc:   "silent established bots (the brief's attack): 1500 rotating IPv4 sources x 300 connections, 64 active, up to 30k conn/s",
+			Desc:   "silent established bots (the incident's attack): 1500 rotating IPv4 sources x 300 connections, 64 active, up to 30k conn/s",
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 5 * time.Second,
 			Attack:  []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 1500, 300, 64, 30000, victim443v4)},
 			Prefill: prefill(prefillProc("198.18.64.0/18", "seq", 0, 767, 300, victim443v4)),
@@ -185,15 +185,15 @@ func Scenarios(short bool) []Scenario {
 			Attack: []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 1500, 300, 16, 3000, victim443v4)},
 		},
 		{
-			Name:   "bots-brief",
-			Desc:   "the brief's attack at the issue's rate: bots of 300 silent connections each, 4 active at a time, rotating, 200 new conn/s",
+			Name:   "bots-incident",
+			Desc:   "the incident's attack at its own rate: bots of 300 silent connections each, 4 active at a time, rotating, 200 new conn/s",
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(30*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
 			StatesEvery: time.Second,
 			Attack:      []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 60, 300, 4, 200, victim443v4)},
 		},
 		{
-			Name:   "bots-brief-v6",
-			Desc:   "the brief's attack at the issue's rate over IPv6: bots of 300 silent connections each (one /64 per bot), 4 active at a time, rotating, 200 new conn/s",
+			Name:   "bots-incident-v6",
+			Desc:   "the incident's attack at its own rate over IPv6: bots of 300 silent connections each (one /64 per bot), 4 active at a time, rotating, 200 new conn/s",
 			Family: 6, Warmup: warm, Tail: tail, AttackFor: pick(30*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
 			StatesEvery: time.Second,
 			Attack:      []Proc{botProc("bots", topo.BotV6.String(), "per64", 0, 60, 300, 4, 200, victim443v6)},
@@ -288,7 +288,7 @@ func cgnatProc(short bool) Proc {
 // ApacheScenarios are the scenarios that also run against Apache: silent
 // bots at full speed and at the incident's rate, v4 and v6, and the flash
 // crowd next to the NAT gateways.
-var ApacheScenarios = []string{"bots-v4", "bots-v6", "bots-brief", "bots-brief-v6", "crowd-nat"}
+var ApacheScenarios = []string{"bots-v4", "bots-v6", "bots-incident", "bots-incident-v6", "crowd-nat"}
 
 // ApacheVariant is sc against a real Apache: named "apache-" + sc.Name, the
 // attack (and a crowd that is the scenario's load) sent to Apache's port
@@ -378,8 +378,8 @@ func Find(name string, short bool) (Scenario, error) {
 }
 
 // legitProcs is the background every scenario has: probes, a benign crowd
-// and two NAT gateways with 60 live users each (the brief's false-positive
-// case). They run for the whole scenario.
+// and two NAT gateways with 60 live users each (the cron-script method's
+// false-positive case). They run for the whole scenario.
 func legitProcs(sc Scenario) []Proc {
 	probeSrc, dst := topo.ProbeV4.String(), victim443v4
 	if sc.Family == 6 {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/test/e2e/topo"
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
@@ -356,5 +357,26 @@ func TestApacheVariant(t *testing.T) {
 	}
 	if v6.Prefill != nil {
 		t.Errorf("prefill %+v: the live bots must meet Apache", v6.Prefill)
+	}
+}
+
+// TestCtguardVariantConfigs: each ctguard defense's config loads, keeps
+// the defaults, and turns off exactly the feature its name says.
+func TestCtguardVariantConfigs(t *testing.T) {
+	for name, v := range ctguardVariants {
+		args, err := ctguardConfig(t.TempDir(), v.extra)
+		if err != nil || len(args) != 2 {
+			t.Fatalf("%s: %v %v", name, args, err)
+		}
+		c, err := config.Load(args[1])
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want := config.Default().Daemon
+		want.CloseSockets = name != "ctguard-noclose"
+		want.WatchListeners = name != "ctguard-nowatch"
+		if c.Daemon.CloseSockets != want.CloseSockets || c.Daemon.WatchListeners != want.WatchListeners || c.Daemon.Interval != want.Interval {
+			t.Errorf("%s: close_sockets %v, watch_listeners %v, intervals %v", name, c.Daemon.CloseSockets, c.Daemon.WatchListeners, c.Daemon.Interval)
+		}
 	}
 }

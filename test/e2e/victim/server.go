@@ -5,7 +5,8 @@
 // on 443, as Apache does for https by default. With deferred accept a
 // client that completes the handshake but never sends stays in SYN_RECV on
 // the server while conntrack already holds the flow as ESTABLISHED: the
-// mismatch the brief saw with netstat.
+// mismatch netstat showed during the incident (fewer sockets than
+// conntrack entries per bot).
 package victim
 
 import (

@@ -14,7 +14,7 @@ import (
 )
 
 func init() {
-	register(&command{"demo", "the brief's attack unprotected, then defended; summaries side by side and a plot", runDemo})
+	register(&command{"demo", "the incident's attack unprotected, then defended; summaries side by side and a plot", runDemo})
 	register(&command{"results", "run every scenario under every defense and write RESULTS.md", runResults})
 }
 
@@ -127,7 +127,7 @@ func runResults(ctx context.Context, e *env, args []string) error {
 	b.WriteString("Probes: a fresh TCP connection to the victim's :443 every 250 ms from addresses outside every attack range, 2 s timeout. ")
 	fmt.Fprintf(&b, "\"Full\" means count >= %.1f%% of nf_conntrack_max (262,144). Times are from the attack's start. ", 100*lab.FullFraction)
 	b.WriteString("Every scenario also runs a benign crowd (30 conn/s) and two NAT gateways with 60 live users each. ")
-	b.WriteString("The baseline is the brief's method (threshold 30, ipset + `conntrack -D --src`, iptables INPUT drop) at the interval the scenario lists. ")
+	b.WriteString("The baseline is the cron-script method (threshold 30, ipset + `conntrack -D --src`, iptables INPUT drop) at the interval the scenario lists. ")
 	b.WriteString("Attacker, victim and defense share one 2-core machine: a defense that burns CPU also slows the attack.\n\n")
 	var plain, apache []lab.Summary
 	for _, s := range sums {
@@ -170,7 +170,9 @@ const apacheIntro = "The victim also runs Apache (Debian's apache2 package, its 
 	"mod_reqtimeout gives a client 20-40 s to send its request header), started in the victim's namespace with a generated config. " +
 	"The attack goes to Apache's port 80 instead of the lab server; the probes are HTTP/1.1 GETs of / that must answer 200 within 2 s. " +
 	"`ctguard-noclose` is ctguard with `daemon.close_sockets = false`: its bans drop the banned peers' packets and purge their entries, " +
-	"but leave their established connections to Apache open. `apache_workers_full` counts Apache's \"server reached MaxRequestWorkers\" log lines.\n\n"
+	"but leave their established connections to Apache open. `ctguard-nowatch` is ctguard with `daemon.watch_listeners = false`: " +
+	"it closes the banned peers' sockets but scans at the table's pace (up to 30 s apart while the table is calm), not at once when Apache's accept queue fills. " +
+	"`apache_workers_full` counts Apache's \"server reached MaxRequestWorkers\" log lines.\n\n"
 
 func kernel() string {
 	b, err := os.ReadFile("/proc/sys/kernel/osrelease")

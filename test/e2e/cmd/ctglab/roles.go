@@ -25,7 +25,7 @@ func init() {
 	register(&command{"operator", "the server's operator: one ssh session, a command through it every second", runOperator})
 	register(&command{"preauth", "hold a TCP connection to sshd open without authenticating", runPreauth})
 	register(&command{"monitor", "sample the namespace's conntrack table every 250 ms", runMonitor})
-	register(&command{"baseline", "the brief's method: ban sources with more than 30 entries", runBaseline})
+	register(&command{"baseline", "the cron-script method: ban sources with more than 30 entries", runBaseline})
 	register(&command{"bots", "silent established bots", runBots})
 	register(&command{"flood", "spoofed SYN or UDP flood (raw socket)", runFlood})
 	register(&command{"crowd", "benign crowd of short request/response connections", runCrowd})
