@@ -45,7 +45,7 @@ bench-scan: build
 # Attack lab (test/e2e, as root): see README.md, "The attack lab".
 LAB_BIN := bin/ctglab
 
-.PHONY: lab-build demo lab lab-test lab-clean
+.PHONY: lab-build demo lab lab-test lab-clean e2e
 
 lab-build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(LAB_BIN) ./test/e2e/cmd/ctglab
@@ -58,6 +58,11 @@ demo: build lab-build
 # Every scenario under every defense, full length; rewrites test/e2e/RESULTS.md.
 lab: build lab-build
 	$(LAB_BIN) results --out test/e2e/results --md test/e2e/RESULTS.md --ctguard $(BIN)
+
+# Only the lab's e2e tests, short versions (as root; make test runs them
+# with everything else).
+e2e:
+	$(GO) test -count=1 -timeout 30m ./test/e2e/...
 
 # The e2e tests with full-length scenarios (CI runs the short ones in make test).
 lab-test:

@@ -119,6 +119,13 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}
+	return parse(path, b)
+}
+
+// parse decodes a config file's bytes over the defaults and validates it;
+// path only names the file in errors.
+func parse(path string, b []byte) (Config, error) {
+	c := Default()
 	md, err := toml.Decode(string(b), &c)
 	if err != nil {
 		var pe toml.ParseError
