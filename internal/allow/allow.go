@@ -33,6 +33,7 @@ type Source string
 // Sources, in the words the refusal message uses.
 const (
 	Loopback   Source = "loopback"
+	LinkLocal  Source = "link-local" // neighbours on the link, cloud metadata (169.254.169.254), link-local NTP
 	Local      Source = "local address"
 	Gateway    Source = "default gateway"
 	Resolver   Source = "resolver"
@@ -103,6 +104,8 @@ func Load(cfg Config, now time.Time) (*List, error) {
 	l := &List{}
 	l.add(Entry{Prefix: netip.MustParsePrefix("127.0.0.0/8"), Source: Loopback})
 	l.add(Entry{Prefix: netip.MustParsePrefix("::1/128"), Source: Loopback})
+	l.add(Entry{Prefix: netip.MustParsePrefix("169.254.0.0/16"), Source: LinkLocal})
+	l.add(Entry{Prefix: netip.MustParsePrefix("fe80::/10"), Source: LinkLocal})
 
 	addrs, err := cfg.InterfaceAddrs()
 	if err != nil {

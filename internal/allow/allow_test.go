@@ -44,6 +44,9 @@ func TestCheck(t *testing.T) {
 		{"127.0.0.1/32", Loopback},
 		{"::1/128", Loopback},
 		{"::ffff:127.0.0.1/128", Loopback},
+		{"169.254.169.254/32", LinkLocal}, // cloud metadata
+		{"fe80::1/128", LinkLocal},        //
+		{"169.254.0.0/16", LinkLocal},     //
 		{"192.0.2.1/32", Local},
 		{"192.0.2.2/32", ""},              // a neighbour on the local subnet is not us
 		{"192.0.2.0/24", Local},           // covers our own address

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -65,16 +67,74 @@ func (d *Daemon) Serve(ctx context.Context, path string) error {
 		ln.Close()
 		os.Remove(path)
 	}()
+	return acceptLoop(ctx, ln, d.log, func(c net.Conn) {
+		if uc, ok := c.(*net.UnixConn); ok {
+			d.handle(ctx, uc)
+		} else {
+			c.Close()
+		}
+	})
+}
+
+// acceptLoop hands every connection of ln to serve (each in its own
+// goroutine) until ctx ends. An accept error never ends it: a daemon out
+// of file descriptors (say a local flood of connections) waits and tries
+// again, backing off from 5 ms to 1 s, and says so once per streak.
+func acceptLoop(ctx context.Context, ln net.Listener, log *slog.Logger, serve func(net.Conn)) error {
+	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("control socket: %w", err)
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("control socket: %w", err)
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+				log.Warn("control socket: accept failed; retrying", "err", err)
+			} else {
+				delay = min(2*delay, time.Second)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
+			}
+			continue
 		}
-		go d.handle(ctx, c.(*net.UnixConn))
+		delay = 0
+		go serve(c)
 	}
+}
+
+// maxRequest bounds a control request (a ban of thousands of targets
+// fits many times over); requestTimeout bounds the time to send it.
+const (
+	maxRequest     = 1 << 20
+	requestTimeout = 10 * time.Second
+)
+
+// errRequestTooLarge is what a client that sends more than maxRequest gets.
+var errRequestTooLarge = fmt.Errorf("request larger than %d bytes", maxRequest)
+
+// limitedReader reads at most n bytes, then fails with errRequestTooLarge.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errRequestTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
 }
 
 func peerIsRoot(c *net.UnixConn) bool {
@@ -98,10 +158,12 @@ func (d *Daemon) handle(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	var req Request
-	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
+	c.SetReadDeadline(time.Now().Add(requestTimeout))
+	if err := json.NewDecoder(bufio.NewReader(&limitedReader{r: c, n: maxRequest})).Decode(&req); err != nil {
 		enc.Encode(Response{Error: "bad request: " + err.Error()})
 		return
 	}
+	c.SetReadDeadline(time.Time{})
 	res, err := d.call(ctx, req)
 	if err != nil {
 		enc.Encode(Response{Error: err.Error()})

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
@@ -69,13 +70,62 @@ func (d *Daemon) ServeMetrics(ctx context.Context, addr string) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics.Handler(metrics.New(d.MetricsState)))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := metricsServer(mux)
 	go func() {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(&limitListener{Listener: ln, slots: make(chan struct{}, maxMetricsConns)}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+// maxMetricsConns bounds the metrics endpoint's open connections: a
+// scraper needs one; more wait in the kernel's accept queue, costing the
+// daemon nothing.
+const maxMetricsConns = 16
+
+// metricsServer bounds what a client of the metrics endpoint can hold:
+// time to send a request, to read the answer, to stay idle between
+// scrapes, and the size of its headers.
+func metricsServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+// limitListener accepts at most cap(slots) connections at once; a slot
+// frees when its connection closes.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &slotConn{Conn: c, free: func() { <-l.slots }}, nil
+}
+
+// slotConn gives its slot back once, on the first Close.
+type slotConn struct {
+	net.Conn
+	once sync.Once
+	free func()
+}
+
+func (c *slotConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.free)
+	return err
 }

@@ -181,7 +181,25 @@ func ParseTarget(s string) (p netip.Prefix, note string, err error) {
 		return netip.Prefix{}, "", fmt.Errorf("%w: %q is too broad (at least /%d for IPv4, /%d for IPv6)",
 			ErrBadTarget, s, MinBits4, MinBits6)
 	}
+	if why := notRemoteSource(p); why != "" {
+		return netip.Prefix{}, "", fmt.Errorf("%w: %q is %s, never the source of a connection to ban", ErrBadTarget, s, why)
+	}
 	return p, note, nil
+}
+
+// notRemoteSource says why no remote peer's connection can come from
+// (any part of) p, or "": unspecified, broadcast and multicast addresses.
+func notRemoteSource(p netip.Prefix) string {
+	a := p.Addr()
+	switch {
+	case a.IsUnspecified() && p.IsSingleIP():
+		return "the unspecified address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	case a.IsMulticast():
+		return "a multicast address"
+	}
+	return ""
 }
 
 // ParseTTL parses a Go duration, also accepting a whole number of days

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
@@ -388,6 +389,13 @@ func TestParseTarget(t *testing.T) {
 		{in: "10.0.0.0/7", err: "too broad"},
 		{in: "2000::/3", err: "too broad"},
 		{in: "::ffff:0:0/96", err: "too broad"},
+		{in: "0.0.0.0", err: "the unspecified address"},
+		{in: "::", err: "the unspecified address"},
+		{in: "255.255.255.255", err: "the broadcast address"},
+		{in: "224.0.0.1", err: "a multicast address"},
+		{in: "ff02::1", err: "a multicast address"},
+		{in: "239.0.0.0/8", err: "a multicast address"},
+		{in: "::ffff:224.0.0.1", err: "a multicast address"},
 	} {
 		p, note, err := ParseTarget(c.in)
 		switch {
@@ -649,5 +657,13 @@ func TestBanClosesSockets(t *testing.T) {
 	f.ban(t, "198.51.100.8", time.Hour)
 	if len(fc.Calls) != n {
 		t.Fatal("closer called after it was turned off")
+	}
+}
+
+// TestMaxTTLAgreesWithPolicy: the policy's config check uses the same
+// longest ban the enforcer takes.
+func TestMaxTTLAgreesWithPolicy(t *testing.T) {
+	if MaxTTL != policy.MaxTTL {
+		t.Fatalf("enforce.MaxTTL %v, policy.MaxTTL %v", MaxTTL, policy.MaxTTL)
 	}
 }

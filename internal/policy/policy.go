@@ -190,6 +190,10 @@ func Default() Config {
 	}
 }
 
+// MaxTTL is the longest ban the enforcer takes (enforce.MaxTTL): a config
+// that could ask for more would have every such ban refused.
+const MaxTTL = 30 * 24 * time.Hour
+
 // Validate reports the first bad value, naming its key.
 func (c *Config) Validate() error {
 	ratio := func(k string, v float64) error {
@@ -217,8 +221,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("valve_target %v must be below valve_high %v", c.ValveTarget, c.ValveHigh)
 	}
 	for i, t := range c.Threshold {
-		if !(t > 0) {
-			return fmt.Errorf("threshold[%d] (%s) = %v: want > 0", i, Pressure(i), t)
+		if !(t > 0) || math.IsInf(t, 0) {
+			return fmt.Errorf("threshold[%d] (%s) = %v: want a finite number > 0", i, Pressure(i), t)
 		}
 		if i > 0 && t > c.Threshold[i-1] {
 			return fmt.Errorf("threshold = %v: want it to tighten (not rise) with pressure", c.Threshold)
@@ -235,11 +239,12 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s = %v: want a finite number >= 0", x.k, x.v)
 		}
 	}
-	if c.BaseTTL < time.Second || c.MaxTTL < c.BaseTTL {
-		return fmt.Errorf("base_ttl %v, max_ttl %v: want base_ttl >= 1s and max_ttl >= base_ttl", c.BaseTTL, c.MaxTTL)
+	if c.BaseTTL < time.Second || c.MaxTTL < c.BaseTTL || c.MaxTTL > MaxTTL {
+		return fmt.Errorf("base_ttl %v, max_ttl %v: want base_ttl >= 1s, max_ttl >= base_ttl and max_ttl <= %v (the longest ban the enforcer takes)",
+			c.BaseTTL, c.MaxTTL, MaxTTL)
 	}
-	if c.Escalation < 1 {
-		return fmt.Errorf("escalation = %v: want >= 1", c.Escalation)
+	if !(c.Escalation >= 1) || math.IsInf(c.Escalation, 0) {
+		return fmt.Errorf("escalation = %v: want a finite number >= 1", c.Escalation)
 	}
 	if c.DecayAfter < 0 {
 		return fmt.Errorf("decay_after = %v: want >= 0", c.DecayAfter)

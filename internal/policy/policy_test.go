@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"testing"
@@ -350,6 +351,12 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.CriticalETA = time.Hour }, "falling"},
 		{func(c *Config) { c.WideV6Bits = 129 }, "wide_v6_bits"},
 		{func(c *Config) { c.WideBannedNets = -1 }, "wide_banned_nets"},
+		{func(c *Config) { c.Escalation = math.NaN() }, "escalation"},
+		{func(c *Config) { c.Escalation = math.Inf(1) }, "escalation"},
+		{func(c *Config) { c.Threshold[0] = math.Inf(1) }, "threshold[0]"},
+		{func(c *Config) { c.HighFill = math.NaN() }, "high_fill"},
+		{func(c *Config) { c.GrowthYoung = math.NaN() }, "growth_young"},
+		{func(c *Config) { c.BaseTTL, c.MaxTTL = 800*time.Hour, 800*time.Hour }, "max_ttl <= 720h"},
 	}
 	for _, b := range bad {
 		c := Default()
