@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"strings"
 	"sync"
@@ -12,9 +13,9 @@ import (
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
 
-// request sends one request line on a fresh connection and waits for the
-// answer; the connection is closed normally afterwards.
-func request(ctx context.Context, src netip.Addr, dst netip.AddrPort, path string, timeout time.Duration) error {
+// exchange sends req on a fresh connection from src and hands the answer
+// to check, all within timeout; the connection is closed normally.
+func exchange(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration, req string, check func(*bufio.Reader) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	conn, err := dialer(src, timeout).DialContext(ctx, network(src, "tcp"), dst.String())
@@ -25,31 +26,27 @@ func request(ctx context.Context, src netip.Addr, dst netip.AddrPort, path strin
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	if _, err := fmt.Fprintf(conn, "GET %s\n", path); err != nil {
+	if _, err := io.WriteString(conn, req); err != nil {
 		return err
 	}
-	_, err = bufio.NewReader(conn).ReadString('\n')
-	return err
+	return check(bufio.NewReader(conn))
 }
 
-// httpGet fetches / over HTTP/1.1 on a fresh connection and wants a 200
-// status line: what a browser needs from a real web server (Apache). The
-// Host header is ADDR:PORT (an IPv6 address in brackets, as HTTP wants).
+// request sends one request line to the lab server and waits for its
+// answer line.
+func request(ctx context.Context, src netip.Addr, dst netip.AddrPort, path string, timeout time.Duration) error {
+	return exchange(ctx, src, dst, timeout, "GET "+path+"\n", func(r *bufio.Reader) error {
+		_, err := r.ReadString('\n')
+		return err
+	})
+}
+
+// httpGet fetches / over HTTP/1.1 and wants a 200 status line: what a
+// browser needs from a real web server (Apache). The Host header is
+// ADDR:PORT (an IPv6 address in brackets, as HTTP wants).
 func httpGet(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	conn, err := dialer(src, timeout).DialContext(ctx, network(src, "tcp"), dst.String())
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s\r\nUser-Agent: ctglab-probe\r\nConnection: close\r\n\r\n", dst); err != nil {
-		return err
-	}
-	return httpStatusOK(bufio.NewReader(conn))
+	req := fmt.Sprintf("GET / HTTP/1.1\r\nHost: %s\r\nUser-Agent: ctglab-probe\r\nConnection: close\r\n\r\n", dst)
+	return exchange(ctx, src, dst, timeout, req, httpStatusOK)
 }
 
 // httpStatusOK reads a status line and wants 200.
