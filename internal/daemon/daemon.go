@@ -306,7 +306,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// The accept queues are read at every tick (a quarter second when
 		// watched), the count at every poll: a full queue calls for a
 		// scan sooner than the table's pace would.
-		full, filled := d.pollService(ctx)
+		full, filled := d.pollService(ctx, cfg.Daemon.WatchListeners)
 		if filled || full || time.Since(lastPoll) >= cfg.Daemon.Poll {
 			lastPoll = time.Now()
 			st, err := d.src.Count(ctx)
@@ -348,10 +348,7 @@ func tick(d config.Daemon) time.Duration {
 
 // pollService reads the accept queues (when daemon.watch_listeners is on)
 // and reports whether an episode is on and whether a queue just filled.
-func (d *Daemon) pollService(ctx context.Context) (on, filled bool) {
-	d.mu.Lock()
-	watch := d.cfg.Daemon.WatchListeners
-	d.mu.Unlock()
+func (d *Daemon) pollService(ctx context.Context, watch bool) (on, filled bool) {
 	var ls []sockets.Listener
 	var err error
 	if watch {
