@@ -75,6 +75,9 @@ type Summary struct {
 	OpCmds, OpOK             int
 	OpAfterBan, OpAfterBanOK int
 	OpFailures               []string // the first few failed commands: "seq@t: why"
+	// ProbeFailures are the first few failed probes: "t: why", t from
+	// the attack's start.
+	ProbeFailures []string
 	// Watch is one entry per Scenario.Watch target.
 	Watch []WatchStat
 }
@@ -341,6 +344,8 @@ func Summarize(res *Result) Summary {
 			if full {
 				s.ProbesFullOK++
 			}
+		} else if len(s.ProbeFailures) < 8 {
+			s.ProbeFailures = append(s.ProbeFailures, fmt.Sprintf("%.1fs: %s", time.UnixMilli(p.T).Sub(res.AttackStart).Seconds(), p.Probe.Err))
 		}
 	}
 	sort.Float64s(lat)
