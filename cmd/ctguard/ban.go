@@ -114,6 +114,9 @@ func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session,
 		// A daemon holds the store but does not answer on the socket.
 		return nil, fmt.Errorf("%w, but no daemon answers on %s (pass --socket, or stop the other process)", err, *f.socket)
 	}
+	if errors.Is(err, store.ErrDamaged) {
+		return nil, fmt.Errorf("%w\n(starting the daemon moves the file aside, starts a new store and keeps the bans still in the kernel; or move it aside yourself)", err)
+	}
 	if err != nil {
 		return nil, err
 	}

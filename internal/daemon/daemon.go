@@ -167,6 +167,16 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		stateDir = tmp
 	}
 	st, err := store.Open(stateDir, store.Options{})
+	if errors.Is(err, store.ErrDamaged) {
+		// Keep defending: the bans still in the kernel are adopted at start.
+		moved, merr := store.MoveAside(stateDir, time.Now())
+		if merr != nil {
+			return fail(fmt.Errorf("%w (and %w)", err, merr))
+		}
+		d.log.Error("the store was damaged: moved it aside and started a new one; bans still in the kernel are kept",
+			"err", err, "moved_to", moved)
+		st, err = store.Open(stateDir, store.Options{})
+	}
 	if err != nil {
 		if errors.Is(err, store.ErrLocked) {
 			return fail(fmt.Errorf("%w: is another ctguard run active?", err))

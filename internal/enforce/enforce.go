@@ -39,6 +39,9 @@ type Firewall interface {
 	Apply(ctx context.Context, c Change) error
 	// Counters reads the drop rules' counters.
 	Counters(ctx context.Context) (Counters, error)
+	// Elements lists the ban sets' elements, each with the time the kernel
+	// still keeps it; nil when the table does not exist.
+	Elements(ctx context.Context) ([]Element, error)
 }
 
 // TableID identifies one incarnation of the own table (the kernel's table

@@ -233,6 +233,14 @@ nft add rule ip other c ip saddr 203.0.113.0/24 counter accept`)
 	if c := l.dial("2001:db8::3", 8080, 1); len(c) != 0 {
 		t.Fatal("v6 ban not restored")
 	}
+	// A drop policy on ctguard's chain would cut the host off: healed.
+	l.vic.MustRun(t, "nft", "add chain inet ctguard prerouting { type filter hook prerouting priority -300; policy drop; }")
+	if r, err := l.eng.Reconcile(ctx); err != nil || !r.Rebuilt || !strings.Contains(r.Problem, "policy drop") {
+		t.Fatalf("reconcile after the policy flip: %+v %v", r, err)
+	}
+	if out := l.vic.MustRun(t, "nft", "list", "chain", "inet", "ctguard", "prerouting"); strings.Contains(out, "policy drop") {
+		t.Fatalf("policy drop survived the rebuild:\n%s", out)
+	}
 	// A fresh engine on the same store (a new CLI process) checks against
 	// the stored handle too.
 	e2 := New(Config{Store: l.st, Firewall: l.fw, Purger: l.ct, Allow: l.eng.allowC})

@@ -142,6 +142,7 @@ type ReconcileResult struct {
 	Rebuilt  bool
 	Problem  string // why it rebuilt ("" at Start)
 	Restored int    // elements re-applied
+	Adopted  int    // kernel bans the store had no record of (Start)
 	Took     time.Duration
 }
 
@@ -160,7 +161,65 @@ func (e *Engine) Start(ctx context.Context) (ReconcileResult, error) {
 	} else if n > 0 {
 		e.log.Info("pruned old ban records", "records", n, "older_than", HistoryRetention)
 	}
-	return e.rebuild(ctx, "")
+	adopted, err := e.adopt(ctx)
+	if err != nil {
+		// Not fatal: the rebuild below still restores what the store holds.
+		e.log.Error("could not read the bans already in the kernel; bans the store has no record of are dropped", "err", err)
+	}
+	r, err := e.rebuild(ctx, "")
+	r.Adopted = adopted
+	return r, err
+}
+
+// AdoptedReason marks a ban found in ctguard's kernel sets at start that the
+// store had no record of (a new or damaged store): it is recorded with the
+// time the kernel still kept it, so the rebuild keeps it.
+const AdoptedReason = "adopted"
+
+// adopt records the elements of ctguard's own kernel sets that the store has
+// no record of at all. A record that ended (an unban whose kernel delete
+// failed) is not revived: the store explains it. It only reads sets whose
+// table has ctguard's exact structure.
+func (e *Engine) adopt(ctx context.Context) (int, error) {
+	problem, err := e.fw.Check(ctx, 0)
+	if err != nil {
+		return 0, err
+	}
+	if problem != "" {
+		return 0, nil // no table, or not one ctguard built
+	}
+	elems, err := e.fw.Elements(ctx)
+	if err != nil {
+		return 0, err
+	}
+	now := e.now()
+	var reqs []store.BanRequest
+	var examples []string
+	for _, el := range elems {
+		if el.TTL < MinTTL {
+			continue
+		}
+		if _, err := e.store.GetBan(el.Prefix); !errors.Is(err, store.ErrNotFound) {
+			if err != nil {
+				return 0, err
+			}
+			continue
+		}
+		reqs = append(reqs, store.BanRequest{Prefix: el.Prefix, Reason: AdoptedReason, TTL: el.TTL, Now: now, Scoped: el.Scoped,
+			Evidence: fmt.Sprintf("found in ctguard's kernel set at start with %s left; the store had no record of it", el.TTL.Round(time.Second))})
+		if len(examples) < 5 {
+			examples = append(examples, el.Prefix.String())
+		}
+	}
+	if len(reqs) == 0 {
+		return 0, nil
+	}
+	if _, err := e.store.RecordBans(reqs); err != nil {
+		return 0, err
+	}
+	e.log.Warn("adopted bans found in the kernel that the store had no record of (a new or damaged store?); they keep their remaining time",
+		"bans", len(reqs), "examples", examples)
+	return len(reqs), nil
 }
 
 // Reconcile checks the own table cheaply and, when it is missing or wrong,
@@ -284,10 +343,13 @@ type BanResult struct {
 // Ban applies one ban; see BanMany.
 func (e *Engine) Ban(ctx context.Context, r BanRequest) (BanResult, error) {
 	rs, err := e.BanMany(ctx, []BanRequest{r})
-	if err != nil {
+	if len(rs) != 1 {
 		return BanResult{Prefix: r.Prefix, Err: err}, err
 	}
-	return rs[0], rs[0].Err
+	if err == nil {
+		err = rs[0].Err
+	}
+	return rs[0], err
 }
 
 // BanMany applies bans in one kernel change: each is checked against the
@@ -407,13 +469,19 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		recs = append(recs, store.BanRequest{Prefix: r.Prefix, Reason: r.Reason, Evidence: r.Evidence, TTL: r.TTL, Now: now,
 			Scoped: results[i].Scoped})
 	}
+	// A store that cannot write (a full disk) must not cost the defense:
+	// the purge and the socket closing still run, the error is loud, and
+	// the kernel-only bans stay liftable (Unban) and adoptable (Start).
+	var storeErr error
 	if len(ended) > 0 {
 		if _, err := e.store.UpdateBans(ended, func(j int, b *store.Ban) { b.Ended, b.EndReason = now, endReasons[j] }); err != nil {
-			return results, err
+			storeErr = err
 		}
 	}
-	if _, err := e.store.RecordBans(recs); err != nil {
-		return results, err
+	if storeErr == nil {
+		if _, err := e.store.RecordBans(recs); err != nil {
+			storeErr = err
+		}
 	}
 	// Close and purge after the element is in place: from now on the
 	// source cannot create entries or connections, so what is deleted stays
@@ -458,6 +526,15 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		for j, k := range scoped {
 			outs[k] = outcome{purged[j], remaining[j], err}
 		}
+	}
+	if storeErr != nil {
+		e.log.Error("bans are in the kernel but the store could not record them: they last until their timeout, unban lifts them, a restart adopts them",
+			"bans", len(ps), "err", storeErr)
+		for k, i := range accepted {
+			results[i].Ban = store.Ban{Prefix: ps[k], Reason: reqs[i].Reason, Evidence: reqs[i].Evidence, First: now, Last: now, Count: 1,
+				Expires: now.Add(reqs[i].TTL), Scoped: results[i].Scoped, Purged: outs[k].purged, Remaining: outs[k].remaining, SocketsClosed: closed[k]}
+		}
+		return results, fmt.Errorf("ban: in the kernel, not recorded: %w", storeErr)
 	}
 	recorded, err := e.store.UpdateBans(ps, func(k int, b *store.Ban) {
 		b.Purged, b.Remaining = outs[k].purged, outs[k].remaining
@@ -629,29 +706,59 @@ func (e *Engine) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
 	defer e.mu.Unlock()
 	now := e.now()
 	b, err := e.store.GetBan(p)
-	if err != nil || !b.Active(now) {
-		if errors.Is(err, store.ErrNotFound) || err == nil {
-			active, lerr := e.store.ActiveIndex(now)
-			if lerr != nil {
-				return store.Ban{}, lerr
-			}
-			for _, a := range active {
-				if a.Prefix.Bits() < p.Bits() && a.Prefix.Contains(p.Addr()) {
-					return store.Ban{}, fmt.Errorf("unban %s: %w itself, but covered by the ban of %s (unban that)", p, ErrNotBanned, a.Prefix)
-				}
-			}
-			return store.Ban{}, fmt.Errorf("unban %s: %w", p, ErrNotBanned)
-		}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return store.Ban{}, err
 	}
-	if err := e.fw.Apply(ctx, Change{Delete: []Element{{Prefix: p, Scoped: b.Scoped}}}); err != nil {
-		return store.Ban{}, fmt.Errorf("unban %s: %w", p, err)
+	if err != nil || !b.Active(now) {
+		// The kernel may hold what the store does not (a store write that
+		// failed, a full disk): what is in ctguard's sets can always be lifted.
+		if lifted, kerr := e.unbanUnrecorded(ctx, p, now); kerr != nil || lifted.Prefix.IsValid() {
+			return lifted, kerr
+		}
+		active, lerr := e.store.ActiveIndex(now)
+		if lerr != nil {
+			return store.Ban{}, lerr
+		}
+		for _, a := range active {
+			if a.Prefix.Bits() < p.Bits() && a.Prefix.Contains(p.Addr()) {
+				return store.Ban{}, fmt.Errorf("unban %s: %w itself, but covered by the ban of %s (unban that)", p, ErrNotBanned, a.Prefix)
+			}
+		}
+		return store.Ban{}, fmt.Errorf("unban %s: %w", p, ErrNotBanned)
 	}
+	// Store first: if the kernel delete fails after it, the element is in
+	// the kernel only, and the next unban (or the element's timeout) ends it;
+	// the other order would leave a record that a restart re-applies.
 	b, err = e.store.EndBan(p, now, "unban")
 	if err != nil {
-		return store.Ban{}, err
+		return store.Ban{}, fmt.Errorf("unban %s: %w", p, err)
+	}
+	if err := e.fw.Apply(ctx, Change{Delete: []Element{{Prefix: p, Scoped: b.Scoped}}}); err != nil {
+		return store.Ban{}, fmt.Errorf("unban %s: recorded as lifted, but the kernel still holds it (unban again): %w", p, err)
 	}
 	e.log.Info("unbanned", "prefix", p)
+	return b, nil
+}
+
+// unbanUnrecorded deletes p from ctguard's sets when it is there although
+// the store has no active record of it; a zero Ban when it is not there.
+func (e *Engine) unbanUnrecorded(ctx context.Context, p netip.Prefix, now time.Time) (store.Ban, error) {
+	elems, err := e.fw.Elements(ctx)
+	if err != nil {
+		return store.Ban{}, fmt.Errorf("unban %s: read the kernel's sets: %w", p, err)
+	}
+	i := slices.IndexFunc(elems, func(el Element) bool { return el.Prefix == p })
+	if i < 0 {
+		return store.Ban{}, nil
+	}
+	if err := e.fw.Apply(ctx, Change{Delete: []Element{elems[i]}}); err != nil {
+		return store.Ban{}, fmt.Errorf("unban %s: %w", p, err)
+	}
+	e.log.Warn("unbanned a ban the store had no record of (a failed store write?)", "prefix", p, "left", elems[i].TTL.Round(time.Second))
+	b := store.Ban{Prefix: p, Reason: "not recorded", Expires: now.Add(elems[i].TTL), Ended: now, EndReason: "unban", Scoped: elems[i].Scoped}
+	if _, err := e.store.EndBan(p, now, "unban"); err != nil && !errors.Is(err, store.ErrNotFound) {
+		e.log.Warn("could not record the unban", "prefix", p, "err", err)
+	}
 	return b, nil
 }
 

@@ -83,7 +83,7 @@ func (f *fixture) ban(t *testing.T, p string, ttl time.Duration) BanResult {
 
 func elemList(f *Fake) string {
 	var s []string
-	for _, e := range f.Elements() {
+	for _, e := range f.Snapshot() {
 		s = append(s, e.Prefix.String())
 	}
 	return strings.Join(s, " ")
@@ -104,7 +104,7 @@ func TestBanPipeline(t *testing.T) {
 	if !r.Refreshed || r.Ban.Count != 2 || !r.Ban.Expires.Equal(f.clk.now().Add(2*time.Hour)) {
 		t.Fatalf("re-ban %+v", r)
 	}
-	if els := f.fw.Elements(); len(els) != 1 || els[0].TTL != 2*time.Hour {
+	if els := f.fw.Snapshot(); len(els) != 1 || els[0].TTL != 2*time.Hour {
 		t.Fatalf("kernel timeout not refreshed: %+v", els)
 	}
 	// A source that comes back despite the ban shows in Remaining.
@@ -134,7 +134,7 @@ func TestBanRefusesAllowlisted(t *testing.T) {
 			t.Errorf("ban %s: %v, want refusal naming %q", c.p, err, c.want)
 		}
 	}
-	if n := len(f.fw.Elements()); n != 0 {
+	if n := len(f.fw.Snapshot()); n != 0 {
 		t.Fatalf("%d elements after refusals", n)
 	}
 	if bans, _ := f.st.Bans(); len(bans) != 0 {
@@ -216,7 +216,7 @@ func TestReconcileRestoresOnlyUnexpired(t *testing.T) {
 	if got, want := elemList(f.fw), "198.51.100.7/32 2001:db8:99::/48"; got != want {
 		t.Fatalf("restored %q, want %q", got, want)
 	}
-	for _, e := range f.fw.Elements() {
+	for _, e := range f.fw.Snapshot() {
 		if e.TTL != 58*time.Minute {
 			t.Errorf("%s restored with %v, want the remaining 58m", e.Prefix, e.TTL)
 		}
@@ -252,7 +252,7 @@ func TestUnban(t *testing.T) {
 		t.Fatalf("unban after expiry: %v", err)
 	}
 	b, err := f.eng.Unban(ctx, pfx("198.51.100.0/28"))
-	if err != nil || b.EndReason != "unban" || len(f.fw.Elements()) != 0 {
+	if err != nil || b.EndReason != "unban" || len(f.fw.Snapshot()) != 0 {
 		t.Fatalf("unban: %+v %v", b, err)
 	}
 	if act, _ := f.eng.List(false); len(act) != 0 {
@@ -309,7 +309,7 @@ func TestBanScopedForSession(t *testing.T) {
 	if _, err := f.eng.rebuild(context.Background(), "test"); err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range f.fw.Elements() {
+	for _, e := range f.fw.Snapshot() {
 		if !e.Scoped {
 			t.Fatalf("restored %s unscoped", e.Prefix)
 		}
@@ -328,7 +328,7 @@ func TestBanScopedForSession(t *testing.T) {
 	if r.Scoped || !r.Refreshed || !f.fw.DropsSSH(peer) {
 		t.Fatalf("refresh without a session: %+v, drops ssh %v", r, f.fw.DropsSSH(peer))
 	}
-	if els := f.fw.Elements(); len(els) != 1 || els[0].Scoped {
+	if els := f.fw.Snapshot(); len(els) != 1 || els[0].Scoped {
 		t.Fatalf("elements after re-scope: %+v", els)
 	}
 }
@@ -365,7 +365,7 @@ func TestBadRequests(t *testing.T) {
 			t.Errorf("ban %+v accepted", r)
 		}
 	}
-	if n := len(f.fw.Elements()); n != 0 || f.fw.Applies != 0 {
+	if n := len(f.fw.Snapshot()); n != 0 || f.fw.Applies != 0 {
 		t.Fatalf("bad requests reached the kernel: %d elements, %d applies", n, f.fw.Applies)
 	}
 }

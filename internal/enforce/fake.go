@@ -135,6 +135,17 @@ func (f *Fake) Apply(ctx context.Context, c Change) error {
 // Counters implements Firewall; the fake drops nothing, so they stay zero.
 func (f *Fake) Counters(ctx context.Context) (Counters, error) { return Counters{}, nil }
 
+// Elements implements Firewall.
+func (f *Fake) Elements(ctx context.Context) ([]Element, error) {
+	f.mu.Lock()
+	ok := f.ok
+	f.mu.Unlock()
+	if !ok {
+		return nil, nil
+	}
+	return f.Snapshot(), nil
+}
+
 // Flush simulates `nft flush ruleset`: the table and all elements vanish.
 func (f *Fake) Flush() {
 	f.mu.Lock()
@@ -144,8 +155,8 @@ func (f *Fake) Flush() {
 	f.scoped = map[netip.Prefix]bool{}
 }
 
-// Elements returns the unexpired elements and their remaining time, sorted.
-func (f *Fake) Elements() []Element {
+// Snapshot returns the unexpired elements and their remaining time, sorted.
+func (f *Fake) Snapshot() []Element {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.expire()

@@ -530,6 +530,10 @@ func (n *NFT) Check(ctx context.Context, want TableID) (string, error) {
 		*ch.Priority != chainPriority || ch.Type != nftables.ChainTypeFilter {
 		return "chain " + ChainName + " has the wrong hook, priority or type", nil
 	}
+	if ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept {
+		// A drop policy would cut the host off from everyone.
+		return "chain " + ChainName + " has policy drop", nil
+	}
 	rules, err := c.GetRules(n.table, n.chain)
 	if err != nil {
 		return "", fmt.Errorf("check rules: %w", err)
@@ -665,6 +669,115 @@ func (n *NFT) tableInfo() (TableID, bool, error) {
 		}
 	}
 	return 0, true, nil
+}
+
+// Elements implements Firewall: it dumps the eight ban sets.
+func (n *NFT) Elements(ctx context.Context) ([]Element, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, exists, err := n.tableInfo()
+	if err != nil {
+		return nil, fmt.Errorf("read ban sets: %w", explain(err))
+	}
+	if !exists {
+		return nil, nil
+	}
+	c, err := n.conn()
+	if err != nil {
+		return nil, err
+	}
+	var out []Element
+	for i, s := range n.sets() {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		raw, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", s.Name, explain(err))
+		}
+		els, bad := decodeElements(raw, s.Interval, i >= 4)
+		if bad > 0 {
+			n.log.Warn("set elements that are not an address or a CIDR prefix were ignored", "set", s.Name, "elements", bad)
+		}
+		out = append(out, els...)
+	}
+	return out, nil
+}
+
+// decodeElements turns a set dump into elements with the time the kernel
+// still keeps each (its Expires). An interval set lists each prefix as a
+// start and an interval end (the first address after it; none for a
+// prefix that runs to the top of the address space), in any order. bad
+// counts what is not an address or a CIDR prefix.
+func decodeElements(raw []nftables.SetElement, interval, scoped bool) (out []Element, bad int) {
+	type key struct {
+		a   netip.Addr
+		end bool
+		ttl time.Duration
+	}
+	keys := make([]key, 0, len(raw))
+	for _, r := range raw {
+		a, ok := netip.AddrFromSlice(r.Key)
+		if !ok {
+			bad++
+			continue
+		}
+		keys = append(keys, key{a, r.IntervalEnd, r.Expires})
+	}
+	if !interval {
+		for _, k := range keys {
+			out = append(out, Element{Prefix: netip.PrefixFrom(k.a, k.a.BitLen()), TTL: k.ttl, Scoped: scoped})
+		}
+		return out, bad
+	}
+	slices.SortFunc(keys, func(x, y key) int {
+		if c := x.a.Compare(y.a); c != 0 {
+			return c
+		}
+		// An end and the next start at one address: the end closes the
+		// earlier interval first.
+		switch {
+		case x.end && !y.end:
+			return -1
+		case !x.end && y.end:
+			return 1
+		}
+		return 0
+	})
+	for i := 0; i < len(keys); i++ {
+		k := keys[i]
+		if k.end {
+			continue // an end with no start (nft's own 0.0.0.0 marker, or garbage)
+		}
+		var last netip.Addr
+		if i+1 < len(keys) && keys[i+1].end {
+			last = keys[i+1].a.Prev()
+			i++
+		} else {
+			last = lastAddr(netip.PrefixFrom(k.a, 0)) // runs to the top
+		}
+		p, ok := rangePrefix(k.a, last)
+		if !ok {
+			bad++
+			continue
+		}
+		out = append(out, Element{Prefix: p, TTL: k.ttl, Scoped: scoped})
+	}
+	return out, bad
+}
+
+// rangePrefix returns the CIDR prefix spanning exactly first..last.
+func rangePrefix(first, last netip.Addr) (netip.Prefix, bool) {
+	if !first.IsValid() || !last.IsValid() || first.BitLen() != last.BitLen() || last.Less(first) {
+		return netip.Prefix{}, false
+	}
+	for bits := 0; bits <= first.BitLen(); bits++ {
+		p := netip.PrefixFrom(first, bits)
+		if p.Masked().Addr() == first && lastAddr(p) == last {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 var _ Firewall = (*NFT)(nil)

@@ -12,15 +12,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // DefaultDir is where the database lives unless --state-dir or
@@ -49,6 +53,11 @@ const schemaVersion = "1"
 // ErrLocked means another process (normally the running daemon) holds the
 // database. Callers should talk to that process instead.
 var ErrLocked = errors.New("store is locked by a running ctguard")
+
+// ErrDamaged means the database file cannot be read: it was truncated,
+// overwritten or is not a ctguard store. The daemon moves such a file aside
+// (MoveAside) and starts a new one; commands report it.
+var ErrDamaged = errors.New("store file is damaged")
 
 // ErrNotFound is returned for a prefix that has no record.
 var ErrNotFound = errors.New("not found")
@@ -138,7 +147,14 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 	path := filepath.Join(dir, FileName)
 	pidPath := path + ".pid"
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.LockTimeout, NoSync: opt.NoSync})
+	var db *bolt.DB
+	err := guarded(func() (err error) {
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.LockTimeout, NoSync: opt.NoSync})
+		return err
+	})
+	if formatError(err) {
+		err = fmt.Errorf("%w: %w", ErrDamaged, err)
+	}
 	if errors.Is(err, bolt.ErrTimeout) {
 		who := ""
 		if b, rerr := os.ReadFile(pidPath); rerr == nil {
@@ -151,7 +167,14 @@ func Open(dir string, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	st := &Store{db: db, path: path, pidPath: pidPath}
+	// Read every record once: a damaged page must show up here, as an
+	// error, not later as a panic in the middle of a ban.
+	if err := st.verify(); err != nil {
+		_ = guarded(db.Close)
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = st.update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketBans, bucketAllow, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -174,13 +197,85 @@ func Open(dir string, opt Options) (*Store, error) {
 		return meta.Put([]byte("schema"), []byte(schemaVersion))
 	})
 	if err != nil {
-		db.Close()
+		_ = guarded(db.Close)
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	// The pid file only serves the "locked by pid N" message; the flock is
 	// the real lock, so a failure here is not fatal.
 	_ = os.WriteFile(pidPath, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
-	return &Store{db: db, path: path, pidPath: pidPath}, nil
+	return st, nil
+}
+
+// formatError tells bbolt's complaints about the file's content (bad
+// magic, checksum, version, "file size too small") from failures to open
+// or lock it (permissions, a full disk, another process).
+func formatError(err error) bool {
+	if err == nil || errors.Is(err, ErrDamaged) || errors.Is(err, berrors.ErrTimeout) {
+		return false
+	}
+	var pe *fs.PathError
+	var errno syscall.Errno
+	return !errors.As(err, &pe) && !errors.As(err, &errno)
+}
+
+// guarded runs fn, turning a panic (bbolt panics on some damaged pages) or
+// a memory fault (a truncated memory-mapped file) into ErrDamaged.
+func guarded(fn func() error) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrDamaged, r)
+		}
+	}()
+	return fn()
+}
+
+// view and update are bbolt's, guarded: bbolt rolls the transaction back
+// when fn panics, so the store stays usable for the caller's error path.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	return guarded(func() error { return s.db.View(fn) })
+}
+
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	return guarded(func() error { return s.db.Update(fn) })
+}
+
+// verify reads and decodes every record.
+func (s *Store) verify() error {
+	return s.view(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error {
+				var err error
+				switch string(name) {
+				case string(bucketBans):
+					err = json.Unmarshal(v, new(Ban))
+				case string(bucketAllow):
+					err = json.Unmarshal(v, new(Allow))
+				case string(bucketIndex):
+					if len(v) != indexLen {
+						err = errors.New("bad index value")
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("%w: bucket %s, key %q: %w", ErrDamaged, name, k, err)
+				}
+				return nil
+			})
+		})
+	})
+}
+
+// MoveAside renames a damaged database file in dir to
+// ctguard.db.damaged-TIME (UTC) and returns the new path, so that a new
+// store can start while the old file stays for inspection.
+func MoveAside(dir string, now time.Time) (string, error) {
+	from := filepath.Join(dir, FileName)
+	to := from + ".damaged-" + now.UTC().Format("20060102T150405Z")
+	if err := os.Rename(from, to); err != nil {
+		return "", fmt.Errorf("move damaged store aside: %w", err)
+	}
+	return to, nil
 }
 
 // Path is the database file.
@@ -217,7 +312,7 @@ func (s *Store) RecordBan(r BanRequest) (Ban, error) {
 // RecordBans is RecordBan for many requests in one transaction (one fsync).
 func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
 	out := make([]Ban, len(rs))
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBans)
 		for _, i := range keyOrder(len(rs), func(i int) netip.Prefix { return rs[i].Prefix }) {
 			r := rs[i]
@@ -254,7 +349,7 @@ func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
 // PutBans writes records as they are, in one transaction (bulk import,
 // benchmarks, tests).
 func (s *Store) PutBans(bans []Ban) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		for _, i := range keyOrder(len(bans), func(i int) netip.Prefix { return bans[i].Prefix }) {
 			if err := putBan(tx, bans[i]); err != nil {
 				return err
@@ -277,7 +372,7 @@ func (s *Store) UpdateBan(p netip.Prefix, fn func(*Ban)) (Ban, error) {
 // ps) in one transaction. A missing record fails the whole update.
 func (s *Store) UpdateBans(ps []netip.Prefix, fn func(int, *Ban)) ([]Ban, error) {
 	out := make([]Ban, len(ps))
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBans)
 		for _, i := range keyOrder(len(ps), func(i int) netip.Prefix { return ps[i] }) {
 			p := ps[i]
@@ -309,7 +404,7 @@ func (s *Store) EndBan(p netip.Prefix, now time.Time, reason string) (Ban, error
 // GetBan returns the record for p.
 func (s *Store) GetBan(p netip.Prefix) (Ban, error) {
 	var out Ban
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBans).Get(key(p))
 		if v == nil {
 			return ErrNotFound
@@ -325,7 +420,7 @@ func (s *Store) GetBan(p netip.Prefix) (Ban, error) {
 // Bans returns all records (active or not) sorted by prefix.
 func (s *Store) Bans() ([]Ban, error) {
 	var out []Ban
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBans).ForEach(func(k, v []byte) error {
 			var rec Ban
 			if err := json.Unmarshal(v, &rec); err != nil {
@@ -361,7 +456,7 @@ func (s *Store) ActiveBans(now time.Time) ([]Ban, error) {
 // expired allow entries, and returns how many ban records it removed.
 func (s *Store) Prune(cutoff time.Time) (int, error) {
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, idx := tx.Bucket(bucketBans), tx.Bucket(bucketIndex)
 		var dead [][]byte
 		cut := uint64(cutoff.UnixNano())
@@ -415,7 +510,7 @@ func (s *Store) Prune(cutoff time.Time) (int, error) {
 // PutAllow creates or replaces a runtime allowlist entry.
 func (s *Store) PutAllow(a Allow) error {
 	a.Prefix = a.Prefix.Masked()
-	err := s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketAllow), a.Prefix, a) })
+	err := s.update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketAllow), a.Prefix, a) })
 	if err != nil {
 		return fmt.Errorf("allow %s: %w", a.Prefix, err)
 	}
@@ -424,7 +519,7 @@ func (s *Store) PutAllow(a Allow) error {
 
 // DeleteAllow removes a runtime allowlist entry.
 func (s *Store) DeleteAllow(p netip.Prefix) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAllow)
 		if b.Get(key(p)) == nil {
 			return ErrNotFound
@@ -440,7 +535,7 @@ func (s *Store) DeleteAllow(p netip.Prefix) error {
 // Allows returns the runtime allowlist entries active at now.
 func (s *Store) Allows(now time.Time) ([]Allow, error) {
 	var out []Allow
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketAllow).ForEach(func(k, v []byte) error {
 			var rec Allow
 			if err := json.Unmarshal(v, &rec); err != nil {
@@ -528,7 +623,7 @@ type Active struct {
 func (s *Store) ActiveIndex(now time.Time) ([]Active, error) {
 	var out []Active
 	nowNs := uint64(now.UnixNano())
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
 			if len(v) != indexLen {
 				return fmt.Errorf("index %s: bad value", k)
@@ -569,7 +664,7 @@ func lessPrefix(a, b netip.Prefix) bool {
 // SetMeta stores a small value under key (e.g. the kernel table identity
 // the last Setup produced, so a later process can tell a replaced table).
 func (s *Store) SetMeta(key, value string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put([]byte("x:"+key), []byte(value))
 	})
 	if err != nil {
@@ -581,7 +676,7 @@ func (s *Store) SetMeta(key, value string) error {
 // Meta returns the value stored by SetMeta, or "".
 func (s *Store) Meta(key string) (string, error) {
 	var v string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v = string(tx.Bucket(bucketMeta).Get([]byte("x:" + key)))
 		return nil
 	})
