@@ -132,6 +132,16 @@ func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session,
 		}
 	}
 	if kernel {
+		lock, err := enforce.LockTable()
+		if err != nil {
+			closeAll()
+			where := "the control socket"
+			if f.socket != nil && *f.socket != "" {
+				where = *f.socket
+			}
+			return nil, fmt.Errorf("%w, but it does not answer on %s (pass its --socket)", err, where)
+		}
+		closers = append(closers, func() { lock.Release() })
 		ct, err := conntrack.Open()
 		if err != nil {
 			// Bans still work without conntrack access; purges report it.

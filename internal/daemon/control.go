@@ -442,14 +442,46 @@ var ErrNoDaemon = errors.New("no ctguard daemon is running")
 // Client talks to a running daemon.
 type Client struct{ Path string }
 
-// Dial returns a client if a daemon answers on path, or ErrNoDaemon.
+// ErrOtherNamespace means the daemon answering on the socket runs in
+// another network namespace: the socket is a file, files are shared
+// across namespaces, and that daemon's table and bans are not this one's.
+var ErrOtherNamespace = errors.New("the ctguard daemon on this socket runs in another network namespace")
+
+// ErrSocketDenied means the caller may not use the control socket.
+var ErrSocketDenied = errors.New("permission denied on the control socket (it is root's: run with sudo)")
+
+// Dial returns a client if a daemon of this network namespace answers on
+// path; else ErrNoDaemon, ErrSocketDenied or ErrOtherNamespace.
 func Dial(path string) (*Client, error) {
 	c, err := net.DialTimeout("unix", path, time.Second)
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		return nil, ErrSocketDenied
+	}
 	if err != nil {
 		return nil, ErrNoDaemon
 	}
-	c.Close()
+	defer c.Close()
+	if pid, other := otherNamespace(c.(*net.UnixConn)); other {
+		return nil, fmt.Errorf("%w (pid %d)", ErrOtherNamespace, pid)
+	}
 	return &Client{Path: path}, nil
+}
+
+// otherNamespace reports whether the peer of c (the daemon, by
+// SO_PEERCRED) lives in another network namespace than the caller. Unknown
+// counts as the same: a pid namespace that hides the peer must not lock
+// the operator out of the daemon.
+func otherNamespace(c *net.UnixConn) (int, bool) {
+	pid := enforce.PeerPID(c)
+	if pid <= 0 {
+		return 0, false
+	}
+	theirs, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+	ours, err2 := os.Readlink("/proc/self/ns/net")
+	if err1 != nil || err2 != nil {
+		return pid, false
+	}
+	return pid, theirs != ours
 }
 
 // Call sends one request and decodes the result into out (may be nil).

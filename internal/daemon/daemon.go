@@ -191,6 +191,11 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		if d.dryRun {
 			fw = enforce.NewFake(nil)
 		} else {
+			lock, err := enforce.LockTable()
+			if err != nil {
+				return fail(fmt.Errorf("%w: only one ctguard may run per network namespace", err))
+			}
+			d.close = append(d.close, func() { lock.Release() })
 			fw = enforce.NewNFT(d.log, enforce.NFTOptions{SSHPorts: d.allowConfig(c).SSHPorts})
 		}
 	}

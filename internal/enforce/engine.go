@@ -240,6 +240,26 @@ func (e *Engine) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	return e.rebuild(ctx, problem)
 }
 
+// apply makes a kernel change; when it fails because the table is broken
+// (`nft flush ruleset` since the last check), it rebuilds the table from
+// the store and tries once more, so a ban never waits for the next check.
+// Callers hold e.mu.
+func (e *Engine) apply(ctx context.Context, ch Change) error {
+	err := e.fw.Apply(ctx, ch)
+	if err == nil {
+		return nil
+	}
+	problem, cerr := e.fw.Check(ctx, e.tableID)
+	if cerr != nil || problem == "" {
+		return err
+	}
+	e.log.Info("ctguard table needs rebuilding", "problem", problem)
+	if _, rerr := e.rebuild(ctx, problem); rerr != nil {
+		return fmt.Errorf("%w (and rebuilding the table: %w)", err, rerr)
+	}
+	return e.fw.Apply(ctx, ch)
+}
+
 func (e *Engine) rebuild(ctx context.Context, problem string) (ReconcileResult, error) {
 	start := time.Now()
 	now := e.now()
@@ -448,7 +468,7 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	if len(ch.Add) == 0 {
 		return results, nil
 	}
-	if err := e.fw.Apply(ctx, ch); err != nil {
+	if err := e.apply(ctx, ch); err != nil {
 		err = fmt.Errorf("ban: kernel change: %w", err)
 		for _, i := range accepted {
 			results[i].Err = err
@@ -733,7 +753,7 @@ func (e *Engine) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
 	if err != nil {
 		return store.Ban{}, fmt.Errorf("unban %s: %w", p, err)
 	}
-	if err := e.fw.Apply(ctx, Change{Delete: []Element{{Prefix: p, Scoped: b.Scoped}}}); err != nil {
+	if err := e.apply(ctx, Change{Delete: []Element{{Prefix: p, Scoped: b.Scoped}}}); err != nil {
 		return store.Ban{}, fmt.Errorf("unban %s: recorded as lifted, but the kernel still holds it (unban again): %w", p, err)
 	}
 	e.log.Info("unbanned", "prefix", p)
@@ -803,7 +823,7 @@ func (e *Engine) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, n
 			dels = append(dels, Element{Prefix: b.Prefix, Scoped: b.Scoped})
 		}
 	}
-	if err := e.fw.Apply(ctx, Change{Delete: dels}); err != nil {
+	if err := e.apply(ctx, Change{Delete: dels}); err != nil {
 		return AllowResult{}, fmt.Errorf("allow %s: lift overlapping bans: %w", p, err)
 	}
 	for _, q := range lift {

@@ -667,3 +667,23 @@ func TestMaxTTLAgreesWithPolicy(t *testing.T) {
 		t.Fatalf("enforce.MaxTTL %v, policy.MaxTTL %v", MaxTTL, policy.MaxTTL)
 	}
 }
+
+// A ban right after `nft flush ruleset` heals the table first instead of
+// failing until the next check.
+func TestBanAfterFlushHealsFirst(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.ban(t, "198.51.100.7", time.Hour)
+	f.fw.Flush()
+	f.ban(t, "203.0.113.9", time.Hour)
+	if got, want := elemList(f.fw), "198.51.100.7/32 203.0.113.9/32"; got != want {
+		t.Fatalf("after the ban: %q, want %q", got, want)
+	}
+	f.fw.Flush()
+	if _, err := f.eng.Unban(ctx, pfx("203.0.113.9")); err != nil {
+		t.Fatalf("unban after a flush: %v", err)
+	}
+	if got, want := elemList(f.fw), "198.51.100.7/32"; got != want {
+		t.Fatalf("after the unban: %q, want %q", got, want)
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
@@ -324,8 +325,10 @@ func (n *NFT) rules() []*nftables.Rule {
 		&expr.Lookup{SourceRegister: 1, SetName: n.sshPorts.Name, SetID: n.sshPorts.ID},
 		&expr.Verdict{Kind: expr.VerdictAccept},
 	}}
+	first := mk(unix.NFPROTO_IPV4, 12, 4, n.ban4)
+	first.UserData = userdata.AppendString(nil, userdata.TypeComment, OwnerMark)
 	return []*nftables.Rule{
-		mk(unix.NFPROTO_IPV4, 12, 4, n.ban4),
+		first,
 		mk(unix.NFPROTO_IPV4, 12, 4, n.net4),
 		mk(unix.NFPROTO_IPV6, 8, 16, n.ban6),
 		mk(unix.NFPROTO_IPV6, 8, 16, n.net6),
@@ -346,6 +349,62 @@ func (n *NFT) portElements() []nftables.SetElement {
 	return out
 }
 
+// OwnerMark is the comment on the first rule of ctguard's chain: it tells
+// ctguard's own table from another tool's of the same name, even to a
+// ctguard whose store is new.
+const OwnerMark = "managed by ctguard: changes here are undone"
+
+// ErrForeignTable means a table named inet ctguard exists that ctguard did
+// not create.
+var ErrForeignTable = errors.New("table inet " + TableName + " exists and was not created by ctguard")
+
+// foreign says why an existing table of ctguard's name is another tool's,
+// or "" when it is ctguard's (its mark, or the ban sets of a ctguard from
+// before the mark), empty, or missing.
+func (n *NFT) foreign(c *nftables.Conn) (string, error) {
+	_, exists, err := n.tableInfo()
+	if err != nil || !exists {
+		return "", err
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, ch := range chains {
+		if ch.Table.Name != TableName {
+			continue
+		}
+		names = append(names, ch.Name)
+		rules, err := c.GetRules(n.table, ch)
+		if err != nil {
+			return "", err
+		}
+		for _, r := range rules {
+			if m, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && m == OwnerMark {
+				return "", nil
+			}
+		}
+	}
+	sets, err := c.GetSets(n.table)
+	if err != nil {
+		return "", err
+	}
+	var setNames []string
+	ours := 0
+	for _, s := range sets {
+		setNames = append(setNames, s.Name)
+		switch s.Name {
+		case SetBan4, SetBan6, SetNet4, SetNet6:
+			ours++
+		}
+	}
+	if ours == 4 || len(names)+len(setNames) == 0 {
+		return "", nil
+	}
+	return fmt.Sprintf("it holds chains %v and sets %v without ctguard's mark", names, setNames), nil
+}
+
 // Setup implements Firewall: in one batch, create the table if missing (so
 // that the delete cannot fail), delete it with everything in it, and build
 // it again with elems.
@@ -355,6 +414,11 @@ func (n *NFT) Setup(ctx context.Context, elems []Element) (TableID, error) {
 	c, err := n.conn()
 	if err != nil {
 		return 0, err
+	}
+	if why, err := n.foreign(c); err != nil {
+		return 0, fmt.Errorf("setup: inspect the existing table: %w", explain(err))
+	} else if why != "" {
+		return 0, fmt.Errorf("%w: %s; rename or delete it (ctguard never destroys another tool's table)", ErrForeignTable, why)
 	}
 	c.AddTable(n.table)
 	c.DelTable(n.table)
