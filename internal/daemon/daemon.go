@@ -152,6 +152,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if src.Fallback != "" {
 		d.log.Warn("netlink unavailable, reading /proc/net/nf_conntrack", "why", src.Fallback)
 	}
+	d.interfaces = o.Interfaces
 	if err := d.loadHost(); err != nil {
 		return fail(err)
 	}
@@ -207,7 +208,6 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 			}
 		}
 	}
-	d.interfaces = o.Interfaces
 	d.svc.list = o.Listeners
 	if d.svc.list == nil {
 		d.svc.list = sockets.Listeners
@@ -270,7 +270,7 @@ func (d *Daemon) loadHost() error {
 	if err != nil {
 		return err
 	}
-	local, err := scan.LocalAddrs()
+	local, err := d.localAddrs()
 	if err != nil {
 		return err
 	}
@@ -282,6 +282,23 @@ func (d *Daemon) loadHost() error {
 		Local:         local,
 	}))
 	return nil
+}
+
+// localAddrs are the host's addresses (Options.Interfaces in tests): an
+// entry counts as inbound when it ends at one of them.
+func (d *Daemon) localAddrs() (*snapshot.LocalSet, error) {
+	if d.interfaces == nil {
+		return scan.LocalAddrs()
+	}
+	ps, err := d.interfaces()
+	if err != nil {
+		return nil, err
+	}
+	as := make([]netip.Addr, len(ps))
+	for i, p := range ps {
+		as[i] = p.Addr()
+	}
+	return snapshot.NewLocalSet(as...), nil
 }
 
 // Close releases everything New opened.
@@ -474,7 +491,7 @@ func (d *Daemon) cycle(ctx context.Context) {
 	d.mu.Unlock()
 	if refreshLocal {
 		// Addresses change (DHCP, SLAAC): inbound attribution follows.
-		if local, err := scan.LocalAddrs(); err == nil {
+		if local, err := d.localAddrs(); err == nil {
 			d.mu.Lock()
 			d.agg.SetLocal(local)
 			d.mu.Unlock()
@@ -583,11 +600,18 @@ func (d *Daemon) enforce(ctx context.Context, now time.Time, res policy.Result) 
 		events = append(events, Event{Time: now, Target: s.Target, Action: "skip", Detail: s.Why, Decision: policy.Decision{Target: s.Target, Score: s.Score}})
 		d.log.Info("not banned", "target", s.Target, "score", s.Score, "why", s.Why)
 	}
-	if len(res.Bans) == 0 {
-		return events
+	return append(events, d.ban(ctx, now, res.Bans, true)...)
+}
+
+// ban applies decisions and returns their events. A prefix ban refused by
+// the allowlist (which changed since the decision) falls back to the member
+// bans it replaced, once (fallback false for those).
+func (d *Daemon) ban(ctx context.Context, now time.Time, bans []policy.Decision, fallback bool) (events []Event) {
+	if len(bans) == 0 {
+		return nil
 	}
-	reqs := make([]enforce.BanRequest, len(res.Bans))
-	for i, b := range res.Bans {
+	reqs := make([]enforce.BanRequest, len(bans))
+	for i, b := range bans {
 		reqs[i] = enforce.BanRequest{Prefix: b.Target, TTL: b.TTL, Reason: b.Reason, Evidence: evidence(b)}
 	}
 	results, err := d.eng.BanMany(ctx, reqs)
@@ -598,18 +622,29 @@ func (d *Daemon) enforce(ctx context.Context, now time.Time, res policy.Result) 
 	if d.dryRun {
 		action = "would-ban"
 	}
+	var instead []policy.Decision
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	for i, b := range res.Bans {
+	defer func() {
+		d.mu.Unlock()
+		if len(instead) > 0 {
+			events = append(events, d.ban(ctx, now, instead, false)...)
+		}
+	}()
+	for i, b := range bans {
 		ev := Event{Time: now, Target: b.Target, Action: action, Decision: b}
 		var r enforce.BanResult
 		if i < len(results) {
 			r = results[i]
 		}
+		var refusal *allow.Refusal
 		switch {
 		case r.Err != nil:
 			ev.Action, ev.Detail = "refused", r.Err.Error()
 			d.counters.BanErrors++
+			if fallback && errors.As(r.Err, &refusal) && len(b.Instead) > 0 {
+				instead = append(instead, b.Instead...)
+				ev.Detail += fmt.Sprintf("; banning its %d members instead", len(b.Instead))
+			}
 		case r.CoveredBy.IsValid():
 			ev.Action, ev.Detail = "covered", "already covered by "+r.CoveredBy.String()
 		case err != nil && i >= len(results):

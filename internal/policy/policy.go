@@ -394,6 +394,10 @@ type Decision struct {
 	// Growth is what the target gained within the growth window (set for
 	// the growth rule's decisions).
 	Growth *Growth `json:"growth,omitempty"`
+	// Instead are the member bans of this cycle that this prefix ban
+	// replaces: the ones to make when the prefix is refused (the allowlist
+	// changed between the decision and the ban).
+	Instead []Decision `json:"instead,omitempty"`
 }
 
 // Reasons a decision gives.
@@ -610,21 +614,33 @@ func Decide(in Input, c Config) Result {
 			Threshold: r.Threshold, Pressure: p, Counts: h.Counts, Members: h.Members, Offences: off, Growth: growth})
 	}
 	cands = append(cands, c.wide(&in, snap, cands, bits, allowed, banned, p, r.Threshold, &r.Skips)...)
-	// A prefix ban replaces the bans inside it made in the same cycle.
-	var prefixes []netip.Prefix
-	for _, d := range cands {
-		if !d.Target.IsSingleIP() {
-			prefixes = append(prefixes, d.Target)
-		}
-	}
-	cands = slices.DeleteFunc(cands, func(d Decision) bool {
-		for _, p := range prefixes {
-			if p.Bits() < d.Target.Bits() && p.Contains(d.Target.Addr()) {
-				return true
+	// A prefix ban replaces the bans inside it made in the same cycle; the
+	// widest covering one keeps them in case it is refused.
+	outer := func(d Decision) int {
+		o := -1
+		for i := range cands {
+			p := cands[i].Target
+			if !p.IsSingleIP() && p.Bits() < d.Target.Bits() && p.Contains(d.Target.Addr()) && (o < 0 || p.Bits() < cands[o].Target.Bits()) {
+				o = i
 			}
 		}
-		return false
-	})
+		return o
+	}
+	drop := make([]bool, len(cands))
+	for j, d := range cands {
+		if o := outer(d); o >= 0 {
+			d.Instead = nil
+			cands[o].Instead = append(cands[o].Instead, d)
+			drop[j] = true
+		}
+	}
+	kept := cands[:0:0]
+	for j, d := range cands {
+		if !drop[j] {
+			kept = append(kept, d)
+		}
+	}
+	cands = kept
 
 	// Breaker: highest scores first, then the cap.
 	slices.SortStableFunc(cands, func(a, b Decision) int {

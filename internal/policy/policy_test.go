@@ -507,8 +507,18 @@ func TestPrefixGrowth(t *testing.T) {
 	}
 	in = input(w.snap(), 250_000, 262_144)
 	in.Earlier = earlier(10*time.Second, nil)
-	if got := targets(Decide(in, Default())); got != "198.18.11.0/24(prefix-members)" {
+	r = Decide(in, Default())
+	if got := targets(r); got != "198.18.11.0/24(prefix-members)" {
 		t.Fatalf("bans %q", got)
+	}
+	// The replaced members stay with the prefix ban, to be banned if the
+	// prefix is refused.
+	var members []string
+	for _, d := range r.Bans[0].Instead {
+		members = append(members, d.Target.String()+"("+d.Reason+")")
+	}
+	if got := strings.Join(members, " "); got != "198.18.11.1/32(growth) 198.18.11.2/32(growth) 198.18.11.3/32(growth)" {
+		t.Fatalf("members kept with the prefix ban: %q", got)
 	}
 }
 
