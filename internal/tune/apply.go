@@ -194,22 +194,46 @@ func readManifest(r Roots) (*manifest, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return nil, fmt.Errorf("read tune backup %s: %w", r.backupPath(manifestName), err)
 	}
+	// A rollback writes only what tune writes: an edited manifest must not
+	// turn it into a tool that writes anything as root.
 	for _, f := range m.Files {
-		if !validRel(f.Rel) || (f.Backup != "" && strings.ContainsAny(f.Backup, `/\`)) {
-			return nil, fmt.Errorf("tune backup %s: bad path %q", r.backupPath(manifestName), f.Rel)
+		if !managedFile(f.Rel) || (f.Backup != "" && strings.ContainsAny(f.Backup, `/\`)) {
+			return nil, fmt.Errorf("tune backup %s: %q is not a file tune writes", r.backupPath(manifestName), f.Rel)
 		}
 	}
 	for _, l := range m.Live {
-		if (l.Root != "procfs" && l.Root != "sysfs") || !validRel(l.Rel) {
-			return nil, fmt.Errorf("tune backup %s: bad live path %q", r.backupPath(manifestName), l.Rel)
+		if !managedLive(l.Key, l.Root, l.Rel) {
+			return nil, fmt.Errorf("tune backup %s: %s (%s %q) is not a value tune sets", r.backupPath(manifestName), l.Key, l.Root, l.Rel)
 		}
 	}
 	return &m, nil
 }
 
-// validRel keeps a (possibly edited) manifest from pointing outside the roots.
-func validRel(rel string) bool {
-	return rel != "" && !filepath.IsAbs(rel) && filepath.Clean(rel) == rel && !strings.HasPrefix(rel, "..")
+// managedFile: the files under <etc> that Apply writes.
+func managedFile(rel string) bool {
+	switch rel {
+	case "sysctl.d/" + SysctlFile, "modprobe.d/" + ModprobeFile, "modules-load.d/" + ModulesLoadFile:
+		return true
+	}
+	return false
+}
+
+// managedLive: the live values Apply sets (liveSpec): the conntrack
+// sysctls under net.netfilter and the module's hashsize.
+func managedLive(key, root, rel string) bool {
+	if root == "sysfs" {
+		return rel == "module/nf_conntrack/parameters/hashsize" && key == "nf_conntrack."+Hashsize
+	}
+	name, ok := strings.CutPrefix(rel, "sys/net/netfilter/nf_conntrack_")
+	if root != "procfs" || !ok || name == "" || key != "net.netfilter.nf_conntrack_"+name {
+		return false
+	}
+	for _, c := range name {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 // writeAtomic writes via a temporary file and rename, so a crash leaves

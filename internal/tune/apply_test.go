@@ -240,6 +240,12 @@ func TestManifestRejectsEscapes(t *testing.T) {
 		`{"version":1,"live":[{"key":"x","root":"procfs","rel":"/etc/passwd","value":"1"}]}`,
 		`{"version":1,"live":[{"key":"x","root":"elsewhere","rel":"sys/x","value":"1"}]}`,
 		`{"version":1,"files":[{"rel":"sysctl.d/x.conf","existed":true,"backup":"../x"}]}`,
+		// Inside the roots, but nothing tune manages:
+		`{"version":1,"live":[{"key":"kernel.core_pattern","root":"procfs","rel":"sys/kernel/core_pattern","value":"|/tmp/x"}]}`,
+		`{"version":1,"live":[{"key":"net.netfilter.nf_conntrack_max","root":"procfs","rel":"sys/kernel/core_pattern","value":"1"}]}`,
+		`{"version":1,"live":[{"key":"nf_conntrack.hashsize","root":"sysfs","rel":"kernel/mm/transparent_hugepage/enabled","value":"never"}]}`,
+		`{"version":1,"files":[{"rel":"cron.d/x","existed":false}]}`,
+		`{"version":1,"files":[{"rel":"sysctl.d/10-other.conf","existed":false}]}`,
 		`not json`,
 	} {
 		if err := os.WriteFile(r.backupPath(manifestName), []byte(m), 0o600); err != nil {
