@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/policy"
+	"github.com/ctguard/ctguard/internal/store"
 )
 
 // fakeHost is a procfs with a conntrack table in /proc/net/nf_conntrack
@@ -150,5 +152,24 @@ func TestRefusedPrefixBansItsMembers(t *testing.T) {
 	}
 	if len(events) != 4 || events[0].Action != "refused" || !strings.Contains(events[0].Detail, "banning its 3 members instead") {
 		t.Fatalf("events: %+v", events)
+	}
+}
+
+// A daemon that runs for months keeps its history bounded: the loop prunes
+// records that ended more than 30 days ago, not only the start.
+func TestCyclePrunesOldHistory(t *testing.T) {
+	f := newFakeDaemon(t, newFakeHost(t, 4096), nil)
+	old := netip.MustParsePrefix("198.51.100.9/32")
+	if _, err := f.d.st.RecordBan(store.BanRequest{Prefix: old, TTL: time.Hour, Now: time.Now().Add(-40 * 24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	f.d.cycle(context.Background())
+	if _, err := f.d.st.GetBan(old); err != nil {
+		t.Fatalf("pruned before an hour had passed: %v", err)
+	}
+	f.d.prunedAt = time.Now().Add(-2 * pruneEvery)
+	f.d.cycle(context.Background())
+	if _, err := f.d.st.GetBan(old); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a 40-day-old record survived the loop's prune: %v", err)
 	}
 }

@@ -39,6 +39,8 @@ type Daemon struct {
 	st     *store.Store
 	dryRun bool
 	close  []func()
+	// prunedAt: the last prune of the ban history (only the loop uses it).
+	prunedAt time.Time
 
 	mu       sync.Mutex // guards everything below (control socket and metrics read it)
 	cfg      config.Config
@@ -136,7 +138,7 @@ type Options struct {
 // throw-away one for dry runs) and the enforcement engine.
 func New(ctx context.Context, o Options) (*Daemon, error) {
 	c := o.Config
-	d := &Daemon{log: o.Log, cfg: c, dryRun: c.Daemon.DryRun, cfgPath: o.CfgPath, reload: make(chan struct{}, 1)}
+	d := &Daemon{log: o.Log, cfg: c, dryRun: c.Daemon.DryRun, cfgPath: o.CfgPath, reload: make(chan struct{}, 1), prunedAt: time.Now()}
 	d.counters.BansByReason = map[string]uint64{}
 	fail := func(err error) (*Daemon, error) {
 		d.Close()
@@ -283,6 +285,10 @@ func (d *Daemon) loadHost() error {
 	}))
 	return nil
 }
+
+// pruneEvery is how often a running daemon drops ban records that ended
+// more than 30 days ago (start does it too).
+const pruneEvery = time.Hour
 
 // localAddrs are the host's addresses (Options.Interfaces in tests): an
 // entry counts as inbound when it ends at one of them.
@@ -568,6 +574,12 @@ func (d *Daemon) cycle(ctx context.Context) {
 	enforced := time.Now()
 	if res.Valve != nil {
 		d.valve(ctx, res.Valve, cfg.Daemon.ValveMaxDelete)
+	}
+	if time.Since(d.prunedAt) >= pruneEvery {
+		d.prunedAt = time.Now()
+		if err := d.eng.Prune(); err != nil {
+			d.log.Error("prune ban history", "err", err)
+		}
 	}
 	d.noteLosing(now, res)
 	d.mu.Lock()

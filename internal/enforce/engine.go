@@ -156,10 +156,8 @@ const HistoryRetention = 30 * 24 * time.Hour
 func (e *Engine) Start(ctx context.Context) (ReconcileResult, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if n, err := e.store.Prune(e.now().Add(-HistoryRetention)); err != nil {
+	if err := e.prune(); err != nil {
 		return ReconcileResult{}, err
-	} else if n > 0 {
-		e.log.Info("pruned old ban records", "records", n, "older_than", HistoryRetention)
 	}
 	adopted, err := e.adopt(ctx)
 	if err != nil {
@@ -169,6 +167,26 @@ func (e *Engine) Start(ctx context.Context) (ReconcileResult, error) {
 	r, err := e.rebuild(ctx, "")
 	r.Adopted = adopted
 	return r, err
+}
+
+// Prune deletes the ban records that ended more than HistoryRetention ago.
+// Start does it; a long-running daemon calls it now and then, so the
+// history stays bounded.
+func (e *Engine) Prune() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.prune()
+}
+
+func (e *Engine) prune() error {
+	n, err := e.store.Prune(e.now().Add(-HistoryRetention))
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		e.log.Info("pruned old ban records", "records", n, "older_than", HistoryRetention)
+	}
+	return nil
 }
 
 // AdoptedReason marks a ban found in ctguard's kernel sets at start that the

@@ -17,9 +17,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -114,6 +116,15 @@ type Store struct {
 	db      *bolt.DB
 	path    string
 	pidPath string
+
+	// active caches the index entries in force at activeAt, so that the
+	// per-cycle reads cost the active bans, not the history. Any write
+	// drops it; time only removes entries from it.
+	mu       sync.Mutex
+	active   []Active
+	activeAt time.Time
+	cached   bool
+	gen      uint64 // writes so far: a read that overlapped one is not cached
 }
 
 // Options tunes Open.
@@ -238,7 +249,12 @@ func (s *Store) view(fn func(*bolt.Tx) error) error {
 }
 
 func (s *Store) update(fn func(*bolt.Tx) error) error {
-	return guarded(func() error { return s.db.Update(fn) })
+	err := guarded(func() error { return s.db.Update(fn) })
+	s.mu.Lock()
+	s.gen++
+	s.cached, s.active = false, nil
+	s.mu.Unlock()
+	return err
 }
 
 // verify reads and decodes every record.
@@ -621,6 +637,33 @@ type Active struct {
 // ActiveIndex returns the bans in force at now from the index, without
 // decoding the full records, in key order.
 func (s *Store) ActiveIndex(now time.Time) ([]Active, error) {
+	s.mu.Lock()
+	if s.cached && !now.Before(s.activeAt) {
+		out := make([]Active, 0, len(s.active))
+		for _, a := range s.active {
+			if a.Expires.After(now) {
+				out = append(out, a)
+			}
+		}
+		s.mu.Unlock()
+		return out, nil
+	}
+	gen := s.gen
+	s.mu.Unlock()
+	out, err := s.readActive(now)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.gen == gen {
+		s.active, s.activeAt, s.cached = slices.Clone(out), now, true
+	}
+	s.mu.Unlock()
+	return out, nil
+}
+
+// readActive walks the index.
+func (s *Store) readActive(now time.Time) ([]Active, error) {
 	var out []Active
 	nowNs := uint64(now.UnixNano())
 	err := s.view(func(tx *bolt.Tx) error {

@@ -239,3 +239,83 @@ func TestActiveIndex(t *testing.T) {
 		return nil
 	})
 }
+
+// ActiveIndex is served from memory between writes: it follows every write
+// and the clock, and costs the active bans, not the history.
+func TestActiveIndexCache(t *testing.T) {
+	s := open(t, t.TempDir())
+	var hist []BanRequest
+	for i := range 2000 {
+		hist = append(hist, BanRequest{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), TTL: time.Minute, Now: t0})
+	}
+	if _, err := s.RecordBans(hist); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(time.Hour) // the history has expired
+	for _, r := range []BanRequest{
+		{Prefix: netip.MustParsePrefix("192.0.2.1/32"), TTL: time.Hour, Now: now},
+		{Prefix: netip.MustParsePrefix("192.0.2.2/32"), TTL: 3 * time.Hour, Now: now},
+	} {
+		if _, err := s.RecordBan(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := func(at time.Time) int {
+		a, err := s.ActiveIndex(at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(a)
+	}
+	if got := n(now); got != 2 {
+		t.Fatalf("active = %d, want 2", got)
+	}
+	if got := n(now.Add(2 * time.Hour)); got != 1 {
+		t.Fatalf("after the first expired: %d, want 1", got)
+	}
+	if _, err := s.EndBan(netip.MustParsePrefix("192.0.2.2/32"), now.Add(2*time.Hour), "unban"); err != nil {
+		t.Fatal(err)
+	}
+	if got := n(now.Add(2 * time.Hour)); got != 0 {
+		t.Fatalf("after the unban: %d, want 0", got)
+	}
+	// An earlier time than the cached one reads the index again.
+	if got := n(t0); got != 2001 { // the history and 192.0.2.1 (192.0.2.2 ended)
+		t.Fatalf("at the history's time: %d, want 2001", got)
+	}
+}
+
+// go test -bench ActiveIndex ./internal/store: with 100,000 records of
+// history and 10 active bans, a cycle's read costs the 10.
+func BenchmarkActiveIndex(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var hist []BanRequest
+	for i := range 100_000 {
+		hist = append(hist, BanRequest{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), TTL: time.Minute, Now: t0})
+	}
+	for i := range 10 {
+		hist[i].TTL = 48 * time.Hour
+	}
+	if _, err := s.RecordBans(hist); err != nil {
+		b.Fatal(err)
+	}
+	now := t0.Add(time.Hour)
+	for _, cached := range []bool{false, true} {
+		b.Run(fmt.Sprintf("cached=%v", cached), func(b *testing.B) {
+			for b.Loop() {
+				if !cached {
+					s.mu.Lock()
+					s.cached = false
+					s.mu.Unlock()
+				}
+				if a, _ := s.ActiveIndex(now); len(a) != 10 {
+					b.Fatalf("%d active", len(a))
+				}
+			}
+		})
+	}
+}
