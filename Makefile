@@ -36,6 +36,15 @@ fuzz:
 clean:
 	rm -rf bin
 
+# The reliability soak (root): the daemon for SOAK (default 30m) under a
+# rotating attack with its store on a 1 MiB tmpfs, the chain policy flipped
+# and the ruleset flushed at random, the store truncated across a restart.
+# make test runs a 40 s version.
+SOAK ?= 30m
+.PHONY: soak
+soak:
+	CTGUARD_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -v -run '^TestRootSoak$$' ./cmd/ctguard
+
 # Full-table scan benchmark (root): fills a throw-away namespace with 262,144
 # entries and times ctguard top against conntrack -L and the bare dump.
 bench-scan: build

@@ -290,7 +290,7 @@ func (d *Daemon) Status() StatusReply {
 	r.Counters.BansByReason = maps(d.counters.BansByReason)
 	if d.snap != nil {
 		s := *d.snap
-		r.NumSources = len(s.Sources)
+		r.NumSources = max(s.NumSources, len(s.Sources))
 		s.Sources, s.Prefixes = nil, nil
 		s.Config.Local = nil
 		r.Snapshot = &s
@@ -314,7 +314,12 @@ type TopReply struct {
 	NumPrefixes int `json:"num_prefixes"`
 }
 
-// Top returns the top n holders of the last scan.
+// MaxTopRows bounds a top reply (n = 0 asks for all): the snapshot lists
+// at most the holders with two or more entries, which on a full table can
+// still be 131,072.
+const MaxTopRows = 10000
+
+// Top returns the top n holders of the last scan (at most MaxTopRows).
 func (d *Daemon) Top(by string, prefix bool, n int) TopReply {
 	d.mu.Lock()
 	snap := d.snap
@@ -330,10 +335,13 @@ func (d *Daemon) Top(by string, prefix bool, n int) TopReply {
 		hs = slices.Clone(s.Prefixes)
 	}
 	snapshot.SortBy(hs, order)
-	if n > 0 && len(hs) > n {
+	if n <= 0 || n > MaxTopRows {
+		n = MaxTopRows
+	}
+	if len(hs) > n {
 		hs = hs[:n]
 	}
-	r := TopReply{Snapshot: &s, NumSources: len(s.Sources), NumPrefixes: len(s.Prefixes)}
+	r := TopReply{Snapshot: &s, NumSources: max(s.NumSources, len(s.Sources)), NumPrefixes: max(s.NumPrefixes, len(s.Prefixes))}
 	s.Sources, s.Prefixes = nil, nil
 	if prefix {
 		s.Prefixes = hs

@@ -282,9 +282,18 @@ func (d *Daemon) loadHost() error {
 		V4Bits:        d.cfg.Snapshot.V4Prefix,
 		V6Bits:        d.cfg.Snapshot.V6Prefix,
 		Local:         local,
+		// Single-entry sources can never be banned on their own (policy
+		// min_entries), yet a full table of distinct IPv6 sources has
+		// 262,144 of them: count them, list only the biggest.
+		KeepMin: 2,
+		KeepTop: keepTop,
 	}))
 	return nil
 }
+
+// keepTop is how many single-entry holders a snapshot still lists (for
+// top and the valve) when few hold more.
+const keepTop = 1000
 
 // pruneEvery is how often a running daemon drops ban records that ended
 // more than 30 days ago (start does it too).
@@ -574,6 +583,11 @@ func (d *Daemon) cycle(ctx context.Context) {
 	enforced := time.Now()
 	if res.Valve != nil {
 		d.valve(ctx, res.Valve, cfg.Daemon.ValveMaxDelete)
+	}
+	if n, err := d.eng.RecordUnrecorded(ctx); err != nil {
+		d.log.Error("bans in the kernel still lack a store record", "err", err)
+	} else if n > 0 {
+		d.log.Warn("recorded bans that a failed store write had left in the kernel only", "bans", n)
 	}
 	if time.Since(d.prunedAt) >= pruneEvery {
 		d.prunedAt = time.Now()

@@ -34,6 +34,9 @@ type Engine struct {
 
 	mu      sync.Mutex // serialises changes: the store and the kernel move together
 	tableID TableID
+	// unrecorded: a ban reached the kernel but not the store (a failed
+	// write); RecordUnrecorded repairs it.
+	unrecorded bool
 
 	closerMu sync.Mutex
 	closer   SocketCloser // nil: sockets are left alone
@@ -187,6 +190,22 @@ func (e *Engine) prune() error {
 		e.log.Info("pruned old ban records", "records", n, "older_than", HistoryRetention)
 	}
 	return nil
+}
+
+// RecordUnrecorded adopts the kernel's bans that a failed store write left
+// without a record, once the store writes again; it does nothing when no
+// write failed since the last success. The daemon calls it every cycle.
+func (e *Engine) RecordUnrecorded(ctx context.Context) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.unrecorded {
+		return 0, nil
+	}
+	n, err := e.adopt(ctx)
+	if err == nil {
+		e.unrecorded = false
+	}
+	return n, err
 }
 
 // AdoptedReason marks a ban found in ctguard's kernel sets at start that the
@@ -566,6 +585,7 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		}
 	}
 	if storeErr != nil {
+		e.unrecorded = true
 		e.log.Error("bans are in the kernel but the store could not record them: they last until their timeout, unban lifts them, a restart adopts them",
 			"bans", len(ps), "err", storeErr)
 		for k, i := range accepted {

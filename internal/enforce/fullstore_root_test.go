@@ -78,15 +78,17 @@ func TestRootFullStateDirectory(t *testing.T) {
 	}
 	l.requireTracking("192.0.2.3", 8080)
 
-	// Banned again on the full disk, then space comes back and ctguard
-	// restarts: the kernel's ban is adopted, not dropped.
+	// Banned again on the full disk, then space comes back: the next cycle
+	// records it (and a restart would adopt it).
 	if _, err := eng.Ban(ctx, BanRequest{Prefix: pfx("192.0.2.4/32"), TTL: time.Hour, Reason: "test", Evidence: huge}); err == nil {
 		t.Fatal("the second ban on a full disk reported no error")
 	}
 	os.Remove(filepath.Join(dir, "filler"))
-	res, err := eng.Start(ctx)
-	if err != nil || res.Adopted != 1 {
-		t.Fatalf("restart: %+v %v, want 1 adopted", res, err)
+	if n, err := eng.RecordUnrecorded(ctx); err != nil || n != 1 {
+		t.Fatalf("recording the kernel-only ban: %d %v, want 1", n, err)
+	}
+	if n, err := eng.RecordUnrecorded(ctx); err != nil || n != 0 {
+		t.Fatalf("a second repair: %d %v, want nothing to do", n, err)
 	}
 	if b, err := st.GetBan(pfx("192.0.2.4/32")); err != nil || b.Reason != AdoptedReason {
 		t.Fatalf("adopted record: %+v %v", b, err)

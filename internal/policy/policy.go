@@ -650,7 +650,7 @@ func Decide(in Input, c Config) Result {
 		return a.Target.Addr().Compare(b.Target.Addr())
 	})
 	limit := c.MaxBansPerCycle
-	if share := int(c.MaxBanShare * float64(len(snap.Sources))); share < limit {
+	if share := int(c.MaxBanShare * float64(max(len(snap.Sources), snap.NumSources))); share < limit {
 		limit = max(share, c.BreakerFloor)
 	}
 	limit = min(limit, c.MaxBansPerCycle)

@@ -71,6 +71,12 @@ type Config struct {
 	// Local holds the host's own addresses; nil attributes every entry to
 	// its original source.
 	Local *LocalSet
+	// KeepMin, when set, lists only the holders with at least that many
+	// entries in a snapshot, or the KeepTop biggest when fewer hold that
+	// much; the others still count in the totals and their prefixes. A daemon on a full table of
+	// distinct sources must not keep a record per single-entry source.
+	KeepMin uint32
+	KeepTop int
 }
 
 // WithDefaults fills zero fields with the defaults.
@@ -302,6 +308,9 @@ type Snapshot struct {
 
 	Sources  []Holder // sorted by entries, descending
 	Prefixes []Holder
+	// NumSources and NumPrefixes count every holder seen, listed or not
+	// (Config.KeepMin).
+	NumSources, NumPrefixes int
 }
 
 // Aggregator folds entries into a Snapshot. Reuse one across scans: its
@@ -313,8 +322,8 @@ type Aggregator struct {
 	// Keyed by the 16-byte form: hashing it is cheaper than netip values.
 	// Prefix keys are the masked address (the length is fixed per family).
 	src   map[[16]byte]int32
-	pfx   map[[16]byte]int32
-	srcs  []Holder
+	pfx   map[[16]byte]int32 // prefix -> index into pfxs, or -(source index+1) while it has one source
+	srcs  []source
 	pfxs  []Holder
 	socks *sockets.Set
 	// listedAt is when the sockets were listed; orphanMin is the idle time
@@ -331,6 +340,25 @@ type Aggregator struct {
 }
 
 const orphanTick = 1024
+
+// source is the aggregator's record of one source: pointer-free and small,
+// because a full table of distinct IPv6 sources has 262,144 of them.
+type source struct {
+	addr [16]byte
+	is4  bool
+	// pfx is the index of its prefix's holder in pfxs, or -1 while the
+	// prefix has no other source (its counts are this source's).
+	pfx int32
+	Counts
+}
+
+func (r *source) key() netip.Prefix {
+	a := netip.AddrFrom16(r.addr)
+	if r.is4 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, a.BitLen())
+}
 
 // SetSockets gives the next scan the host's served sockets, listed just
 // now, so that it counts orphan entries; nil turns the signal off.
@@ -401,9 +429,7 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 	k := src.As16()
 	i, ok := a.src[k]
 	if !ok {
-		i = int32(len(a.srcs))
-		a.src[k] = i
-		a.srcs = append(a.srcs, Holder{Key: netip.PrefixFrom(src, src.BitLen())})
+		i = a.newSource(src, k)
 	}
 	orphan, servedIdle := false, false
 	if a.socks != nil && a.tick%orphanTick == 0 {
@@ -416,28 +442,52 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 		orphan = !a.socks.Has(sockets.KeyOf(src, e.Orig.SrcPort, e.Reply.SrcPort))
 		servedIdle = !orphan && cl == Idle
 	}
-	a.srcs[i].add(cl, assured, idle)
+	r := &a.srcs[i]
+	r.add(cl, assured, idle)
 	if orphan {
-		a.srcs[i].addOrphan(cl)
+		r.addOrphan(cl)
 	}
 	if servedIdle {
-		a.srcs[i].ServedIdle++
+		r.ServedIdle++
 	}
+	if r.pfx < 0 {
+		return // its prefix's counts are its own
+	}
+	h := &a.pfxs[r.pfx]
+	h.add(cl, assured, idle)
+	if orphan {
+		h.addOrphan(cl)
+	}
+	if servedIdle {
+		h.ServedIdle++
+	}
+}
 
+// newSource records a source seen for the first time and links it to its
+// prefix. A prefix with one source has no holder of its own; the second
+// source creates it from the first one's counts so far. (On a table of
+// distinct IPv6 sources, one per /64, that halves the aggregator.)
+func (a *Aggregator) newSource(src netip.Addr, k [16]byte) int32 {
+	i := int32(len(a.srcs))
+	a.src[k] = i
+	a.srcs = append(a.srcs, source{addr: k, is4: src.Is4(), pfx: -1})
 	p := a.prefixOf(src)
-	j, ok := a.pfx[p.Addr().As16()]
-	if !ok {
+	pk := p.Addr().As16()
+	j, ok := a.pfx[pk]
+	switch {
+	case !ok:
+		a.pfx[pk] = -(i + 1)
+	case j < 0:
+		first := -j - 1
 		j = int32(len(a.pfxs))
-		a.pfx[p.Addr().As16()] = j
-		a.pfxs = append(a.pfxs, Holder{Key: p})
+		a.pfx[pk] = j
+		a.pfxs = append(a.pfxs, Holder{Key: p, Counts: a.srcs[first].Counts})
+		a.srcs[first].pfx = j
+		a.srcs[i].pfx = j
+	default:
+		a.srcs[i].pfx = j
 	}
-	a.pfxs[j].add(cl, assured, idle)
-	if orphan {
-		a.pfxs[j].addOrphan(cl)
-	}
-	if servedIdle {
-		a.pfxs[j].ServedIdle++
-	}
+	return i
 }
 
 func (c *Counts) addOrphan(cl Class) {
@@ -464,20 +514,68 @@ func (a *Aggregator) Snapshot() *Snapshot {
 	for _, h := range a.srcs {
 		s.Orphans += int(h.Orphan)
 	}
-	s.Sources = slices.Clone(a.srcs)
-	s.Prefixes = slices.Clone(a.pfxs)
-	for _, h := range a.srcs {
-		s.Prefixes[a.pfx[a.prefixOf(h.Key.Addr()).Addr().As16()]].Members++
+	for i := range a.pfxs {
+		a.pfxs[i].Members = 0
 	}
-	for _, hs := range [][]Holder{s.Sources, s.Prefixes} {
+	// Prefixes with one source are made from it here, only those listed.
+	var singles []Holder
+	srcs := make([]Holder, 0, min(len(a.srcs), 1024))
+	for i := range a.srcs {
+		r := &a.srcs[i]
+		if r.pfx >= 0 {
+			a.pfxs[r.pfx].Members++
+		}
+		if !a.listed(r.Entries, len(srcs)) {
+			continue
+		}
+		key := r.key()
+		srcs = append(srcs, Holder{Key: key, Counts: r.Counts})
+		if r.pfx < 0 {
+			singles = append(singles, Holder{Key: a.prefixOf(key.Addr()), Counts: r.Counts, Members: 1})
+		}
+	}
+	for _, hs := range [][]Holder{a.pfxs, singles} {
 		for i := range hs {
 			if hs[i].Key.IsSingleIP() {
-				hs[i].Members = 0
+				hs[i].Members = 0 // a /32 or /128 grouping: its one source
 			}
 		}
-		SortBy(hs, ByHeld)
 	}
+	s.NumSources, s.NumPrefixes = len(a.srcs), len(a.pfx)
+	s.Sources = a.keep(srcs)
+	s.Prefixes = a.keep(a.pfxs, singles)
 	return &s
+}
+
+// listed says whether a holder with n entries goes into a snapshot that
+// lists have so far (Config.KeepMin).
+func (a *Aggregator) listed(n uint32, have int) bool {
+	return a.cfg.KeepMin == 0 || n >= a.cfg.KeepMin || have < a.cfg.KeepTop
+}
+
+// keep copies the holders a snapshot lists (Config.KeepMin), sorted.
+func (a *Aggregator) keep(lists ...[]Holder) []Holder {
+	var out []Holder
+	for _, hs := range lists {
+		if a.cfg.KeepMin == 0 {
+			out = append(out, hs...)
+			continue
+		}
+		for i := range hs {
+			if hs[i].Entries >= a.cfg.KeepMin {
+				out = append(out, hs[i])
+			}
+		}
+	}
+	for _, hs := range lists {
+		for i := 0; a.cfg.KeepMin > 0 && i < len(hs) && len(out) < a.cfg.KeepTop; i++ {
+			if hs[i].Entries < a.cfg.KeepMin {
+				out = append(out, hs[i])
+			}
+		}
+	}
+	SortBy(out, ByHeld)
+	return out
 }
 
 // Order is how holders are ranked.

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"os"
 	"testing"
@@ -239,5 +240,36 @@ func TestOrphansDuringLongScan(t *testing.T) {
 	a.Add(mk(2, 20))              // quiet 20 s: existed at the listing, no socket
 	if h := a.Snapshot().Sources[0]; h.Orphan != 1 || h.Entries != 2 {
 		t.Fatalf("orphans %d of %d, want only the one quiet longer than the scan", h.Orphan, h.Entries)
+	}
+}
+
+// KeepMin lists the holders that matter and counts the rest: single-entry
+// sources still add to their prefixes and the totals.
+func TestKeepMin(t *testing.T) {
+	a := NewAggregator(Config{KeepMin: 2, KeepTop: 3})
+	add := func(src string, n int) {
+		e := conntrack.Entry{Proto: conntrack.ProtoTCP, TCPState: conntrack.TCPEstablished, HasTCPState: true, Status: conntrack.StatusSeenReply, Timeout: 1000,
+			Orig: conntrack.Tuple{Src: netip.MustParseAddr(src)}}
+		for range n {
+			a.Add(&e)
+		}
+	}
+	add("198.51.100.7", 50)
+	for i := range 10 {
+		add(fmt.Sprintf("203.0.113.%d", i+1), 1)
+	}
+	s := a.Snapshot()
+	if s.NumSources != 11 || len(s.Sources) != 3 || s.Sources[0].Key.Addr().String() != "198.51.100.7" {
+		t.Fatalf("sources: %d listed of %d, first %v; want 3 of 11 (the holder and 2 single-entry ones)", len(s.Sources), s.NumSources, s.Sources[0].Key)
+	}
+	if p := find(s.Prefixes, "203.0.113.0/24"); p == nil || p.Entries != 10 || p.Members != 10 {
+		t.Fatalf("the /24 of single-entry sources: %+v", p)
+	}
+	if s.Total != 60 || s.NumPrefixes != 2 {
+		t.Fatalf("totals: %d entries, %d prefixes", s.Total, s.NumPrefixes)
+	}
+	// A second call gives the same members (no double counting).
+	if p := find(a.Snapshot().Prefixes, "203.0.113.0/24"); p == nil || p.Members != 10 {
+		t.Fatalf("second snapshot: %+v", p)
 	}
 }
