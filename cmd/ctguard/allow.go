@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -66,8 +68,24 @@ func runAllow(ctx context.Context, e *env, args []string) error {
 		until = "until " + r.Entry.Expires.Local().Format(time.DateTime)
 	}
 	fmt.Fprintf(e.stdout, "allowlisted %s %s\n", r.Entry.Prefix, until)
+	lifted := "lifted"
+	if s.DryRun() {
+		lifted = "would lift"
+		defer fmt.Fprintf(e.stdout, "(%s; the entry lives in its throw-away state)\n", dryRunNote)
+	}
 	for _, q := range r.Lifted {
-		fmt.Fprintf(e.stdout, "  lifted the ban of %s (it overlapped)\n", q)
+		fmt.Fprintf(e.stdout, "  %s the ban of %s (it overlapped)\n", lifted, q)
+	}
+	if len(r.Kept) > 0 {
+		fmt.Fprintf(e.stdout, "  the rest stays banned for its remaining time: %s\n", joinPrefixes(r.Kept))
 	}
 	return nil
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, " ")
 }

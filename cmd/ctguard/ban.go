@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -43,6 +44,8 @@ type enforcer interface {
 	Allowlist() (*allow.List, error)
 	Purge(ctx context.Context, p netip.Prefix) (enforce.PurgeResult, error)
 	Counters(ctx context.Context) (enforce.Counters, error)
+	// DryRun: a dry-run daemon answered; nothing it reports was done.
+	DryRun() bool
 }
 
 var (
@@ -230,22 +233,43 @@ func runBan(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer s.close()
-	r, err := s.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: ttl, Reason: *reason, Evidence: "manual ban from the command line"})
+	exact := false
+	fs.Visit(func(f *flag.Flag) { exact = exact || f.Name == "ttl" })
+	r, err := s.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: ttl, Reason: *reason, Evidence: "manual ban from the command line",
+		Origin: store.OriginManual, ExactTTL: exact})
 	if err != nil {
 		return err
 	}
-	printBan(e, r, ttl)
+	printBan(e, r, ttl, s.DryRun())
 	return nil
 }
 
-func printBan(e *env, r enforce.BanResult, ttl time.Duration) {
+// dryRunNote ends every reply of a dry-run daemon.
+const dryRunNote = "dry run: the daemon changes nothing in the kernel; this is what it would do"
+
+// printBan says what a ban did; asked is the timeout the operator asked for.
+// Through a dry-run daemon it says what the ban would do.
+func printBan(e *env, r enforce.BanResult, asked time.Duration, dry bool) {
+	if dry {
+		defer fmt.Fprintf(e.stdout, "(%s)\n", dryRunNote)
+	}
+	w := func(done, would string) string {
+		if dry {
+			return would
+		}
+		return done
+	}
 	if r.CoveredBy.IsValid() {
 		fmt.Fprintf(e.stdout, "%s is already covered by the active ban of %s: nothing changed\n", r.Prefix, r.CoveredBy)
 		return
 	}
-	verb := "banned"
-	if r.Refreshed {
-		verb = "re-banned (timeout renewed)"
+	ttl := cmp.Or(r.TTL, asked)
+	verb := w("banned", "would ban")
+	switch {
+	case r.Refreshed && ttl > asked:
+		verb = w("re-banned", "would re-ban") + " (it keeps its longer timeout; --ttl sets a shorter one)"
+	case r.Refreshed:
+		verb = w("re-banned", "would re-ban") + " (timeout renewed)"
 	}
 	fmt.Fprintf(e.stdout, "%s %s for %s, until %s (ban #%d)\n", verb, r.Prefix, enforce.FormatTTL(ttl), r.Ban.Expires.Local().Format(time.DateTime), r.Ban.Count)
 	if r.Scoped {
@@ -257,9 +281,13 @@ func printBan(e *env, r enforce.BanResult, ttl time.Duration) {
 	if r.Ban.PurgeErr != "" {
 		fmt.Fprintf(e.stdout, "  conntrack entries not purged: %s\n", r.Ban.PurgeErr)
 	} else {
-		fmt.Fprintf(e.stdout, "  purged %d conntrack entries, %d remain\n", r.Ban.Purged, r.Ban.Remaining)
+		if dry {
+			fmt.Fprintf(e.stdout, "  would purge %d conntrack entries\n", r.Ban.Purged)
+		} else {
+			fmt.Fprintf(e.stdout, "  purged %d conntrack entries, %d remain\n", r.Ban.Purged, r.Ban.Remaining)
+		}
 	}
-	fmt.Fprintf(e.stdout, "  closed %d of this host's TCP sockets held by it\n", r.Ban.SocketsClosed)
+	fmt.Fprintf(e.stdout, "  %s %d of this host's TCP sockets held by it\n", w("closed", "would close"), r.Ban.SocketsClosed)
 	if r.Ban.CloseErr != "" {
 		fmt.Fprintf(e.stdout, "  sockets not closed: %s\n", r.Ban.CloseErr)
 	}

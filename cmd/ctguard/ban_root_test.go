@@ -139,7 +139,18 @@ nft add rule inet t c ct state established,related accept`)
 	if out, errs, code := cli("ban", "203.0.113.2", "--ttl", "5m"); code != 0 || !strings.Contains(out, "(ban #2)") {
 		t.Fatalf("second ban: exit %d\n%s\n%s", code, out, errs)
 	}
-	if out, errs, code := cli("unban", "203.0.113.2"); code != 0 || !strings.Contains(out, "unbanned 203.0.113.2/32 (banned 2 times") {
+	// A repeat ban without --ttl keeps the longer timeout it has; with
+	// --ttl it sets exactly that.
+	if out, errs, code := cli("ban", "203.0.113.2", "--ttl", "2h"); code != 0 || !strings.Contains(out, "for 2h") {
+		t.Fatalf("ban for 2h: exit %d\n%s\n%s", code, out, errs)
+	}
+	if out, errs, code := cli("ban", "203.0.113.2"); code != 0 || !strings.Contains(out, "keeps its longer timeout") || !strings.Contains(out, "(ban #4)") {
+		t.Fatalf("repeat ban without --ttl: exit %d\n%s\n%s", code, out, errs)
+	}
+	if set := vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); !strings.Contains(set, "203.0.113.2 timeout 2h") {
+		t.Fatalf("the repeat ban shortened the kernel's timeout:\n%s", set)
+	}
+	if out, errs, code := cli("unban", "203.0.113.2"); code != 0 || !strings.Contains(out, "unbanned 203.0.113.2/32 (banned 4 times") {
 		t.Fatalf("unban: exit %d\n%s\n%s", code, out, errs)
 	}
 	if _, errs, code := cli("unban", "203.0.113.2"); code != 1 || !strings.Contains(errs, "not banned") {
@@ -148,11 +159,13 @@ nft add rule inet t c ct state established,related accept`)
 	if !dial("203.0.113.2") {
 		t.Fatal("unbanned source still blocked")
 	}
-	if out, _, code := cli("list", "--all"); code != 0 || !strings.Contains(out, "lifted: unban") {
-		t.Fatalf("list --all:\n%s", out)
+	if out, _, code := cli("list", "--all"); code != 0 || !regexp.MustCompile(`203\.0\.113\.2/32\s+lifted: unban\s+-\s`).MatchString(out) {
+		t.Fatalf("list --all (a lifted ban counts down nothing):\n%s", out)
 	}
-	if out, _, code := cli("list", "--allowlist"); code != 0 || !strings.Contains(out, "203.0.113.1/32") || !strings.Contains(out, "local address") {
-		t.Fatalf("list --allowlist:\n%s", out)
+	out, _, code = cli("list", "--allowlist")
+	if code != 0 || !strings.Contains(out, "203.0.113.1/32") || !strings.Contains(out, "local address") || strings.Contains(out, "::ffff:") ||
+		strings.Count(out, "\n::1/128") > 1 || strings.Count(out, "\n127.0.0.0/8") != 1 {
+		t.Fatalf("list --allowlist (one row per prefix, no IPv4-mapped twins):\n%s", out)
 	}
 }
 

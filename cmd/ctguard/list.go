@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -65,7 +67,11 @@ func runList(ctx context.Context, e *env, args []string) error {
 	now := time.Now()
 	rows := make([]listBan, 0, len(bans))
 	for _, b := range bans {
-		rows = append(rows, listBan{Ban: b, Active: b.Active(now), ExpiresInSeconds: max(0, b.Expires.Sub(now).Seconds())})
+		r := listBan{Ban: b, Active: b.Active(now)}
+		if r.Active {
+			r.ExpiresInSeconds = b.Expires.Sub(now).Seconds() // lifted and expired bans count down nothing
+		}
+		rows = append(rows, r)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
@@ -90,8 +96,11 @@ func runList(ctx context.Context, e *env, args []string) error {
 				state = "lifted: " + r.EndReason
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Prefix, state,
-			time.Duration(r.ExpiresInSeconds*float64(time.Second)).Round(time.Second), r.Count, r.Purged, r.Remaining, r.Reason)
+		expires := "-"
+		if r.Active {
+			expires = time.Duration(r.ExpiresInSeconds * float64(time.Second)).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Prefix, state, expires, r.Count, r.Purged, r.Remaining, r.Reason)
 	}
 	return tw.Flush()
 }
@@ -102,7 +111,20 @@ func printAllowlist(e *env, s *session, asJSON bool) error {
 		return err
 	}
 	var rows []listAllow
+	seen := map[netip.Prefix]int{}
 	for _, en := range l.Entries() {
+		if en.Prefix.Addr().Is4In6() {
+			continue // the IPv4-mapped twin of an IPv4 entry: matching detail, not a second entry
+		}
+		if i, ok := seen[en.Prefix]; ok {
+			also := "also " + string(en.Source)
+			if en.Detail != "" {
+				also += " " + en.Detail
+			}
+			rows[i].Detail = strings.TrimPrefix(rows[i].Detail+"; "+also, "; ")
+			continue
+		}
+		seen[en.Prefix] = len(rows)
 		r := listAllow{Prefix: en.Prefix.String(), Source: string(en.Source), Detail: en.Detail}
 		if !en.Expires.IsZero() {
 			exp := en.Expires

@@ -28,6 +28,10 @@ func runPurge(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if s.DryRun() {
+		fmt.Fprintf(e.stdout, "would purge %d conntrack entries of %s\n(%s)\n", r.Purged, r.Prefix, dryRunNote)
+		return nil
+	}
 	fmt.Fprintf(e.stdout, "purged %d conntrack entries of %s in %s, %d remain\n", r.Purged, r.Prefix, r.Took.Round(100_000), r.Remaining)
 	if r.Remaining > 0 {
 		fmt.Fprintf(e.stdout, "  %s is not banned and keeps creating entries; 'ctguard ban %s' stops that\n", r.Prefix, r.Prefix)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(c, e)
 	cfgPath := fs.String("config", "", "configuration file (TOML); without it the built-in defaults apply")
 	dryRun := fs.Bool("dry-run", false, "change nothing in the kernel: log and explain what would be done")
+	sock := fs.String("socket", "", "control socket to listen on (default: $CTGUARD_SOCKET, else daemon.socket of the config)")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
@@ -39,6 +41,9 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// One precedence for every command: --socket, $CTGUARD_SOCKET, the
+	// config, the default.
+	cfg.Daemon.Socket = cmp.Or(*sock, os.Getenv("CTGUARD_SOCKET"), cfg.Daemon.Socket)
 	if *dryRun {
 		cfg.Daemon.DryRun = true
 	}

@@ -33,7 +33,15 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 func self(ns *testutil.NS, args ...string) *exec.Cmd {
 	exe, _ := os.Executable()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, exe}, args...)...)
-	cmd.Env = append(os.Environ(), "CTGUARD_TEST_MAIN=1")
+	for _, kv := range os.Environ() {
+		// TestMain points $CTGUARD_SOCKET nowhere for the commands; a
+		// daemon under test listens where its config says.
+		if len(args) > 0 && args[0] == "run" && strings.HasPrefix(kv, "CTGUARD_SOCKET=") {
+			continue
+		}
+		cmd.Env = append(cmd.Env, kv)
+	}
+	cmd.Env = append(cmd.Env, "CTGUARD_TEST_MAIN=1")
 	return cmd
 }
 
@@ -229,6 +237,27 @@ func TestRootRunDryRun(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
 		t.Errorf("dry run created the real state directory")
+	}
+	// A manual ban through the dry-run daemon says what it would do, never
+	// that it banned or purged.
+	sock := filepath.Join(dir, "ctguard.sock")
+	out, err := self(ns, "ban", "198.51.100.7", "--ttl", "30m", "--socket", sock).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "would ban 198.51.100.7/32 for 30m") || !strings.Contains(string(out), "would purge 30 conntrack entries") ||
+		strings.Contains(string(out), "banned") || strings.Contains(string(out), "purged") || !strings.Contains(string(out), "dry run") {
+		t.Errorf("ban through a dry-run daemon: %v\n%s", err, out)
+	}
+	if n := count(t, c, "198.51.100.7/32"); n != 30 {
+		t.Errorf("the dry-run ban purged: %d entries left of 30", n)
+	}
+	for _, args := range [][]string{{"purge", "198.51.100.7"}, {"unban", "198.51.100.7"}} {
+		out, err := self(ns, append(args, "--socket", sock)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "would "+args[0]) || !strings.Contains(string(out), "dry run") {
+			t.Errorf("%s through a dry-run daemon: %v\n%s", args[0], err, out)
+		}
+	}
+	waitFor(t, "the log line of the manual ban", 5*time.Second, func() bool { return strings.Contains(log.String(), `msg="would ban" prefix=198.51.100.7/32`) })
+	if strings.Contains(log.String(), "entries remain after ban") || strings.Contains(log.String(), "msg=banned") {
+		t.Errorf("the dry-run daemon's log claims a ban or a failed purge:\n%s", log.String())
 	}
 }
 

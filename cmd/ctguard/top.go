@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -132,7 +133,12 @@ func runTop(ctx context.Context, e *env, args []string) error {
 			fmt.Fprintf(e.stdout, "%s\n", b)
 		} else {
 			if *watch > 0 {
-				fmt.Fprint(e.stdout, "\033[H\033[2J") // home + clear: refresh in place
+				if f, ok := e.stdout.(*os.File); ok && isTerminal(f) {
+					fmt.Fprint(e.stdout, "\033[H\033[2J") // home + clear: refresh in place
+				} else {
+					// A pipe or a file gets plain frames, one after the other.
+					fmt.Fprintf(e.stdout, "--- %s\n", time.Now().UTC().Format(time.RFC3339))
+				}
 			}
 			printTop(e.stdout, snap, total, rows, *prefix, *by)
 		}

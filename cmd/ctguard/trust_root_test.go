@@ -107,3 +107,45 @@ func TestRootSocketOfAnotherNamespace(t *testing.T) {
 		t.Fatalf("status beside the daemon: %v\n%s", err, out)
 	}
 }
+
+// run takes its socket like every other command: --socket, then
+// $CTGUARD_SOCKET, then the config.
+func TestRootRunSocketPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, "") // daemon.socket = dir/ctguard.sock
+	for _, tc := range []struct {
+		name string
+		env  string
+		args []string
+		want string
+	}{
+		{"config", "", nil, "ctguard.sock"},
+		{"environment over config", "env.sock", nil, "env.sock"},
+		{"flag over environment", "env.sock", []string{"--socket", filepath.Join(dir, "flag.sock")}, "flag.sock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns, _ := daemonLab(t)
+			cmd := self(ns, append([]string{"run", "--config", cfg}, tc.args...)...)
+			if tc.env != "" {
+				cmd.Env = append(cmd.Env, "CTGUARD_SOCKET="+filepath.Join(dir, tc.env))
+			}
+			var log syncBuf
+			cmd.Stdout, cmd.Stderr = &log, &log
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+			want := filepath.Join(dir, tc.want)
+			waitFor(t, "the socket "+want, 10*time.Second, func() bool {
+				_, err := os.Stat(want)
+				return err == nil
+			})
+			waitFor(t, "the daemon to answer on "+want, 10*time.Second, func() bool {
+				out, err := self(ns, "status", "--json", "--socket", want).CombinedOutput()
+				return err == nil && strings.Contains(string(out), `"daemon"`)
+			})
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		})
+	}
+}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/scan"
 	"github.com/ctguard/ctguard/internal/tune"
@@ -37,8 +39,14 @@ func init() {
 // tuneStdin returns the reader for the confirmation prompt and whether it is
 // a terminal; tests replace it.
 var tuneStdin = func() (io.Reader, bool) {
-	st, err := os.Stdin.Stat()
-	return os.Stdin, err == nil && st.Mode()&os.ModeCharDevice != 0
+	return os.Stdin, isTerminal(os.Stdin)
+}
+
+// isTerminal reports whether f is a terminal (a tty answers TCGETS;
+// /dev/null, also a character device, does not).
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 const maxObserve = 24 * time.Hour

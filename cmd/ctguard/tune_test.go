@@ -260,3 +260,25 @@ func TestTuneWithoutLocalAddrs(t *testing.T) {
 		t.Errorf("exit %d\nstderr %s\nstdout %s", code, errOut, out)
 	}
 }
+
+// /dev/null is a character device but no terminal: tune must not prompt
+// there (it refuses without --yes), and top --watch must not redraw.
+func TestIsTerminal(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Fatal("/dev/null taken for a terminal")
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if isTerminal(w) {
+		t.Fatal("a pipe taken for a terminal")
+	}
+}

@@ -33,6 +33,11 @@ func runUnban(ctx context.Context, e *env, args []string) error {
 	if b.Count == 1 {
 		times = "time"
 	}
-	fmt.Fprintf(e.stdout, "unbanned %s (banned %d %s, first %s)\n", b.Prefix, b.Count, times, b.First.Local().Format(time.DateTime))
+	verb := "unbanned"
+	if s.DryRun() {
+		verb = "would unban"
+		defer fmt.Fprintf(e.stdout, "(%s)\n", dryRunNote)
+	}
+	fmt.Fprintf(e.stdout, "%s %s (banned %d %s, first %s)\n", verb, b.Prefix, b.Count, times, b.First.Local().Format(time.DateTime))
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/store"
 )
 
 func init() {
@@ -142,6 +143,12 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 			b.Last.Format(time.RFC3339), b.Purged, b.Remaining, b.SocketsClosed)
 		if b.Evidence != "" {
 			fmt.Fprintf(w, "             evidence: %s\n", b.Evidence)
+		}
+		switch b.Origin {
+		case store.OriginManual:
+			fmt.Fprintf(w, "             an operator's ban: it never counts toward an automatic ban of its prefix\n")
+		case store.OriginAdopted:
+			fmt.Fprintf(w, "             adopted: found in the kernel at start without a store record\n")
 		}
 	}
 	for _, ev := range r.Events {

@@ -244,7 +244,12 @@ func (c *Config) AllowPrefixes() ([]netip.Prefix, error) {
 		if err != nil {
 			return nil, fmt.Errorf("allow.addresses: %q is not an address or CIDR", s)
 		}
-		out = append(out, p.Masked())
+		if p.Masked() != p {
+			// As on the command line: "192.0.2.1/24" is more often a typo
+			// than a wish to allow 256 addresses.
+			return nil, fmt.Errorf("allow.addresses: %q has host bits set; the network is %s (or allow the address %s alone)", s, p.Masked(), p.Addr())
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

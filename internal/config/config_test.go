@@ -75,6 +75,7 @@ func TestErrorsNameFileKeyValue(t *testing.T) {
 		{"[daemon]\ninterval = [\"1s\", \"5s\", \"2s\", \"1s\"]\n", "daemon.interval"},
 		{"[daemon]\nreader = \"magic\"\n", `daemon.reader = "magic"`},
 		{"[allow]\naddresses = [\"300.1.1.1\"]\n", `"300.1.1.1" is not an address`},
+		{"[allow]\naddresses = [\"192.0.2.1/24\"]\n", `"192.0.2.1/24" has host bits set; the network is 192.0.2.0/24`},
 		{"[allow]\nssh_ports = [0]\n", "allow.ssh_ports: 0"},
 		{"[metrics]\nlisten = \"0.0.0.0:9473\"\n", "metrics.public"},
 		{"[metrics]\nlisten = \"9473\"\n", "host:port"},

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,12 +36,18 @@ type Request struct {
 	By     string        `json:"by,omitempty"`
 	Prefix bool          `json:"prefix,omitempty"`
 	N      int           `json:"n,omitempty"`
+	// ExactTTL: the operator named the timeout, so it applies even when
+	// it shortens an active ban.
+	ExactTTL bool `json:"exact_ttl,omitempty"`
 }
 
 // Response carries a result or an error message.
 type Response struct {
 	Error  string          `json:"error,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+	// DryRun: the daemon changes nothing in the kernel; what it reports as
+	// done is what it would have done.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // Serve listens on the control socket until ctx ends. The socket and its
@@ -174,7 +181,7 @@ func (d *Daemon) handle(ctx context.Context, c *net.UnixConn) {
 		enc.Encode(Response{Error: err.Error()})
 		return
 	}
-	enc.Encode(Response{Result: b})
+	enc.Encode(Response{Result: b, DryRun: d.dryRun})
 }
 
 // wireBanResult is enforce.BanResult with its error as text.
@@ -204,7 +211,8 @@ func (d *Daemon) call(ctx context.Context, r Request) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		res, err := d.eng.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: r.TTL, Reason: r.Reason, Evidence: "manual ban over the control socket"})
+		res, err := d.eng.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: r.TTL, Reason: r.Reason, Evidence: "manual ban over the control socket",
+			Origin: store.OriginManual, ExactTTL: r.ExactTTL})
 		w := wireBanResult{BanResult: res}
 		if res.Err != nil {
 			w.Err = res.Err.Error()
@@ -448,7 +456,14 @@ func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
 var ErrNoDaemon = errors.New("no ctguard daemon is running")
 
 // Client talks to a running daemon.
-type Client struct{ Path string }
+type Client struct {
+	Path   string
+	dryRun atomic.Bool // the last reply came from a dry-run daemon
+}
+
+// DryRun reports whether the daemon that answered last runs in dry-run
+// mode (its bans, purges and unbans only say what they would do).
+func (c *Client) DryRun() bool { return c.dryRun.Load() }
 
 // ErrOtherNamespace means the daemon answering on the socket runs in
 // another network namespace: the socket is a file, files are shared
@@ -512,6 +527,7 @@ func (c *Client) Call(ctx context.Context, req Request, out any) error {
 	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
+	c.dryRun.Store(resp.DryRun)
 	if resp.Error != "" {
 		return errors.New(resp.Error)
 	}
@@ -524,7 +540,7 @@ func (c *Client) Call(ctx context.Context, req Request, out any) error {
 // Ban asks the daemon to ban.
 func (c *Client) Ban(ctx context.Context, r enforce.BanRequest) (enforce.BanResult, error) {
 	var w wireBanResult
-	err := c.Call(ctx, Request{Op: "ban", Target: r.Prefix.String(), TTL: r.TTL, Reason: r.Reason}, &w)
+	err := c.Call(ctx, Request{Op: "ban", Target: r.Prefix.String(), TTL: r.TTL, Reason: r.Reason, ExactTTL: r.ExactTTL}, &w)
 	if err != nil {
 		return enforce.BanResult{Prefix: r.Prefix, Err: err}, err
 	}

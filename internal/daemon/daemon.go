@@ -227,7 +227,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	// No allowlist cache: the SSH sessions must be current at every ban, and
 	// the rest (addresses, routes, resolv.conf) is cheap to read.
-	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Closer: closer, Log: d.log, Allow: d.allowConfig(c)})
+	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Closer: closer, Log: d.log, Allow: d.allowConfig(c), DryRun: d.dryRun})
 	return d, nil
 }
 
@@ -795,7 +795,11 @@ func (d *Daemon) noteLosing(now time.Time, res policy.Result) {
 type banIndex struct {
 	all   map[netip.Prefix]bool
 	nets  []netip.Prefix
-	hosts map[netip.Prefix]int // grouping prefix -> banned single addresses inside
+	hosts map[netip.Prefix]int // grouping prefix -> automatic single-address bans inside
+	// autoNets are the prefix bans the policy made: an operator's bans are
+	// decisions about those targets only, never evidence against their
+	// neighbours, so they do not count toward prefix bans.
+	autoNets []netip.Prefix
 
 	v4Bits, v6Bits int
 }
@@ -808,6 +812,12 @@ func newBanIndex(active []store.Active, v4Bits, v6Bits int) *banIndex {
 		b.all[a.Prefix] = true
 		if !a.Prefix.IsSingleIP() {
 			b.nets = append(b.nets, a.Prefix)
+			if !a.Manual {
+				b.autoNets = append(b.autoNets, a.Prefix)
+			}
+			continue
+		}
+		if a.Manual {
 			continue
 		}
 		bits := v4Bits
@@ -848,7 +858,7 @@ func (b *banIndex) groupsIn(w netip.Prefix) []netip.Prefix {
 			seen[g] = true
 		}
 	}
-	for _, n := range b.nets {
+	for _, n := range b.autoNets {
 		if n.Bits() <= w.Bits() || !w.Contains(n.Addr()) {
 			continue
 		}

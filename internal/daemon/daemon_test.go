@@ -142,3 +142,26 @@ func TestNoteLosing(t *testing.T) {
 		t.Fatal("a cycle that banned still shows as losing")
 	}
 }
+
+// An operator's bans cover their targets but never count toward automatic
+// prefix bans: three manual test bans in a /24 are not evidence against it.
+func TestBanIndexIgnoresManualBansForAggregation(t *testing.T) {
+	exp := time.Now().Add(time.Hour)
+	var active []store.Active
+	for _, a := range []string{"203.0.113.5/32", "203.0.113.6/32", "203.0.113.7/32"} {
+		active = append(active, store.Active{Prefix: netip.MustParsePrefix(a), Expires: exp, Manual: true})
+	}
+	active = append(active,
+		store.Active{Prefix: netip.MustParsePrefix("2001:db8:1:2::/64"), Expires: exp, Manual: true},
+		store.Active{Prefix: netip.MustParsePrefix("2001:db8:1:3::/64"), Expires: exp})
+	idx := newBanIndex(active, 24, 64)
+	if !idx.covered(netip.MustParsePrefix("203.0.113.5/32")) || !idx.covered(netip.MustParsePrefix("2001:db8:1:2::1/128")) {
+		t.Fatal("manual bans must still cover their targets")
+	}
+	if n := idx.hostsIn(netip.MustParsePrefix("203.0.113.0/24")); n != 0 {
+		t.Fatalf("manual bans counted as %d banned members", n)
+	}
+	if g := idx.groupsIn(netip.MustParsePrefix("2001:db8:1::/48")); len(g) != 1 || g[0] != netip.MustParsePrefix("2001:db8:1:3::/64") {
+		t.Fatalf("groups in the /48: %v, want only the automatic /64", g)
+	}
+}

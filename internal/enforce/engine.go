@@ -37,6 +37,7 @@ type Engine struct {
 	// unrecorded: a ban reached the kernel but not the store (a failed
 	// write); RecordUnrecorded repairs it.
 	unrecorded bool
+	dryRun     bool
 
 	closerMu sync.Mutex
 	closer   SocketCloser // nil: sockets are left alone
@@ -60,6 +61,9 @@ type Config struct {
 	AllowMaxAge time.Duration
 	Log         *slog.Logger
 	Now         func() time.Time
+	// DryRun: the firewall, purger and closer are stand-ins that change
+	// nothing; logs say "would".
+	DryRun bool
 }
 
 const metaTableID = "nft_table_id"
@@ -73,7 +77,7 @@ func New(c Config) *Engine {
 		c.Now = time.Now
 	}
 	e := &Engine{store: c.Store, fw: c.Firewall, purger: c.Purger, closer: c.Closer, allowC: c.Allow, allowMaxAge: c.AllowMaxAge,
-		log: c.Log, now: c.Now, warned: map[string]bool{}}
+		log: c.Log, now: c.Now, warned: map[string]bool{}, dryRun: c.DryRun}
 	if v, err := c.Store.Meta(metaTableID); err == nil && v != "" {
 		if id, err := strconv.ParseUint(v, 10, 64); err == nil {
 			e.tableID = TableID(id)
@@ -242,7 +246,7 @@ func (e *Engine) adopt(ctx context.Context) (int, error) {
 			}
 			continue
 		}
-		reqs = append(reqs, store.BanRequest{Prefix: el.Prefix, Reason: AdoptedReason, TTL: el.TTL, Now: now, Scoped: el.Scoped,
+		reqs = append(reqs, store.BanRequest{Prefix: el.Prefix, Reason: AdoptedReason, TTL: el.TTL, Now: now, Scoped: el.Scoped, Origin: store.OriginAdopted,
 			Evidence: fmt.Sprintf("found in ctguard's kernel set at start with %s left; the store had no record of it", el.TTL.Round(time.Second))})
 		if len(examples) < 5 {
 			examples = append(examples, el.Prefix.String())
@@ -381,6 +385,12 @@ type BanRequest struct {
 	TTL      time.Duration
 	Reason   string
 	Evidence string
+	// Origin is store.OriginManual for an operator's ban (never counted
+	// toward automatic prefix bans), else the policy's (store.OriginAuto).
+	Origin string
+	// ExactTTL sets the timeout even when it shortens an active ban; by
+	// default a repeat ban keeps the longer of the two.
+	ExactTTL bool
 }
 
 // BanResult is what became of one BanRequest.
@@ -389,6 +399,9 @@ type BanResult struct {
 	Err       error        `json:"-"` // refused or failed; nothing was changed for it (not serialisable: callers send its text)
 	CoveredBy netip.Prefix // valid when skipped: an active prefix ban already covers it (itself: a duplicate in the batch)
 	Refreshed bool         // it was already banned; the timeout was renewed
+	// TTL is the timeout the ban got: the request's, or the longer one it
+	// already had (see BanRequest.ExactTTL).
+	TTL time.Duration
 	// Scoped: the target covers Session, the peer of an open SSH session,
 	// so the ban leaves the SSH ports open and the purge spares them.
 	Scoped   bool
@@ -433,9 +446,11 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	}
 	// active maps every ban in force to whether it is scoped.
 	active := make(map[netip.Prefix]bool, len(activeList)+len(reqs))
+	expires := make(map[netip.Prefix]time.Time, len(activeList))
 	nets := prefixSet{}
 	for _, b := range activeList {
 		active[b.Prefix] = b.Scoped
+		expires[b.Prefix] = b.Expires
 		if !isHost(b.Prefix) {
 			nets.add(b.Prefix)
 		}
@@ -494,8 +509,12 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			// scope may have changed).
 			res.Refreshed = true
 			ch.Delete = append(ch.Delete, Element{Prefix: p, Scoped: scoped})
+			if left := expires[p].Sub(now); !r.ExactTTL && left > r.TTL {
+				r.TTL = left.Round(time.Second) // a repeat ban never shortens one
+			}
 		}
 		ch.Add = append(ch.Add, Element{Prefix: p, TTL: r.TTL, Scoped: res.Scoped})
+		res.TTL = r.TTL
 		active[p] = res.Scoped
 		if !isHost(p) {
 			nets.add(p)
@@ -524,7 +543,7 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			endReasons = append(endReasons, "replaced by "+r.Prefix.String())
 		}
 		recs = append(recs, store.BanRequest{Prefix: r.Prefix, Reason: r.Reason, Evidence: r.Evidence, TTL: r.TTL, Now: now,
-			Scoped: results[i].Scoped})
+			Scoped: results[i].Scoped, Origin: r.Origin})
 	}
 	// A store that cannot write (a full disk) must not cost the defense:
 	// the purge and the socket closing still run, the error is loud, and
@@ -600,6 +619,8 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 			b.PurgeErr = outs[k].err.Error()
 		}
 		b.SocketsClosed, b.CloseErr = closed[k], ""
+		b.PurgedTotal += outs[k].purged
+		b.SocketsClosedTotal += closed[k]
 		if closeErr != nil {
 			b.CloseErr = closeErr.Error()
 		}
@@ -607,20 +628,35 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	if err != nil {
 		return results, err
 	}
+	banned := "banned"
+	if e.dryRun {
+		banned = "would ban" // the purge and the closing only counted
+	}
 	for k, i := range accepted {
 		results[i].Ban = recorded[k]
-		if outs[k].err == nil && outs[k].remaining > 0 {
+		if outs[k].err == nil && outs[k].remaining > 0 && !e.dryRun {
 			// The drop runs before conntrack, so entries that survive the
 			// purge (or came back) point at a path the ban does not see.
 			e.log.Warn("entries remain after ban and purge", "prefix", ps[k], "remaining", outs[k].remaining, "purged", outs[k].purged)
 		}
-		e.log.Info("banned", "prefix", ps[k], "ttl", reqs[i].TTL, "reason", reqs[i].Reason,
+		e.log.Info(banned, "prefix", ps[k], "ttl", reqs[i].TTL, "reason", reqs[i].Reason,
 			"refreshed", results[i].Refreshed, "replaced", len(results[i].Replaced), "scoped", results[i].Scoped,
 			"purged", outs[k].purged, "remaining", outs[k].remaining, "purge_err", outs[k].err,
 			"sockets_closed", closed[k], "close_err", closeErr)
 	}
 	return results, nil
 }
+
+// would turns a past-tense log message into what a dry run would have done.
+func (e *Engine) would(msg string) string {
+	if e.dryRun {
+		return "would have " + msg
+	}
+	return msg
+}
+
+// DryRun reports whether the engine only pretends (a dry-run daemon).
+func (e *Engine) DryRun() bool { return e.dryRun }
 
 // ErrNoPurger is returned when no conntrack access was configured.
 var ErrNoPurger = errors.New("no conntrack access: entries were not purged")
@@ -794,7 +830,7 @@ func (e *Engine) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
 	if err := e.apply(ctx, Change{Delete: []Element{{Prefix: p, Scoped: b.Scoped}}}); err != nil {
 		return store.Ban{}, fmt.Errorf("unban %s: recorded as lifted, but the kernel still holds it (unban again): %w", p, err)
 	}
-	e.log.Info("unbanned", "prefix", p)
+	e.log.Info(e.would("unbanned"), "prefix", p)
 	return b, nil
 }
 
@@ -832,6 +868,8 @@ func (e *Engine) List(all bool) ([]store.Ban, error) {
 type AllowResult struct {
 	Entry  store.Allow
 	Lifted []netip.Prefix // active bans that overlapped the new entry and were lifted
+	// Kept are the rest of lifted wider bans, banned again around the entry.
+	Kept []netip.Prefix
 }
 
 // Allow adds a runtime allowlist entry (ttl 0: permanent) and lifts every
@@ -854,14 +892,30 @@ func (e *Engine) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, n
 		return AllowResult{}, err
 	}
 	var lift []netip.Prefix
-	var dels []Element
+	var ch Change
+	var rest []store.BanRequest
 	for _, b := range active {
-		if b.Prefix.Overlaps(p) {
-			lift = append(lift, b.Prefix)
-			dels = append(dels, Element{Prefix: b.Prefix, Scoped: b.Scoped})
+		if !b.Prefix.Overlaps(p) {
+			continue
+		}
+		lift = append(lift, b.Prefix)
+		ch.Delete = append(ch.Delete, Element{Prefix: b.Prefix, Scoped: b.Scoped})
+		left := b.Expires.Sub(now)
+		if b.Prefix.Bits() >= p.Bits() || left < MinTTL {
+			continue
+		}
+		// A ban of a wider prefix: the rest of it stays banned.
+		rec, err := e.store.GetBan(b.Prefix)
+		if err != nil {
+			return AllowResult{}, err
+		}
+		for _, q := range splitAround(b.Prefix, p) {
+			ch.Add = append(ch.Add, Element{Prefix: q, TTL: left, Scoped: b.Scoped})
+			rest = append(rest, store.BanRequest{Prefix: q, Reason: rec.Reason, TTL: left, Now: now, Scoped: b.Scoped, Origin: rec.Origin,
+				Evidence: fmt.Sprintf("the rest of the ban of %s after %s was allowlisted; %s", b.Prefix, p, rec.Evidence)})
 		}
 	}
-	if err := e.apply(ctx, Change{Delete: dels}); err != nil {
+	if err := e.apply(ctx, ch); err != nil {
 		return AllowResult{}, fmt.Errorf("allow %s: lift overlapping bans: %w", p, err)
 	}
 	for _, q := range lift {
@@ -869,11 +923,36 @@ func (e *Engine) Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, n
 			return AllowResult{}, err
 		}
 	}
+	if len(rest) > 0 {
+		if _, err := e.store.RecordBans(rest); err != nil {
+			return AllowResult{}, err
+		}
+	}
 	if err := e.store.PutAllow(a); err != nil {
 		return AllowResult{}, err
 	}
-	e.log.Info("allowlisted", "prefix", p, "ttl", ttl, "lifted", len(lift))
-	return AllowResult{Entry: a, Lifted: lift}, nil
+	kept := make([]netip.Prefix, len(rest))
+	for i, r := range rest {
+		kept[i] = r.Prefix
+	}
+	e.log.Info("allowlisted", "prefix", p, "ttl", ttl, e.would("lifted"), len(lift), "kept_banned", len(kept))
+	return AllowResult{Entry: a, Lifted: lift, Kept: kept}, nil
+}
+
+// splitAround returns the prefixes that cover outer except inner (inner
+// inside outer): one per bit between them, the halves not holding inner.
+func splitAround(outer, inner netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for bits := outer.Bits() + 1; bits <= inner.Bits(); bits++ {
+		in, _ := inner.Addr().Prefix(bits)
+		// The sibling of in: flip the last bit of its network part.
+		b := in.Addr().AsSlice()
+		i := bits - 1
+		b[i/8] ^= 0x80 >> (i % 8)
+		a, _ := netip.AddrFromSlice(b)
+		out = append(out, netip.PrefixFrom(a, bits))
+	}
+	return out
 }
 
 // PurgeResult is what Purge did.

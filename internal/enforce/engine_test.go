@@ -140,14 +140,18 @@ func TestBanRefusesAllowlisted(t *testing.T) {
 	if bans, _ := f.st.Bans(); len(bans) != 0 {
 		t.Fatalf("refused bans recorded: %v", bans)
 	}
-	// Runtime allow: lifts an overlapping ban and blocks future ones.
+	// Runtime allow: lifts an overlapping ban (keeping the rest of the
+	// prefix banned) and blocks future ones.
 	f.ban(t, "2001:db8:5::/64", time.Hour)
 	res, err := f.eng.Allow(context.Background(), pfx("2001:db8:5::2"), time.Hour, "customer")
-	if err != nil || len(res.Lifted) != 1 {
-		t.Fatalf("allow: %+v %v", res, err)
+	if err != nil || len(res.Lifted) != 1 || len(res.Kept) != 64 {
+		t.Fatalf("allow: %d lifted, %d kept, %v", len(res.Lifted), len(res.Kept), err)
 	}
-	if f.fw.Drops(netip.MustParseAddr("2001:db8:5::1")) {
+	if f.fw.Drops(netip.MustParseAddr("2001:db8:5::2")) {
 		t.Fatal("ban covering a newly allowed address still in the kernel")
+	}
+	if !f.fw.Drops(netip.MustParseAddr("2001:db8:5::1")) || !f.fw.Drops(netip.MustParseAddr("2001:db8:5::3")) {
+		t.Fatal("the rest of the /64 was unbanned with the allowed address")
 	}
 	if _, err := f.eng.Ban(context.Background(), BanRequest{Prefix: pfx("2001:db8:5::/64"), TTL: time.Hour}); !errors.Is(err, allow.ErrAllowlisted) ||
 		!strings.Contains(err.Error(), "runtime allow: customer") {
@@ -685,5 +689,83 @@ func TestBanAfterFlushHealsFirst(t *testing.T) {
 	}
 	if got, want := elemList(f.fw), "198.51.100.7/32"; got != want {
 		t.Fatalf("after the unban: %q, want %q", got, want)
+	}
+}
+
+// A repeat ban never shortens an active one unless the timeout is asked for
+// explicitly, and the record keeps what every ban purged.
+func TestRepeatBanKeepsTheLongerTimeout(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	first := f.ban(t, "198.51.100.7", 2*time.Hour)
+	if first.Ban.Purged != 300 || first.Ban.PurgedTotal != 300 {
+		t.Fatalf("first ban: %+v", first.Ban)
+	}
+	f.ct.Entries[netip.MustParseAddr("198.51.100.7")] = 20 // came back through another path
+	f.clk.add(10 * time.Minute)
+	r, err := f.eng.Ban(ctx, BanRequest{Prefix: pfx("198.51.100.7"), TTL: time.Hour, Reason: "again"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Refreshed || r.TTL != 110*time.Minute || !r.Ban.Expires.Equal(first.Ban.Expires) {
+		t.Fatalf("repeat ban with a shorter timeout: ttl %v, expires %v (was %v)", r.TTL, r.Ban.Expires, first.Ban.Expires)
+	}
+	if r.Ban.Count != 2 || r.Ban.Purged != 20 || r.Ban.PurgedTotal != 320 {
+		t.Fatalf("history: count %d, purged %d, total %d", r.Ban.Count, r.Ban.Purged, r.Ban.PurgedTotal)
+	}
+	if els := f.fw.Snapshot(); len(els) != 1 || els[0].TTL != 110*time.Minute {
+		t.Fatalf("kernel: %v", els)
+	}
+	r, err = f.eng.Ban(ctx, BanRequest{Prefix: pfx("198.51.100.7"), TTL: 30 * time.Minute, ExactTTL: true})
+	if err != nil || r.TTL != 30*time.Minute {
+		t.Fatalf("explicit shorter timeout: %v %v", r.TTL, err)
+	}
+	if els := f.fw.Snapshot(); els[0].TTL != 30*time.Minute {
+		t.Fatalf("kernel after the explicit timeout: %v", els)
+	}
+}
+
+// Allowing an address inside a banned prefix lifts only that address: the
+// rest of the prefix stays banned for its remaining time.
+func TestAllowInsideABannedPrefixKeepsTheRest(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.ban(t, "198.51.100.0/24", 2*time.Hour)
+	f.clk.add(30 * time.Minute)
+	r, err := f.eng.Allow(ctx, pfx("198.51.100.0/25"), 0, "customer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Lifted) != 1 || len(r.Kept) != 1 || r.Kept[0] != pfx("198.51.100.128/25") {
+		t.Fatalf("allow of a /25: %+v", r)
+	}
+	if got, want := elemList(f.fw), "198.51.100.128/25"; got != want {
+		t.Fatalf("kernel: %q, want %q", got, want)
+	}
+	if els := f.fw.Snapshot(); els[0].TTL != 90*time.Minute {
+		t.Fatalf("the rest's timeout: %v, want the remaining 1h30m", els[0].TTL)
+	}
+	r, err = f.eng.Allow(ctx, pfx("198.51.100.200"), 0, "one host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "198.51.100.128/26 198.51.100.201/32 198.51.100.202/31 198.51.100.204/30 198.51.100.208/28 198.51.100.192/29 198.51.100.224/27"
+	var got []string
+	for _, e := range f.fw.Snapshot() {
+		got = append(got, e.Prefix.String())
+	}
+	if len(got) != 7 || !f.fw.Drops(netip.MustParseAddr("198.51.100.201")) || f.fw.Drops(netip.MustParseAddr("198.51.100.200")) ||
+		!f.fw.Drops(netip.MustParseAddr("198.51.100.255")) || f.fw.Drops(netip.MustParseAddr("198.51.100.1")) {
+		t.Fatalf("after allowing one host of the /25: %v (want the 7 prefixes %s)", got, want)
+	}
+	if b, _ := f.st.GetBan(pfx("198.51.100.224/27")); !strings.Contains(b.Evidence, "the rest of the ban of 198.51.100.128/25") {
+		t.Fatalf("record of a remainder: %+v", b)
+	}
+}
+
+func TestSplitAround(t *testing.T) {
+	got := splitAround(pfx("2001:db8::/32"), pfx("2001:db8:8000::/34"))
+	if len(got) != 2 || got[0] != pfx("2001:db8::/33") || got[1] != pfx("2001:db8:c000::/34") {
+		t.Fatalf("split: %v", got)
 	}
 }

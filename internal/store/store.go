@@ -8,6 +8,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -90,7 +91,21 @@ type Ban struct {
 	// banned peers the last ban closed (CloseErr: why some could not be).
 	SocketsClosed int    `json:"sockets_closed"`
 	CloseErr      string `json:"close_error,omitempty"`
+	// PurgedTotal and SocketsClosedTotal add up every ban of this record.
+	PurgedTotal        int `json:"purged_total"`
+	SocketsClosedTotal int `json:"sockets_closed_total"`
+	// Origin is who decided the latest ban: OriginAuto (the daemon's
+	// policy), OriginManual (an operator) or OriginAdopted (found in the
+	// kernel without a record).
+	Origin string `json:"origin,omitempty"`
 }
+
+// Origins of a ban.
+const (
+	OriginAuto    = "auto"
+	OriginManual  = "manual"
+	OriginAdopted = "adopted"
+)
 
 // Active reports whether the ban is in force at now.
 func (b Ban) Active(now time.Time) bool {
@@ -312,7 +327,8 @@ type BanRequest struct {
 	Evidence string
 	TTL      time.Duration
 	Now      time.Time
-	Scoped   bool // leave the SSH ports open
+	Scoped   bool   // leave the SSH ports open
+	Origin   string // OriginAuto when empty
 }
 
 // RecordBan creates or refreshes the record for r.Prefix: the count goes up,
@@ -346,6 +362,7 @@ func (s *Store) RecordBans(rs []BanRequest) ([]Ban, error) {
 			rec.Reason = r.Reason
 			rec.Evidence = r.Evidence
 			rec.Scoped = r.Scoped
+			rec.Origin = cmp.Or(r.Origin, OriginAuto)
 			rec.Ended, rec.EndReason = time.Time{}, ""
 			rec.Purged, rec.Remaining, rec.PurgeErr = 0, 0, ""
 			rec.SocketsClosed, rec.CloseErr = 0, ""
@@ -595,6 +612,9 @@ func putBan(tx *bolt.Tx, rec Ban) error {
 	if rec.Scoped {
 		v[8] |= indexScoped
 	}
+	if rec.Origin == OriginManual {
+		v[8] |= indexManual
+	}
 	if !rec.Ended.IsZero() {
 		v[8] |= indexEnded
 		if rec.Ended.Before(until) {
@@ -611,6 +631,7 @@ const indexLen = 9
 const (
 	indexEnded  = 1 << 0 // lifted before its expiry
 	indexScoped = 1 << 1 // leaves the SSH ports open
+	indexManual = 1 << 2 // an operator's ban
 )
 
 func rebuildIndex(tx *bolt.Tx) error {
@@ -632,6 +653,7 @@ type Active struct {
 	Prefix  netip.Prefix
 	Expires time.Time
 	Scoped  bool // leaves the SSH ports open
+	Manual  bool // an operator's ban: never counted toward automatic prefix bans
 }
 
 // ActiveIndex returns the bans in force at now from the index, without
@@ -679,7 +701,7 @@ func (s *Store) readActive(now time.Time) ([]Active, error) {
 			if err != nil {
 				return fmt.Errorf("index key %q: %w", k, err)
 			}
-			out = append(out, Active{Prefix: p, Expires: time.Unix(0, int64(exp)), Scoped: v[8]&indexScoped != 0})
+			out = append(out, Active{Prefix: p, Expires: time.Unix(0, int64(exp)), Scoped: v[8]&indexScoped != 0, Manual: v[8]&indexManual != 0})
 			return nil
 		})
 	})

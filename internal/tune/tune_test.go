@@ -3,6 +3,7 @@ package tune
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -460,5 +461,23 @@ func TestEstablishedLevelOff(t *testing.T) {
 	}
 	if (&Observation{Scans: 1, FirstCount: 5, LastCount: 5}).GrowthPerSecond() != 0 {
 		t.Error("one scan has no growth")
+	}
+}
+
+// tune says what ctguard's own daemon needs at the recommended size in its
+// worst case, and which table sizes the unit's memory limit fits.
+func TestDaemonMemoryNote(t *testing.T) {
+	p := Recommend(readHost(t, fixture(t, "host-4g")), nil, Budget{})
+	mx, _ := p.Item(Max)
+	want := fmt.Sprintf("ctguard run itself: at a full table of %d entries", mx.Recommended)
+	found := false
+	for _, n := range p.Notes {
+		found = found || strings.Contains(n, want) && strings.Contains(n, "fits such tables up to about 870400 entries")
+	}
+	if !found {
+		t.Fatalf("no daemon memory note %q in %q", want, p.Notes)
+	}
+	if n := daemonMemoryNote(262144); !strings.Contains(n, "about 91 MiB") {
+		t.Fatalf("262144 entries: %s (measured: 91 MiB)", n)
 	}
 }
