@@ -24,7 +24,7 @@ import (
 func init() {
 	register(&command{
 		name:    "ban",
-		args:    "ADDR|CIDR [--ttl D] [--reason TEXT]",
+		args:    "ADDR|CIDR | --from FILE [--ttl D] [--reason TEXT]",
 		summary: "ban an address or prefix before conntrack, then purge its conntrack entries",
 		run:     runBan,
 	})
@@ -37,7 +37,9 @@ func init() {
 // commands do not care which, and never block on the database lock.
 type enforcer interface {
 	Ban(ctx context.Context, r enforce.BanRequest) (enforce.BanResult, error)
+	BanMany(ctx context.Context, rs []enforce.BanRequest) ([]enforce.BanResult, error)
 	Unban(ctx context.Context, p netip.Prefix) (store.Ban, error)
+	UnbanMany(ctx context.Context, ps []netip.Prefix, all bool) ([]enforce.UnbanResult, error)
 	List(all bool) ([]store.Ban, error)
 	Allow(ctx context.Context, p netip.Prefix, ttl time.Duration, note string) (enforce.AllowResult, error)
 	RemoveAllow(p netip.Prefix) error
@@ -222,7 +224,32 @@ func runBan(ctx context.Context, e *env, args []string) error {
 	ef.register(fs)
 	ttlS := fs.String("ttl", enforce.DefaultTTL.String(), fmt.Sprintf("how long the ban lasts (%s to %s; e.g. 90s, 30m, 12h, 7d)", enforce.MinTTL, enforce.FormatTTL(enforce.MaxTTL)))
 	reason := fs.String("reason", "manual", "why (recorded with the ban)")
+	from := fs.String("from", "", "ban every ADDR|CIDR listed in FILE, one a line (- reads stdin), in one batch")
 	var ttl time.Duration
+	if bulkArgs(args) {
+		if err := parseFlags(fs, args, false); err != nil {
+			return err
+		}
+		if ttl, err := enforce.ParseTTL(*ttlS); err != nil {
+			return usagef("--ttl: %v", err)
+		} else if err := ef.validate(); err != nil {
+			return err
+		} else if err := needRoot(c.name); err != nil {
+			return err
+		} else {
+			ps, err := readTargets(e, *from)
+			if err != nil {
+				return err
+			}
+			s, err := ef.open(ctx, e, true)
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			return bulkBan(ctx, e, s, ps, enforce.BanRequest{TTL: ttl, Reason: *reason, Evidence: "manual bulk ban from the command line",
+				Origin: store.OriginManual, ExactTTL: flagSet(fs, "ttl")})
+		}
+	}
 	p, s, err := targetCommand(ctx, e, c, fs, &ef, args, func() (err error) {
 		if ttl, err = enforce.ParseTTL(*ttlS); err != nil {
 			return usagef("--ttl: %v", err)
@@ -233,10 +260,8 @@ func runBan(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer s.close()
-	exact := false
-	fs.Visit(func(f *flag.Flag) { exact = exact || f.Name == "ttl" })
 	r, err := s.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: ttl, Reason: *reason, Evidence: "manual ban from the command line",
-		Origin: store.OriginManual, ExactTTL: exact})
+		Origin: store.OriginManual, ExactTTL: flagSet(fs, "ttl")})
 	if err != nil {
 		return err
 	}
@@ -300,4 +325,23 @@ func parseAllowTTL(s string) (time.Duration, error) {
 		return 0, usagef("--ttl: %v", err)
 	}
 	return d, nil
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// bulkArgs reports whether a ban or unban works on a list (--from, --all)
+// rather than one target.
+func bulkArgs(args []string) bool {
+	for _, a := range args {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && (name == "from" || name == "all") {
+			return true
+		}
+	}
+	return false
 }

@@ -33,6 +33,14 @@ func register(c *command) { commands[c.name] = c }
 // env is what a subcommand may touch of the outside world; tests replace it.
 type env struct {
 	stdout, stderr io.Writer
+	stdin          io.Reader // nil: os.Stdin
+}
+
+func (e *env) in() io.Reader {
+	if e.stdin != nil {
+		return e.stdin
+	}
+	return os.Stdin
 }
 
 // usageError is a bad flag, argument or value: exit status 2.

@@ -5,8 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,7 +62,7 @@ func TestRootMemoryDistinctIPv6Sources(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	log, cmd := startDaemon(t, ns, "--config", writeConfig(t, dir, "\n[log]\nlevel = \"debug\"\n"))
+	log, cmd := startPlain(t, ns, "--config", writeConfig(t, dir, "\n[log]\nlevel = \"debug\"\n"))
 	// Full scans: at 262,000 of 262,144 the valve frees a few entries per
 	// cycle, so count cycles that saw over 261,000.
 	cycles := func() int {
@@ -95,4 +100,69 @@ func statusKiB(t *testing.T, pid int, name string) float64 {
 	}
 	t.Fatalf("no %s in /proc/%d/status", name, pid)
 	return 0
+}
+
+var (
+	plainOnce sync.Once
+	plainBin  string
+	plainErr  error
+)
+
+// plainBinary builds ctguard without the race detector (make test runs
+// with -race, which multiplies memory several times): memory figures must
+// come from the binary users run.
+func plainBinary(t *testing.T) string {
+	t.Helper()
+	plainOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ctguard-plain-")
+		if err != nil {
+			plainErr = err
+			return
+		}
+		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		if _, err := os.Stat(gobin); err != nil {
+			gobin = "go"
+		}
+		plainBin = filepath.Join(dir, "ctguard")
+		cmd := exec.Command(gobin, "build", "-o", plainBin, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			plainErr = fmt.Errorf("build ctguard: %v: %s", err, out)
+		}
+	})
+	if plainErr != nil {
+		t.Fatal(plainErr)
+	}
+	return plainBin
+}
+
+// startPlain runs the plain ctguard binary as `ctguard run args...` inside
+// ns, like startDaemon does with the test binary.
+func startPlain(t *testing.T, ns *testutil.NS, args ...string) (*syncBuf, *exec.Cmd) {
+	var log syncBuf
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, plainBinary(t), "run"}, args...)...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CTGUARD_SOCKET=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", log.String())
+		}
+	})
+	return &log, cmd
 }

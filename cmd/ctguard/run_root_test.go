@@ -176,6 +176,19 @@ func TestRootRunBansPurgesExplains(t *testing.T) {
 		t.Errorf("why for the spared source: %v\n%s", err, out)
 	}
 
+	// Bulk bans and unbans through the daemon: one request each.
+	list := filepath.Join(dir, "targets.txt")
+	os.WriteFile(list, []byte("198.51.100.50\n198.51.100.51\n"), 0o644)
+	if out, err := self(ns, "ban", "--from", list, "--socket", sock).CombinedOutput(); err != nil || !strings.Contains(string(out), "banned 2 of 2") {
+		t.Errorf("ban --from through the daemon: %v\n%s", err, out)
+	}
+	if set := ns.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); !strings.Contains(set, "198.51.100.50") || !strings.Contains(set, "198.51.100.51") {
+		t.Errorf("bulk ban not in the kernel:\n%s", set)
+	}
+	if out, err := self(ns, "unban", "--from", list, "--socket", sock).CombinedOutput(); err != nil || !strings.Contains(string(out), "unbanned 2 of 2") {
+		t.Errorf("unban --from through the daemon: %v\n%s", err, out)
+	}
+
 	// status and top answer from the daemon's last scan.
 	waitFor(t, "status through the daemon to count 30 entries", 5*time.Second, func() bool {
 		out, err := self(ns, "status", "--json", "--socket", sock).CombinedOutput()

@@ -39,7 +39,13 @@ type Request struct {
 	// ExactTTL: the operator named the timeout, so it applies even when
 	// it shortens an active ban.
 	ExactTTL bool `json:"exact_ttl,omitempty"`
+	// Targets are the addresses and prefixes of a bulk ban or unban
+	// (ban-many, unban-many), in one kernel change.
+	Targets []string `json:"targets,omitempty"`
 }
+
+// maxBulkTargets bounds one bulk request (a request is at most 1 MiB).
+const maxBulkTargets = 50000
 
 // Response carries a result or an error message.
 type Response struct {
@@ -190,6 +196,12 @@ type wireBanResult struct {
 	Err string `json:"error,omitempty"`
 }
 
+// wireUnbanResult is enforce.UnbanResult with its error as text.
+type wireUnbanResult struct {
+	enforce.UnbanResult
+	Err string `json:"error,omitempty"`
+}
+
 func (d *Daemon) call(ctx context.Context, r Request) (any, error) {
 	target := func() (netip.Prefix, error) {
 		p, _, err := enforce.ParseTarget(r.Target)
@@ -219,6 +231,43 @@ func (d *Daemon) call(ctx context.Context, r Request) (any, error) {
 			err = nil
 		}
 		return w, err
+	case "ban-many", "unban-many":
+		if len(r.Targets) > maxBulkTargets {
+			return nil, fmt.Errorf("%d targets in one request: at most %d", len(r.Targets), maxBulkTargets)
+		}
+		ps := make([]netip.Prefix, len(r.Targets))
+		for i, t := range r.Targets {
+			p, _, err := enforce.ParseTarget(t)
+			if err != nil {
+				return nil, fmt.Errorf("target %d: %w", i+1, err)
+			}
+			ps[i] = p
+		}
+		if r.Op == "unban-many" {
+			res, err := d.eng.UnbanMany(ctx, ps, r.All)
+			ws := make([]wireUnbanResult, len(res))
+			for i, x := range res {
+				ws[i] = wireUnbanResult{UnbanResult: x}
+				if x.Err != nil {
+					ws[i].Err = x.Err.Error()
+				}
+			}
+			return ws, err
+		}
+		reqs := make([]enforce.BanRequest, len(ps))
+		for i, p := range ps {
+			reqs[i] = enforce.BanRequest{Prefix: p, TTL: r.TTL, Reason: r.Reason, Evidence: "manual bulk ban over the control socket",
+				Origin: store.OriginManual, ExactTTL: r.ExactTTL}
+		}
+		res, err := d.eng.BanMany(ctx, reqs)
+		ws := make([]wireBanResult, len(res))
+		for i, x := range res {
+			ws[i] = wireBanResult{BanResult: x}
+			if x.Err != nil {
+				ws[i].Err = x.Err.Error()
+			}
+		}
+		return ws, err
 	case "unban":
 		p, err := target()
 		if err != nil {
@@ -549,6 +598,49 @@ func (c *Client) Ban(ctx context.Context, r enforce.BanRequest) (enforce.BanResu
 		res.Err = errors.New(w.Err)
 	}
 	return res, res.Err
+}
+
+// BanMany asks the daemon to ban many targets in one kernel change; they
+// must share one timeout and reason (the command line's bulk ban).
+func (c *Client) BanMany(ctx context.Context, reqs []enforce.BanRequest) ([]enforce.BanResult, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	r := Request{Op: "ban-many", TTL: reqs[0].TTL, Reason: reqs[0].Reason, ExactTTL: reqs[0].ExactTTL}
+	for _, q := range reqs {
+		if q.TTL != r.TTL || q.Reason != r.Reason || q.ExactTTL != r.ExactTTL {
+			return nil, errors.New("a bulk ban through the daemon takes one timeout and one reason")
+		}
+		r.Targets = append(r.Targets, q.Prefix.String())
+	}
+	var ws []wireBanResult
+	err := c.Call(ctx, r, &ws)
+	out := make([]enforce.BanResult, len(ws))
+	for i, w := range ws {
+		out[i] = w.BanResult
+		if w.Err != "" {
+			out[i].Err = errors.New(w.Err)
+		}
+	}
+	return out, err
+}
+
+// UnbanMany asks the daemon to lift many bans (all: every active one).
+func (c *Client) UnbanMany(ctx context.Context, ps []netip.Prefix, all bool) ([]enforce.UnbanResult, error) {
+	r := Request{Op: "unban-many", All: all}
+	for _, p := range ps {
+		r.Targets = append(r.Targets, p.String())
+	}
+	var ws []wireUnbanResult
+	err := c.Call(ctx, r, &ws)
+	out := make([]enforce.UnbanResult, len(ws))
+	for i, w := range ws {
+		out[i] = w.UnbanResult
+		if w.Err != "" {
+			out[i].Err = errors.New(w.Err)
+		}
+	}
+	return out, err
 }
 
 // Unban asks the daemon to unban.

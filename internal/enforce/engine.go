@@ -834,6 +834,69 @@ func (e *Engine) Unban(ctx context.Context, p netip.Prefix) (store.Ban, error) {
 	return b, nil
 }
 
+// UnbanResult is what became of one target of UnbanMany.
+type UnbanResult struct {
+	Prefix netip.Prefix
+	Ban    store.Ban // the record, ended, when it was lifted
+	Err    error     `json:"-"`
+}
+
+// UnbanMany lifts many bans in one kernel change and one store write
+// (`unban --all`, `unban --from FILE`); all lifts every active ban. A target
+// without an active ban gets ErrNotBanned in its result.
+func (e *Engine) UnbanMany(ctx context.Context, ps []netip.Prefix, all bool) ([]UnbanResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	active, err := e.store.ActiveIndex(now)
+	if err != nil {
+		return nil, err
+	}
+	scoped := make(map[netip.Prefix]bool, len(active))
+	for _, a := range active {
+		scoped[a.Prefix] = a.Scoped
+	}
+	if all {
+		ps = ps[:0:0]
+		for _, a := range active {
+			ps = append(ps, a.Prefix)
+		}
+	}
+	out := make([]UnbanResult, len(ps))
+	var lift []netip.Prefix
+	var idx []int
+	var ch Change
+	for i, p := range ps {
+		out[i].Prefix = p
+		sc, ok := scoped[p]
+		if !ok {
+			out[i].Err = fmt.Errorf("unban %s: %w", p, ErrNotBanned)
+			continue
+		}
+		delete(scoped, p) // a duplicate line lifts once
+		lift = append(lift, p)
+		idx = append(idx, i)
+		ch.Delete = append(ch.Delete, Element{Prefix: p, Scoped: sc})
+	}
+	if len(lift) == 0 {
+		return out, nil
+	}
+	// Store first, as Unban: a failed kernel delete is finished by the
+	// next unban or the timeout, never undone by a restart.
+	recs, err := e.store.UpdateBans(lift, func(_ int, b *store.Ban) { b.Ended, b.EndReason = now, "unban" })
+	if err != nil {
+		return out, fmt.Errorf("unban %d bans: %w", len(lift), err)
+	}
+	if err := e.apply(ctx, ch); err != nil {
+		return out, fmt.Errorf("unban %d bans: recorded as lifted, but the kernel still holds them (unban again): %w", len(lift), err)
+	}
+	for k, i := range idx {
+		out[i].Ban = recs[k]
+	}
+	e.log.Info(e.would("unbanned"), "bans", len(lift))
+	return out, nil
+}
+
 // unbanUnrecorded deletes p from ctguard's sets when it is there although
 // the store has no active record of it; a zero Ban when it is not there.
 func (e *Engine) unbanUnrecorded(ctx context.Context, p netip.Prefix, now time.Time) (store.Ban, error) {
