@@ -168,11 +168,13 @@ func TestRootRunBansPurgesExplains(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(why.Bans) != 1 || why.Bans[0].Purged != 150 || why.Bans[0].Remaining != 0 || len(why.Events) == 0 ||
-		why.Events[0].Action != "ban" || why.Threshold != 100 || !strings.Contains(why.Bans[0].Evidence, "150 entries") {
+		why.Events[0].Action != "ban" || why.Threshold != 100 || !strings.Contains(why.Bans[0].Evidence, "150 entries") ||
+		!strings.HasPrefix(why.Verdict, "BANNED: 203.0.113.110/32 by the policy") {
 		t.Errorf("why: %s", out)
 	}
 	out, err = self(ns, "why", "198.51.100.7", "--socket", sock).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "30 entries") || !strings.Contains(string(out), "bans         none on record") {
+	if err != nil || !strings.Contains(string(out), "30 entries") || !strings.Contains(string(out), "bans         none on record") ||
+		!strings.Contains(string(out), "verdict      not banned: score 30.0 under the threshold 100") {
 		t.Errorf("why for the spared source: %v\n%s", err, out)
 	}
 

@@ -165,4 +165,7 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 		}
 		fmt.Fprintln(w)
 	}
+	if r.Verdict != "" {
+		fmt.Fprintf(w, "verdict      %s\n", r.Verdict)
+	}
 }

@@ -427,6 +427,9 @@ type WhyReply struct {
 	Bans    []store.Ban `json:"bans,omitempty"` // records of this address and of prefixes holding it
 	Events  []Event     `json:"events,omitempty"`
 	CycleAt time.Time   `json:"cycle_at"`
+	// Verdict is the answer in one line: banned (by whom, why, how much
+	// longer), or why not.
+	Verdict string `json:"verdict"`
 }
 
 // Holding is what one source or prefix held at the last scan, and its score.
@@ -498,7 +501,52 @@ func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
 			r.Bans = append(r.Bans, b)
 		}
 	}
+	r.Verdict = verdict(&r, time.Now())
 	return r, nil
+}
+
+// verdict is why's last line: banned, or why not.
+func verdict(r *WhyReply, now time.Time) string {
+	banned := "BANNED"
+	if r.DryRun {
+		banned = "would be banned (dry run)"
+	}
+	for _, b := range r.Bans {
+		if b.Active(now) {
+			who := "by the policy"
+			switch b.Origin {
+			case store.OriginManual:
+				who = "by an operator"
+			case store.OriginAdopted:
+				who = "adopted from the kernel"
+			}
+			return fmt.Sprintf("%s: %s %s (%s), for %s more", banned, b.Prefix, who, b.Reason, (b.Expires.Sub(now)).Round(time.Second))
+		}
+	}
+	if len(r.Allowlisted) > 0 {
+		return "never banned: allowlisted (" + r.Allowlisted[0].String() + ")"
+	}
+	if r.CycleAt.IsZero() {
+		return "not banned: no scan yet"
+	}
+	if r.Spared != "" {
+		return "not banned: " + r.Spared
+	}
+	if r.Source == nil {
+		return "not banned: it held no entries (or a single one) at the last scan"
+	}
+	c := r.Source.Counts
+	switch {
+	case c.Entries < r.Policy.MinEntries:
+		return fmt.Sprintf("not banned: it holds %d entries, under min_entries %d", c.Entries, r.Policy.MinEntries)
+	case r.Source.Score < r.Threshold:
+		why := fmt.Sprintf("not banned: score %.1f under the threshold %.0f at %s pressure", r.Source.Score, r.Threshold, r.Pressure)
+		if r.Prefix != nil && r.Prefix.Members > 1 {
+			why += fmt.Sprintf("; its prefix %s (%d sources, score %.1f) did not reach a prefix rule", r.Prefix.Key, r.Prefix.Members, r.Prefix.Score)
+		}
+		return why
+	}
+	return fmt.Sprintf("due to be banned: score %.1f reaches the threshold %.0f (the next cycle bans it unless a cap or the allowlist stops it)", r.Source.Score, r.Threshold)
 }
 
 // ErrNoDaemon means no daemon answers on the control socket.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/allow"
 	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/snapshot"
 	"github.com/ctguard/ctguard/internal/store"
@@ -163,5 +164,46 @@ func TestBanIndexIgnoresManualBansForAggregation(t *testing.T) {
 	}
 	if g := idx.groupsIn(netip.MustParsePrefix("2001:db8:1::/48")); len(g) != 1 || g[0] != netip.MustParsePrefix("2001:db8:1:3::/64") {
 		t.Fatalf("groups in the /48: %v, want only the automatic /64", g)
+	}
+}
+
+// why always ends in a verdict: banned (by whom, for how long), or why not.
+func TestWhyVerdict(t *testing.T) {
+	now := time.Now()
+	cfg := policy.Default()
+	a := netip.MustParseAddr("198.51.100.7")
+	src := func(entries uint32, score float64) *Holding {
+		return &Holding{Key: netip.PrefixFrom(a, 32), Counts: snapshot.Counts{Entries: entries, Idle: entries}, Score: score}
+	}
+	base := WhyReply{Addr: a, Pressure: policy.Elevated, Threshold: 60, Policy: cfg, CycleAt: now}
+	for _, tc := range []struct {
+		name string
+		mod  func(*WhyReply)
+		want string
+	}{
+		{"manual ban", func(r *WhyReply) {
+			r.Bans = []store.Ban{{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Origin: store.OriginManual, Reason: "test", Expires: now.Add(time.Hour)}}
+		}, "BANNED: 198.51.100.0/24 by an operator (test), for 1h0m0s more"},
+		{"dry run", func(r *WhyReply) {
+			r.DryRun = true
+			r.Bans = []store.Ban{{Prefix: netip.PrefixFrom(a, 32), Reason: "source-score", Expires: now.Add(time.Minute)}}
+		}, "would be banned (dry run): 198.51.100.7/32 by the policy"},
+		{"expired ban, allowlisted", func(r *WhyReply) {
+			r.Bans = []store.Ban{{Prefix: netip.PrefixFrom(a, 32), Expires: now.Add(-time.Minute)}}
+			r.Allowlisted = []allow.Entry{{Prefix: netip.PrefixFrom(a, 32), Source: allow.Configured, Detail: "allow.addresses"}}
+		}, "never banned: allowlisted"},
+		{"nothing held", func(r *WhyReply) {}, "not banned: it held no entries"},
+		{"few entries", func(r *WhyReply) { r.Source = src(4, 4) }, "not banned: it holds 4 entries, under min_entries 10"},
+		{"under threshold", func(r *WhyReply) {
+			r.Source = src(40, 40)
+			r.Prefix = &Holding{Key: netip.MustParsePrefix("198.51.100.0/24"), Members: 3, Score: 90}
+		}, "not banned: score 40.0 under the threshold 60 at elevated pressure; its prefix 198.51.100.0/24 (3 sources, score 90.0) did not reach a prefix rule"},
+		{"due", func(r *WhyReply) { r.Source = src(300, 300) }, "due to be banned: score 300.0 reaches the threshold 60"},
+	} {
+		r := base
+		tc.mod(&r)
+		if got := verdict(&r, now); !strings.Contains(got, tc.want) {
+			t.Errorf("%s: verdict %q, want it to contain %q", tc.name, got, tc.want)
+		}
 	}
 }
