@@ -68,7 +68,7 @@ type enforceFlags struct {
 
 func (f *enforceFlags) register(fs *flag.FlagSet) {
 	f.socket = socketFlag(fs)
-	fs.StringVar(&f.stateDir, "state-dir", "", "directory of the ban database when no daemon runs (default $CTGUARD_STATE_DIR or "+store.DefaultDir+")")
+	fs.StringVar(&f.stateDir, "state-dir", "", "`DIR` of the ban database when no daemon runs (default $CTGUARD_STATE_DIR or "+store.DefaultDir+")")
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root for the allowlist (routes, SSH sessions)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers are allowlisted")
 	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "comma-separated sshd ports whose open sessions' peers are allowlisted")
@@ -222,9 +222,9 @@ func runBan(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(c, e)
 	var ef enforceFlags
 	ef.register(fs)
-	ttlS := fs.String("ttl", enforce.DefaultTTL.String(), fmt.Sprintf("how long the ban lasts (%s to %s; e.g. 90s, 30m, 12h, 7d)", enforce.MinTTL, enforce.FormatTTL(enforce.MaxTTL)))
-	reason := fs.String("reason", "manual", "why (recorded with the ban)")
-	from := fs.String("from", "", "ban every ADDR|CIDR listed in FILE, one a line (- reads stdin), in one batch")
+	ttlS := fs.String("ttl", enforce.DefaultTTL.String(), fmt.Sprintf("how long the ban lasts, a `DURATION` from %s to %s (90s, 30m, 12h, 7d)", enforce.MinTTL, enforce.FormatTTL(enforce.MaxTTL)))
+	reason := fs.String("reason", "manual", "why, as `TEXT` recorded with the ban")
+	from := fs.String("from", "", "ban every ADDR|CIDR listed in `FILE`, one a line (- reads stdin), in one batch")
 	var ttl time.Duration
 	if bulkArgs(args) {
 		if err := parseFlags(fs, args, false); err != nil {

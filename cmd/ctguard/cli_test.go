@@ -45,14 +45,33 @@ func TestHelpAndVersion(t *testing.T) {
 	if _, errs, code := runCLI(t); code != 2 || !strings.Contains(errs, "commands:") {
 		t.Errorf("no args: exit %d, %q", code, errs)
 	}
-	if _, errs, code := runCLI(t, "help"); code != 0 || !strings.Contains(errs, "status") || !strings.Contains(errs, "top") {
-		t.Errorf("help: exit %d, %q", code, errs)
+	// Asked-for help goes to stdout, in GNU style, without the test-only
+	// flags; help CMD is the command's help.
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}} {
+		if out, errs, code := runCLI(t, args...); code != 0 || !strings.Contains(out, "status") || !strings.Contains(out, "top") || errs != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
 	}
 	if out, _, code := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "ctguard ") {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
-	if _, errs, code := runCLI(t, "top", "-h"); code != 0 || !strings.Contains(errs, "--by") && !strings.Contains(errs, "-by") {
-		t.Errorf("top -h: exit %d, %q", code, errs)
+	for _, args := range [][]string{{"top", "-h"}, {"top", "--help"}, {"help", "top"}} {
+		out, errs, code := runCLI(t, args...)
+		if code != 0 || !strings.Contains(out, "usage: ctguard top") || !strings.Contains(out, "  --by ") || errs != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+		if strings.Contains(out, "--procfs") || strings.Contains(out, "\n  -by") {
+			t.Errorf("%v shows a test-only flag or a single-dash flag:\n%s", args, out)
+		}
+	}
+	if out, _, _ := runCLI(t, "help", "tune"); strings.Contains(out, "--sysfs") || strings.Contains(out, "--etc") || !strings.Contains(out, "--apply") {
+		t.Errorf("help tune:\n%s", out)
+	}
+	if _, errs, code := runCLI(t, "help", "nope"); code != 2 || !strings.Contains(errs, `unknown command "nope"`) {
+		t.Errorf("help nope: exit %d, %q", code, errs)
+	}
+	if _, errs, code := runCLI(t, "ban", "--nope"); code != 2 || !strings.Contains(errs, "see 'ctguard help ban'") || strings.Count(errs, "ctguard ban:") != 1 {
+		t.Errorf("unknown flag: exit %d, %q", code, errs)
 	}
 }
 

@@ -54,12 +54,43 @@ func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(form
 // exiting, so that run() decides the exit status.
 func newFlags(c *command, e *env) *flag.FlagSet {
 	fs := flag.NewFlagSet("ctguard "+c.name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: ctguard %s %s\n\n%s\n\nflags:\n", c.name, c.args, c.summary)
-		fs.PrintDefaults()
-	}
+	// Flag errors go to stderr; asked-for help (-h, --help) to stdout.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	return fs
+}
+
+// hiddenFlags point a command at another root for tests; they work but are
+// not in the help.
+var hiddenFlags = map[string]bool{"procfs": true, "sysfs": true, "etc": true, "resolv-conf": true}
+
+// printCommandHelp writes a command's usage, summary and flags (GNU style:
+// --name).
+func printCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "usage: ctguard %s %s\n\n%s\n", c.name, c.args, c.summary)
+	if fs == nil {
+		return
+	}
+	first := true
+	fs.VisitAll(func(f *flag.Flag) {
+		if hiddenFlags[f.Name] {
+			return
+		}
+		if first {
+			fmt.Fprintf(w, "\nflags:\n")
+			first = false
+		}
+		typ, usage := flag.UnquoteUsage(f)
+		name := "--" + f.Name
+		if typ != "" {
+			name += " " + strings.ToUpper(typ)
+		}
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			def = fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "  %s\n      %s%s\n", name, usage, def)
+	})
 }
 
 // parseFlags parses args and turns flag errors into usage errors; it rejects
@@ -67,12 +98,12 @@ func newFlags(c *command, e *env) *flag.FlagSet {
 func parseFlags(fs *flag.FlagSet, args []string, allowArgs bool) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return &helpRequest{fs: fs}
 		}
 		return &usageError{err.Error()}
 	}
 	if !allowArgs && fs.NArg() > 0 {
-		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+		return usagef("unexpected argument %q", fs.Arg(0))
 	}
 	return nil
 }
@@ -84,13 +115,27 @@ func main() {
 	os.Exit(code)
 }
 
+// helpRequest is -h or --help on a command: its help goes to stdout.
+type helpRequest struct{ fs *flag.FlagSet }
+
+func (h *helpRequest) Error() string { return "help requested" }
+
 // run executes one command line and returns the process exit status.
 func run(ctx context.Context, e *env, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		printUsage(e.stderr)
-		if len(args) == 0 {
+		return 2
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		if len(args) > 1 && args[0] == "help" {
+			// ctguard help CMD: the command's own help.
+			if _, ok := commands[args[1]]; ok {
+				return run(ctx, e, []string{args[1], "--help"})
+			}
+			fmt.Fprintf(e.stderr, "ctguard help: unknown command %q\n", args[1])
 			return 2
 		}
+		printUsage(e.stdout)
 		return 0
 	}
 	if args[0] == "version" || args[0] == "--version" {
@@ -104,13 +149,15 @@ func run(ctx context.Context, e *env, args []string) int {
 	}
 	err := c.run(ctx, e, args[1:])
 	var ue *usageError
+	var help *helpRequest
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &help):
+		printCommandHelp(e.stdout, c, help.fs)
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "ctguard %s: %s\n", c.name, ue.msg)
+		fmt.Fprintf(e.stderr, "ctguard %s: %s\n(see 'ctguard help %s')\n", c.name, ue.msg, c.name)
 		return 2
 	default:
 		fmt.Fprintf(e.stderr, "ctguard %s: %s\n", c.name, err)
@@ -129,5 +176,5 @@ func printUsage(w io.Writer) {
 		c := commands[n]
 		fmt.Fprintf(w, "  %-8s %s\n", n, strings.SplitN(c.summary, "\n", 2)[0])
 	}
-	fmt.Fprintf(w, "  %-8s %s\n\nRun 'ctguard COMMAND -h' for a command's flags.\n", "version", "print the version")
+	fmt.Fprintf(w, "  %-8s %s\n\nRun 'ctguard help COMMAND' (or 'ctguard COMMAND --help') for a command's flags.\n", "version", "print the version")
 }

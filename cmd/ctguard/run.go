@@ -31,9 +31,9 @@ const defaultMemoryLimit = 80 << 20
 func runRun(ctx context.Context, e *env, args []string) error {
 	c := commands["run"]
 	fs := newFlags(c, e)
-	cfgPath := fs.String("config", "", "configuration file (TOML); without it the built-in defaults apply")
+	cfgPath := fs.String("config", "", "configuration `FILE` (TOML); without it the built-in defaults apply")
 	dryRun := fs.Bool("dry-run", false, "change nothing in the kernel: log and explain what would be done")
-	sock := fs.String("socket", "", "control socket to listen on (default: $CTGUARD_SOCKET, else daemon.socket of the config)")
+	sock := fs.String("socket", "", "`PATH` of the control socket to listen on (default: $CTGUARD_SOCKET, else daemon.socket of the config)")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}

@@ -24,7 +24,7 @@ import (
 func init() {
 	register(&command{
 		name: "tune",
-		args: "[--json] [--observe DURATION] [--mem-budget PCT] [--apply | --rollback] [--yes] [--procfs DIR] [--sysfs DIR] [--etc DIR]",
+		args: "[--json] [--observe DURATION] [--mem-budget PCT] [--apply | --rollback] [--yes]",
 		summary: "sizing and timeout advice for this kernel, RAM and traffic; --apply writes it, --rollback undoes it\n\n" +
 			"Reads the kernel version, RAM, nf_conntrack_max/buckets, the entry size and the timeouts,\n" +
 			"scans the table once (or for --observe DURATION) for idle times of ESTABLISHED entries, and\n" +

@@ -21,7 +21,7 @@ func runUnban(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(c, e)
 	var ef enforceFlags
 	ef.register(fs)
-	from := fs.String("from", "", "lift the ban of every ADDR|CIDR listed in FILE, one a line (- reads stdin)")
+	from := fs.String("from", "", "lift the ban of every ADDR|CIDR listed in `FILE`, one a line (- reads stdin)")
 	all := fs.Bool("all", false, "lift every active ban")
 	if bulkArgs(args) {
 		if err := parseFlags(fs, args, false); err != nil {

@@ -31,7 +31,7 @@ func socketFlag(fs *flag.FlagSet) *string {
 	if def == "" {
 		def = config.Default().Daemon.Socket
 	}
-	return fs.String("socket", def, "control socket of the running daemon (or $CTGUARD_SOCKET)")
+	return fs.String("socket", def, "`PATH` of the running daemon's control socket (or $CTGUARD_SOCKET)")
 }
 
 func runWhy(ctx context.Context, e *env, args []string) error {
