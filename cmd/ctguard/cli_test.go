@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -52,8 +53,13 @@ func TestHelpAndVersion(t *testing.T) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, errs)
 		}
 	}
-	if out, _, code := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "ctguard ") {
+	if out, _, code := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "ctguard ") || !strings.Contains(out, "go1.") {
 		t.Errorf("version: exit %d, %q", code, out)
+	}
+	out, _, code := runCLI(t, "version", "--json")
+	var bi buildInfo
+	if code != 0 || json.Unmarshal([]byte(out), &bi) != nil || bi.Version == "" || !strings.HasPrefix(bi.Go, "go1.") {
+		t.Errorf("version --json: exit %d, %q", code, out)
 	}
 	for _, args := range [][]string{{"top", "-h"}, {"top", "--help"}, {"help", "top"}} {
 		out, errs, code := runCLI(t, args...)

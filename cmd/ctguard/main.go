@@ -5,12 +5,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"syscall"
@@ -139,8 +142,7 @@ func run(ctx context.Context, e *env, args []string) int {
 		return 0
 	}
 	if args[0] == "version" || args[0] == "--version" {
-		fmt.Fprintf(e.stdout, "ctguard %s\n", version)
-		return 0
+		return printVersion(e, args[1:])
 	}
 	c, ok := commands[args[0]]
 	if !ok {
@@ -177,4 +179,53 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", n, strings.SplitN(c.summary, "\n", 2)[0])
 	}
 	fmt.Fprintf(w, "  %-8s %s\n\nRun 'ctguard help COMMAND' (or 'ctguard COMMAND --help') for a command's flags.\n", "version", "print the version")
+}
+
+// buildInfo is what `ctguard version` reports.
+type buildInfo struct {
+	Version string `json:"version"`
+	Commit  string `json:"commit,omitempty"`
+	Date    string `json:"date,omitempty"` // the commit's time, RFC 3339
+	Dirty   bool   `json:"dirty,omitempty"`
+	Go      string `json:"go"`
+}
+
+func readBuildInfo() buildInfo {
+	b := buildInfo{Version: version, Go: runtime.Version()}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				b.Commit = s.Value
+			case "vcs.time":
+				b.Date = s.Value
+			case "vcs.modified":
+				b.Dirty = s.Value == "true"
+			}
+		}
+	}
+	return b
+}
+
+func printVersion(e *env, args []string) int {
+	b := readBuildInfo()
+	switch {
+	case len(args) == 1 && args[0] == "--json":
+		out, _ := json.Marshal(b)
+		fmt.Fprintf(e.stdout, "%s\n", out)
+	case len(args) == 0:
+		fmt.Fprintf(e.stdout, "ctguard %s", b.Version)
+		if b.Commit != "" {
+			short := b.Commit[:min(12, len(b.Commit))]
+			if b.Dirty {
+				short += "-dirty"
+			}
+			fmt.Fprintf(e.stdout, " (commit %s, %s)", short, b.Date)
+		}
+		fmt.Fprintf(e.stdout, ", %s\n", b.Go)
+	default:
+		fmt.Fprintf(e.stderr, "ctguard version: unexpected arguments %q (only --json)\n", args)
+		return 2
+	}
+	return 0
 }
