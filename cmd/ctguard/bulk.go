@@ -101,8 +101,17 @@ func bulkBan(ctx context.Context, e *env, s *session, ps []netip.Prefix, r enfor
 			fmt.Fprintf(e.stdout, "%s %s for %s\n", verb, x.Prefix, enforce.FormatTTL(x.TTL))
 		}
 	}
-	fmt.Fprintf(e.stdout, "%s %d of %d (%d already covered, %d refused); %s\n", verb, done, len(ps), covered, failed,
-		plural(purged, "conntrack entry purged", "conntrack entries purged"))
+	what := plural(purged, "conntrack entry purged", "conntrack entries purged")
+	if s.DryRun() {
+		what = plural(purged, "conntrack entry would be purged", "conntrack entries would be purged")
+	}
+	fmt.Fprintf(e.stdout, "%s %d of %d (%d already covered, %d refused); %s\n", verb, done, len(ps), covered, failed, what)
+	return bulkEnd(e, s, err, failed)
+}
+
+// bulkEnd closes a bulk command: the dry-run note, then its error (exit 1
+// when some targets failed).
+func bulkEnd(e *env, s *session, err error, failed int) error {
 	if s.DryRun() {
 		fmt.Fprintf(e.stdout, "(%s)\n", dryRunNote)
 	}
@@ -136,16 +145,7 @@ func bulkUnban(ctx context.Context, e *env, s *session, ps []netip.Prefix, all b
 		fmt.Fprintf(e.stdout, "%s %s\n", verb, x.Prefix)
 	}
 	fmt.Fprintf(e.stdout, "%s %d of %d\n", verb, done, len(res))
-	if s.DryRun() {
-		fmt.Fprintf(e.stdout, "(%s)\n", dryRunNote)
-	}
-	if err != nil {
-		return err
-	}
-	if failed > 0 {
-		return errPartly
-	}
-	return nil
+	return bulkEnd(e, s, err, failed)
 }
 
 // plural is "1 thing" or "N things".

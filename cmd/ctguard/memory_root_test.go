@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -139,30 +138,11 @@ func plainBinary(t *testing.T) string {
 // startPlain runs the plain ctguard binary as `ctguard run args...` inside
 // ns, like startDaemon does with the test binary.
 func startPlain(t *testing.T, ns *testutil.NS, args ...string) (*syncBuf, *exec.Cmd) {
-	var log syncBuf
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, plainBinary(t), "run"}, args...)...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "CTGUARD_SOCKET=") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", log.String())
-		}
-	})
-	return &log, cmd
+	return startLogged(t, cmd)
 }

@@ -89,8 +89,13 @@ func writeConfig(t *testing.T, dir, extra string) string {
 }
 
 func startDaemon(t *testing.T, ns *testutil.NS, args ...string) (*syncBuf, *exec.Cmd) {
+	return startLogged(t, self(ns, append([]string{"run"}, args...)...))
+}
+
+// startLogged starts cmd with its output in a log that a failing test
+// prints, and stops it (SIGTERM, then SIGKILL after 5 s) at the end.
+func startLogged(t *testing.T, cmd *exec.Cmd) (*syncBuf, *exec.Cmd) {
 	var log syncBuf
-	cmd := self(ns, append([]string{"run"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
