@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -86,5 +88,33 @@ func TestNoConntrack(t *testing.T) {
 	_, errs, code := runCLI(t, "status", "--procfs", t.TempDir(), "--sample", "0")
 	if code != 1 || !strings.Contains(errs, "conntrack is not available") {
 		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+}
+
+// config check: every problem with its line, a suggestion for a typo,
+// exit 2; a valid file exits 0. config show prints the merged TOML.
+func TestConfigCheckAndShow(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[daemon]\npol = \"1s\"\n[policy]\nhigh_fill = 2.0\n"), 0o644)
+	out, errs, code := runCLI(t, "config", "check", bad)
+	if code != 2 || out != "" || !strings.Contains(errs, bad+":2: unknown key daemon.pol (did you mean daemon.poll?)") ||
+		!strings.Contains(errs, bad+":4: policy.high_fill = 2: want a ratio") || !strings.Contains(errs, "3 problems") {
+		t.Errorf("check of a bad file: exit %d\nstdout %q\nstderr %s", code, out, errs)
+	}
+	good := filepath.Join(dir, "good.toml")
+	os.WriteFile(good, []byte("[daemon]\npoll = \"500ms\"\n"), 0o644)
+	if out, errs, code := runCLI(t, "config", "check", good); code != 0 || !strings.Contains(out, good+": ok") {
+		t.Errorf("check of a good file: exit %d %q %q", code, out, errs)
+	}
+	if _, errs, code := runCLI(t, "config", "check", filepath.Join(dir, "missing.toml")); code != 2 || !strings.Contains(errs, "missing.toml") {
+		t.Errorf("check of a missing file: exit %d %q", code, errs)
+	}
+	out, _, code = runCLI(t, "config", "show", good)
+	if code != 0 || !strings.Contains(out, `poll = "500ms"`) || !strings.Contains(out, `interval = ["30s", "5s", "2s", "1s"]`) || !strings.Contains(out, "[policy.weights]") {
+		t.Errorf("show: exit %d\n%s", code, out)
+	}
+	if _, errs, code := runCLI(t, "config", "frob"); code != 2 || !strings.Contains(errs, `unknown config command "frob"`) {
+		t.Errorf("config frob: exit %d %q", code, errs)
 	}
 }

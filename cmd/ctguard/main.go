@@ -47,11 +47,14 @@ func (e *env) in() io.Reader {
 }
 
 // usageError is a bad flag, argument or value: exit status 2.
-type usageError struct{ msg string }
+type usageError struct {
+	msg    string
+	noHint bool // bad input the help would not explain (a config file's values)
+}
 
 func (e *usageError) Error() string { return e.msg }
 
-func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+func usagef(format string, a ...any) error { return &usageError{msg: fmt.Sprintf(format, a...)} }
 
 // newFlags returns a flag set for a subcommand that reports errors instead of
 // exiting, so that run() decides the exit status.
@@ -103,7 +106,7 @@ func parseFlags(fs *flag.FlagSet, args []string, allowArgs bool) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return &helpRequest{fs: fs}
 		}
-		return &usageError{err.Error()}
+		return &usageError{msg: err.Error()}
 	}
 	if !allowArgs && fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
@@ -158,6 +161,9 @@ func run(ctx context.Context, e *env, args []string) int {
 	case errors.As(err, &help):
 		printCommandHelp(e.stdout, c, help.fs)
 		return 0
+	case errors.As(err, &ue) && ue.noHint:
+		fmt.Fprintf(e.stderr, "ctguard %s: %s\n", c.name, ue.msg)
+		return 2
 	case errors.As(err, &ue):
 		fmt.Fprintf(e.stderr, "ctguard %s: %s\n(see 'ctguard help %s')\n", c.name, ue.msg, c.name)
 		return 2

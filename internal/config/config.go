@@ -150,82 +150,92 @@ func parse(path string, b []byte) (Config, error) {
 	return c, nil
 }
 
-// Validate reports the first bad value, naming its key.
+// Validate reports every bad value, each naming its key.
 func (c *Config) Validate() error {
+	var errs []error
 	d := c.Daemon
 	if d.Poll < 100*time.Millisecond || d.Poll > time.Minute {
-		return fmt.Errorf("daemon.poll = %v: want 100ms to 1m", d.Poll)
+		errs = append(errs, fmt.Errorf("daemon.poll = %v: want 100ms to 1m", d.Poll))
 	}
 	for i, iv := range d.Interval {
 		if iv < d.Poll || iv > time.Hour {
-			return fmt.Errorf("daemon.interval[%d] (%s) = %v: want daemon.poll (%v) to 1h", i, policy.Pressure(i), iv, d.Poll)
+			errs = append(errs, fmt.Errorf("daemon.interval[%d] (%s) = %v: want daemon.poll (%v) to 1h", i, policy.Pressure(i), iv, d.Poll))
 		}
 		if i > 0 && iv > d.Interval[i-1] {
-			return fmt.Errorf("daemon.interval = %v: want it to shorten (not grow) with pressure", d.Interval)
+			errs = append(errs, fmt.Errorf("daemon.interval = %v: want it to shorten (not grow) with pressure", d.Interval))
 		}
 	}
 	if d.ScanOnGrowth < 1 {
-		return fmt.Errorf("daemon.scan_on_growth = %d: want >= 1", d.ScanOnGrowth)
+		errs = append(errs, fmt.Errorf("daemon.scan_on_growth = %d: want >= 1", d.ScanOnGrowth))
 	}
 	switch d.Reader {
 	case "auto", "netlink", "proc":
 	default:
-		return fmt.Errorf("daemon.reader = %q: want auto, netlink or proc", d.Reader)
+		errs = append(errs, fmt.Errorf("daemon.reader = %q: want auto, netlink or proc", d.Reader))
 	}
 	if d.StateDir == "" || d.Socket == "" || d.Procfs == "" {
-		return fmt.Errorf("daemon.state_dir, daemon.socket and daemon.procfs must not be empty")
+		errs = append(errs, fmt.Errorf("daemon.state_dir, daemon.socket and daemon.procfs must not be empty"))
 	}
 	if d.ValveMaxDelete < 0 {
-		return fmt.Errorf("daemon.valve_max_delete = %d: want >= 0", d.ValveMaxDelete)
+		errs = append(errs, fmt.Errorf("daemon.valve_max_delete = %d: want >= 0", d.ValveMaxDelete))
 	}
 	s := c.Snapshot
 	if s.IdleThreshold < time.Second || s.IdleThreshold > 120*time.Hour {
-		return fmt.Errorf("snapshot.idle_threshold = %v: want 1s to 120h", s.IdleThreshold)
+		errs = append(errs, fmt.Errorf("snapshot.idle_threshold = %v: want 1s to 120h", s.IdleThreshold))
 	}
 	if s.V4Prefix < 8 || s.V4Prefix > 32 {
-		return fmt.Errorf("snapshot.v4_prefix = %d: want 8 to 32", s.V4Prefix)
+		errs = append(errs, fmt.Errorf("snapshot.v4_prefix = %d: want 8 to 32", s.V4Prefix))
 	}
 	if s.V6Prefix < 16 || s.V6Prefix > 128 {
-		return fmt.Errorf("snapshot.v6_prefix = %d: want 16 to 128", s.V6Prefix)
+		errs = append(errs, fmt.Errorf("snapshot.v6_prefix = %d: want 16 to 128", s.V6Prefix))
 	}
 	if err := c.Policy.Validate(); err != nil {
-		return fmt.Errorf("policy.%w", err)
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("policy.%w", e))
+		}
 	}
 	if _, err := c.AllowPrefixes(); err != nil {
-		return err
+		errs = append(errs, err)
 	}
 	for _, p := range c.Allow.SSHPorts {
 		if p < 1 || p > 65535 {
-			return fmt.Errorf("allow.ssh_ports: %d is not a port", p)
+			errs = append(errs, fmt.Errorf("allow.ssh_ports: %d is not a port", p))
 		}
 	}
 	if c.Allow.Refresh < time.Second {
-		return fmt.Errorf("allow.refresh = %v: want >= 1s", c.Allow.Refresh)
+		errs = append(errs, fmt.Errorf("allow.refresh = %v: want >= 1s", c.Allow.Refresh))
 	}
 	if m := c.Metrics.Listen; m != "" {
 		host, port, err := net.SplitHostPort(m)
-		if err != nil || port == "" {
-			return fmt.Errorf("metrics.listen = %q: want host:port", m)
-		}
-		a, err := netip.ParseAddr(host)
-		if err != nil && host != "localhost" {
-			return fmt.Errorf("metrics.listen = %q: want an IP address or localhost", m)
-		}
-		if host != "localhost" && !a.IsLoopback() && !c.Metrics.Public {
-			return fmt.Errorf("metrics.listen = %q is not a loopback address: set metrics.public = true to expose it", m)
+		a, aerr := netip.ParseAddr(host)
+		switch {
+		case err != nil || port == "":
+			errs = append(errs, fmt.Errorf("metrics.listen = %q: want host:port", m))
+		case aerr != nil && host != "localhost":
+			errs = append(errs, fmt.Errorf("metrics.listen = %q: want an IP address or localhost", m))
+		case host != "localhost" && !a.IsLoopback() && !c.Metrics.Public:
+			errs = append(errs, fmt.Errorf("metrics.listen = %q is not a loopback address: set metrics.public = true to expose it", m))
 		}
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		return fmt.Errorf("log.format = %q: want text or json", c.Log.Format)
+		errs = append(errs, fmt.Errorf("log.format = %q: want text or json", c.Log.Format))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log.level = %q: want debug, info, warn or error", c.Log.Level)
+		errs = append(errs, fmt.Errorf("log.level = %q: want debug, info, warn or error", c.Log.Level))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// unjoin lists the errors inside an errors.Join (or err itself).
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // AllowPrefixes parses allow.addresses.

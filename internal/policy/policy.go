@@ -19,6 +19,7 @@ package policy
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -196,6 +197,7 @@ const MaxTTL = 30 * 24 * time.Hour
 
 // Validate reports the first bad value, naming its key.
 func (c *Config) Validate() error {
+	var errs []error
 	ratio := func(k string, v float64) error {
 		if !(v > 0 && v <= 1) {
 			return fmt.Errorf("%s = %v: want a ratio in (0, 1]", k, v)
@@ -208,24 +210,24 @@ func (c *Config) Validate() error {
 	}{{"elevated_fill", c.ElevatedFill}, {"high_fill", c.HighFill}, {"critical_fill", c.CriticalFill}, {"orphan_min_share", c.OrphanMinShare},
 		{"max_ban_share", c.MaxBanShare}, {"valve_high", c.ValveHigh}, {"valve_target", c.ValveTarget}} {
 		if err := ratio(r.k, r.v); err != nil {
-			return err
+			errs = append(errs, err)
 		}
 	}
 	if !(c.ElevatedFill <= c.HighFill && c.HighFill <= c.CriticalFill) {
-		return fmt.Errorf("elevated_fill %v, high_fill %v, critical_fill %v: want them rising", c.ElevatedFill, c.HighFill, c.CriticalFill)
+		errs = append(errs, fmt.Errorf("elevated_fill %v, high_fill %v, critical_fill %v: want them rising", c.ElevatedFill, c.HighFill, c.CriticalFill))
 	}
 	if !(c.ElevatedETA >= c.HighETA && c.HighETA >= c.CriticalETA && c.CriticalETA >= 0) {
-		return fmt.Errorf("elevated_eta %v, high_eta %v, critical_eta %v: want them falling, not negative", c.ElevatedETA, c.HighETA, c.CriticalETA)
+		errs = append(errs, fmt.Errorf("elevated_eta %v, high_eta %v, critical_eta %v: want them falling, not negative", c.ElevatedETA, c.HighETA, c.CriticalETA))
 	}
 	if c.ValveTarget >= c.ValveHigh {
-		return fmt.Errorf("valve_target %v must be below valve_high %v", c.ValveTarget, c.ValveHigh)
+		errs = append(errs, fmt.Errorf("valve_target %v must be below valve_high %v", c.ValveTarget, c.ValveHigh))
 	}
 	for i, t := range c.Threshold {
 		if !(t > 0) || math.IsInf(t, 0) {
-			return fmt.Errorf("threshold[%d] (%s) = %v: want a finite number > 0", i, Pressure(i), t)
+			errs = append(errs, fmt.Errorf("threshold[%d] (%s) = %v: want a finite number > 0", i, Pressure(i), t))
 		}
 		if i > 0 && t > c.Threshold[i-1] {
-			return fmt.Errorf("threshold = %v: want it to tighten (not rise) with pressure", c.Threshold)
+			errs = append(errs, fmt.Errorf("threshold = %v: want it to tighten (not rise) with pressure", c.Threshold))
 		}
 	}
 	w := c.Weights
@@ -236,45 +238,45 @@ func (c *Config) Validate() error {
 		{"weights.active", w.Active}, {"weights.closing", w.Closing}, {"weights.other", w.Other},
 		{"prefix_factor", c.PrefixFactor}, {"prefix_member_score", c.PrefixMemberScore}} {
 		if x.v < 0 || math.IsNaN(x.v) || math.IsInf(x.v, 0) {
-			return fmt.Errorf("%s = %v: want a finite number >= 0", x.k, x.v)
+			errs = append(errs, fmt.Errorf("%s = %v: want a finite number >= 0", x.k, x.v))
 		}
 	}
 	if c.BaseTTL < time.Second || c.MaxTTL < c.BaseTTL || c.MaxTTL > MaxTTL {
-		return fmt.Errorf("base_ttl %v, max_ttl %v: want base_ttl >= 1s, max_ttl >= base_ttl and max_ttl <= %v (the longest ban the enforcer takes)",
-			c.BaseTTL, c.MaxTTL, MaxTTL)
+		errs = append(errs, fmt.Errorf("base_ttl %v, max_ttl %v: want base_ttl >= 1s, max_ttl >= base_ttl and max_ttl <= %v (the longest ban the enforcer takes)",
+			c.BaseTTL, c.MaxTTL, MaxTTL))
 	}
 	if !(c.Escalation >= 1) || math.IsInf(c.Escalation, 0) {
-		return fmt.Errorf("escalation = %v: want a finite number >= 1", c.Escalation)
+		errs = append(errs, fmt.Errorf("escalation = %v: want a finite number >= 1", c.Escalation))
 	}
 	if c.DecayAfter < 0 {
-		return fmt.Errorf("decay_after = %v: want >= 0", c.DecayAfter)
+		errs = append(errs, fmt.Errorf("decay_after = %v: want >= 0", c.DecayAfter))
 	}
 	if c.WideV4Bits < 0 || c.WideV4Bits > 32 {
-		return fmt.Errorf("wide_v4_bits = %d: want a prefix length 0-32 (0: off)", c.WideV4Bits)
+		errs = append(errs, fmt.Errorf("wide_v4_bits = %d: want a prefix length 0-32 (0: off)", c.WideV4Bits))
 	}
 	if c.WideV6Bits < 0 || c.WideV6Bits > 128 {
-		return fmt.Errorf("wide_v6_bits = %d: want a prefix length 0-128 (0: off)", c.WideV6Bits)
+		errs = append(errs, fmt.Errorf("wide_v6_bits = %d: want a prefix length 0-128 (0: off)", c.WideV6Bits))
 	}
 	if c.WideBannedNets < 0 {
-		return fmt.Errorf("wide_banned_nets = %d: want a count >= 0 (0: off)", c.WideBannedNets)
+		errs = append(errs, fmt.Errorf("wide_banned_nets = %d: want a count >= 0 (0: off)", c.WideBannedNets))
 	}
 	if c.GrowthPressure < Elevated || c.GrowthPressure >= NumPressures {
-		return fmt.Errorf("growth_pressure = %q: want elevated, high or critical", c.GrowthPressure)
+		errs = append(errs, fmt.Errorf("growth_pressure = %q: want elevated, high or critical", c.GrowthPressure))
 	}
 	if c.GrowthWindow < time.Second || c.GrowthWindow > time.Hour {
-		return fmt.Errorf("growth_window = %v: want 1s to 1h", c.GrowthWindow)
+		errs = append(errs, fmt.Errorf("growth_window = %v: want 1s to 1h", c.GrowthWindow))
 	}
 	if c.GrowthMinGain < 1 {
-		return fmt.Errorf("growth_min_gain = %d: want >= 1", c.GrowthMinGain)
+		errs = append(errs, fmt.Errorf("growth_min_gain = %d: want >= 1", c.GrowthMinGain))
 	}
 	if !(c.GrowthYoung > 0 && c.GrowthYoung <= 1) {
-		return fmt.Errorf("growth_young = %v: want a ratio in (0, 1]", c.GrowthYoung)
+		errs = append(errs, fmt.Errorf("growth_young = %v: want a ratio in (0, 1]", c.GrowthYoung))
 	}
 	if c.MaxBansPerCycle < 1 || c.BreakerFloor < 0 || c.PrefixBannedMembers < 0 || c.PrefixMinSources < 0 {
-		return fmt.Errorf("max_bans_per_cycle %d, breaker_floor %d, prefix_banned_members %d, prefix_min_sources %d: want counts (max_bans_per_cycle >= 1)",
-			c.MaxBansPerCycle, c.BreakerFloor, c.PrefixBannedMembers, c.PrefixMinSources)
+		errs = append(errs, fmt.Errorf("max_bans_per_cycle %d, breaker_floor %d, prefix_banned_members %d, prefix_min_sources %d: want counts (max_bans_per_cycle >= 1)",
+			c.MaxBansPerCycle, c.BreakerFloor, c.PrefixBannedMembers, c.PrefixMinSources))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Score weighs what one holder holds.
