@@ -39,3 +39,33 @@ func TestReadmePackageMap(t *testing.T) {
 		t.Fatalf("README package map %v\ngo list ./...      %v", listed, pkgs)
 	}
 }
+
+// The README's command table lists exactly the binary's commands.
+func TestReadmeCommandList(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	i := strings.Index(text, "## Commands")
+	if i < 0 {
+		t.Fatal("README has no Commands section")
+	}
+	sec := text[i+len("## Commands"):]
+	if j := strings.Index(sec, "\n## "); j >= 0 {
+		sec = sec[:j]
+	}
+	var listed []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-z]+)` \\|").FindAllStringSubmatch(sec, -1) {
+		listed = append(listed, m[1])
+	}
+	want := []string{"version"}
+	for name := range commands {
+		want = append(want, name)
+	}
+	slices.Sort(listed)
+	slices.Sort(want)
+	if !slices.Equal(listed, want) {
+		t.Fatalf("README commands %v\nbinary's commands %v", listed, want)
+	}
+}
