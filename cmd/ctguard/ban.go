@@ -164,7 +164,7 @@ func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session,
 			return nil, err
 		}
 		if r.Rebuilt {
-			fmt.Fprintf(e.stderr, "restored table inet %s (%s) with %d bans\n", enforce.TableName, r.Problem, r.Restored)
+			fmt.Fprintf(e.stderr, "restored table inet %s (%s) with %s\n", enforce.TableName, r.Problem, plural(r.Restored, "ban", "bans"))
 		}
 	}
 	return &session{enforcer: eng, close: closeAll}, nil
@@ -307,9 +307,9 @@ func printBan(e *env, r enforce.BanResult, asked time.Duration, dry bool) {
 		fmt.Fprintf(e.stdout, "  conntrack entries not purged: %s\n", r.Ban.PurgeErr)
 	} else {
 		if dry {
-			fmt.Fprintf(e.stdout, "  would purge %d conntrack entries\n", r.Ban.Purged)
+			fmt.Fprintf(e.stdout, "  would purge %s\n", plural(r.Ban.Purged, "conntrack entry", "conntrack entries"))
 		} else {
-			fmt.Fprintf(e.stdout, "  purged %d conntrack entries, %d remain\n", r.Ban.Purged, r.Ban.Remaining)
+			fmt.Fprintf(e.stdout, "  purged %s, %d remain\n", plural(r.Ban.Purged, "conntrack entry", "conntrack entries"), r.Ban.Remaining)
 		}
 	}
 	fmt.Fprintf(e.stdout, "  %s %d of this host's TCP sockets held by it\n", w("closed", "would close"), r.Ban.SocketsClosed)

@@ -218,7 +218,8 @@ func printStatus(w io.Writer, r *statusReport) {
 		cl = append(cl, fmt.Sprintf("%s %d", n, r.Classes[n]))
 	}
 	fmt.Fprintf(w, "classes    %s (assured %d)\n", strings.Join(cl, "  "), r.Assured)
-	fmt.Fprintf(w, "sources    %d inbound entries from %d sources; %d outbound, %d forwarded\n", r.Inbound, r.Sources, r.Outbound, r.Forwarded)
+	fmt.Fprintf(w, "sources    %s from %s; %d outbound, %d forwarded\n", plural(r.Inbound, "inbound entry", "inbound entries"),
+		plural(r.Sources, "source", "sources"), r.Outbound, r.Forwarded)
 	if r.Orphans != nil {
 		fmt.Fprintf(w, "orphans    %d inbound ESTABLISHED entries have no socket behind them, or one whose client never sent a byte\n", *r.Orphans)
 	}
@@ -249,8 +250,8 @@ func printStatus(w io.Writer, r *statusReport) {
 		for _, n := range d.Counters.BansByReason {
 			total += n
 		}
-		fmt.Fprintf(w, "daemon     %s, pressure %s (ban at score %.0f), %d bans active, %d made since start; last scan %s ago\n",
-			mode, d.Pressure, d.Threshold, d.ActiveBans, total, forecast.Format(time.Since(d.LastCycle)))
+		fmt.Fprintf(w, "daemon     %s, pressure %s (ban at score %.0f), %s active, %d made since start; last scan %s ago\n",
+			mode, d.Pressure, d.Threshold, plural(d.ActiveBans, "ban", "bans"), total, forecast.Format(time.Since(d.LastCycle)))
 		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d, cycles under pressure without a ban %d\n",
 			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors, d.Counters.PressureNoBan)
 		if sv := d.Service; sv != nil {

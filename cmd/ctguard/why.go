@@ -98,7 +98,7 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 			label, h.Key, c.Entries, c.Idle, c.Active, c.OrphanActive, c.Stalled, c.HalfOpen, c.Closing, c.Other,
 			forecast.Format(time.Duration(c.MaxIdle)*time.Second), h.Score)
 		if h.Members > 0 {
-			fmt.Fprintf(w, ", %d sources", h.Members)
+			fmt.Fprintf(w, ", %s", plural(int(h.Members), "source", "sources"))
 		}
 		fmt.Fprintln(w)
 		if g := h.Growth; g.Window > 0 {
@@ -139,8 +139,8 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 		if b.Scoped {
 			scope = " (SSH ports left open)"
 		}
-		fmt.Fprintf(w, "ban          %s %s%s: %s, banned %d time(s), last %s; purged %d, %d remained; closed %d sockets\n", b.Prefix, state, scope, b.Reason, b.Count,
-			b.Last.Format(time.RFC3339), b.Purged, b.Remaining, b.SocketsClosed)
+		fmt.Fprintf(w, "ban          %s %s%s: %s, banned %s, last %s; purged %d, %d remained; closed %s\n", b.Prefix, state, scope, b.Reason, plural(b.Count, "time", "times"),
+			b.Last.Format(time.RFC3339), b.Purged, b.Remaining, plural(b.SocketsClosed, "socket", "sockets"))
 		if b.Evidence != "" {
 			fmt.Fprintf(w, "             evidence: %s\n", b.Evidence)
 		}

@@ -59,7 +59,7 @@ func TestWhyActiveHolders(t *testing.T) {
 	for _, want := range []string{
 		"ssh session  198.18.0.7/32 (open SSH session: peer 198.18.0.7:40022): not exempt, but a ban leaves the SSH ports open",
 		"ban          198.18.0.7/32 ACTIVE, expires in",
-		"(SSH ports left open): growth, banned 1 time(s)",
+		"(SSH ports left open): growth, banned 1 time,",
 		"purged 300, 0 remained; closed 300 sockets",
 		"evidence: grew by 300 ESTABLISHED entries in 9s (100% of the 300 it holds)",
 		"ban 198.18.0.7/32 (growth: gained 300 in 9s, 100% of the 300 it holds, at high; score 3.0): purged 300, remaining 0, closed 300 sockets",
