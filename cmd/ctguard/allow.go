@@ -53,13 +53,42 @@ func runAllow(ctx context.Context, e *env, args []string) error {
 	}
 	defer s.close()
 	if *remove {
-		if err := s.RemoveAllow(p); err != nil {
+		err := s.RemoveAllow(p)
+		if ef.json {
+			a := newAction("allow", p, s.DryRun())
+			a.Result = "removed"
+			if err != nil {
+				a.Result, a.Error = "failed", err.Error()
+			}
+			if jerr := writeActions(e.stdout, a); jerr != nil {
+				return jerr
+			}
+			return err
+		}
+		if err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "removed %s from the runtime allowlist\n", p)
 		return nil
 	}
 	r, err := s.Allow(ctx, p, ttl, *note)
+	if ef.json {
+		a := newAction("allow", p, s.DryRun())
+		a.Result = "allowlisted"
+		if err != nil {
+			a.Result, a.Error = "failed", err.Error()
+		} else {
+			if !r.Entry.Expires.IsZero() {
+				exp := r.Entry.Expires.UTC()
+				a.Expires = &exp
+			}
+			a.Lifted, a.KeptBanned = prefixStrings(r.Lifted), prefixStrings(r.Kept)
+		}
+		if jerr := writeActions(e.stdout, a); jerr != nil {
+			return jerr
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
@@ -83,9 +112,16 @@ func runAllow(ctx context.Context, e *env, args []string) error {
 }
 
 func joinPrefixes(ps []netip.Prefix) string {
+	return strings.Join(prefixStrings(ps), " ")
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	if len(ps) == 0 {
+		return nil
+	}
 	s := make([]string, len(ps))
 	for i, p := range ps {
 		s[i] = p.String()
 	}
-	return strings.Join(s, " ")
+	return s
 }

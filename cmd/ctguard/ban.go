@@ -62,6 +62,7 @@ type enforceFlags struct {
 	procfs     string
 	resolvConf string
 	sshPorts   string
+	json       bool
 	// parsed
 	ports []uint16
 }
@@ -72,6 +73,7 @@ func (f *enforceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root for the allowlist (routes, SSH sessions)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers are allowlisted")
 	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "comma-separated sshd ports whose open sessions' peers are allowlisted")
+	fs.BoolVar(&f.json, "json", false, "print JSON (one object per target; schema, time, result)")
 }
 
 func (f *enforceFlags) validate() error {
@@ -246,7 +248,7 @@ func runBan(ctx context.Context, e *env, args []string) error {
 				return err
 			}
 			defer s.close()
-			return bulkBan(ctx, e, s, ps, enforce.BanRequest{TTL: ttl, Reason: *reason, Evidence: "manual bulk ban from the command line",
+			return bulkBan(ctx, e, s, ps, ef.json, enforce.BanRequest{TTL: ttl, Reason: *reason, Evidence: "manual bulk ban from the command line",
 				Origin: store.OriginManual, ExactTTL: flagSet(fs, "ttl")})
 		}
 	}
@@ -262,6 +264,16 @@ func runBan(ctx context.Context, e *env, args []string) error {
 	defer s.close()
 	r, err := s.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: ttl, Reason: *reason, Evidence: "manual ban from the command line",
 		Origin: store.OriginManual, ExactTTL: flagSet(fs, "ttl")})
+	if ef.json {
+		r.Prefix = p
+		if err != nil && r.Err == nil {
+			r.Err = err
+		}
+		if jerr := writeActions(e.stdout, banAction(r, s.DryRun())); jerr != nil {
+			return jerr
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}

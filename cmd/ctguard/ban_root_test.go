@@ -179,6 +179,26 @@ nft add rule inet t c ct state established,related accept`)
 	if out, errs, code := cli("unban", "--all"); code != 0 || !strings.Contains(out, "unbanned 2 of 2") {
 		t.Fatalf("unban --all: exit %d\n%s\n%s", code, out, errs)
 	}
+	// --json on the changing commands: schema, time, result, seconds.
+	out, errs, code = cli("ban", "198.51.100.9", "--ttl", "90s", "--json")
+	var a actionJSON
+	if code != 0 || json.Unmarshal([]byte(out), &a) != nil || a.Schema != 1 || a.Time.IsZero() || a.Command != "ban" ||
+		a.Result != "banned" || a.TTLSeconds != 90 || a.Target != "198.51.100.9/32" || a.Expires == nil {
+		t.Fatalf("ban --json: exit %d\n%s\n%s", code, out, errs)
+	}
+	out, _, code = cli("ban", "203.0.113.1", "--json")
+	if code != 1 || json.Unmarshal([]byte(out), &a) != nil || a.Result != "refused" || !strings.Contains(a.Error, "allowlisted") {
+		t.Fatalf("refused ban --json: exit %d\n%s", code, out)
+	}
+	var as []actionJSON
+	out, _, code = cli("unban", "--all", "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &as) != nil || len(as) != 1 || as[0].Result != "unbanned" || as[0].Target != "198.51.100.9/32" {
+		t.Fatalf("unban --all --json: exit %d\n%s", code, out)
+	}
+	out, _, code = cli("purge", "198.51.100.9", "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &a) != nil || a.Command != "purge" || a.Result != "purged" {
+		t.Fatalf("purge --json: exit %d\n%s", code, out)
+	}
 	if set := vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); strings.Contains(set, "198.51.100.") {
 		t.Fatalf("unban --all left bans in the kernel:\n%s", set)
 	}

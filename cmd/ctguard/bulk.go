@@ -72,7 +72,7 @@ func readTargets(e *env, path string) ([]netip.Prefix, error) {
 var errPartly = errors.New("not every target was done (see above)")
 
 // bulkBan bans the targets of --from in one batch and reports per target.
-func bulkBan(ctx context.Context, e *env, s *session, ps []netip.Prefix, r enforce.BanRequest) error {
+func bulkBan(ctx context.Context, e *env, s *session, ps []netip.Prefix, asJSON bool, r enforce.BanRequest) error {
 	reqs := make([]enforce.BanRequest, len(ps))
 	for i, p := range ps {
 		reqs[i] = r
@@ -81,6 +81,26 @@ func bulkBan(ctx context.Context, e *env, s *session, ps []netip.Prefix, r enfor
 	res, err := s.BanMany(ctx, reqs)
 	if err != nil && len(res) == 0 {
 		return err
+	}
+	if asJSON {
+		out := make([]actionJSON, len(res))
+		failed := 0
+		for i, x := range res {
+			out[i] = banAction(x, s.DryRun())
+			if x.Err != nil {
+				failed++
+			}
+		}
+		if jerr := writeActions(e.stdout, out); jerr != nil {
+			return jerr
+		}
+		if err != nil {
+			return err
+		}
+		if failed > 0 {
+			return errPartly
+		}
+		return nil
 	}
 	verb := "banned"
 	if s.DryRun() {
@@ -125,10 +145,30 @@ func bulkEnd(e *env, s *session, err error, failed int) error {
 }
 
 // bulkUnban lifts the targets of --from, or every active ban (all).
-func bulkUnban(ctx context.Context, e *env, s *session, ps []netip.Prefix, all bool) error {
+func bulkUnban(ctx context.Context, e *env, s *session, ps []netip.Prefix, all, asJSON bool) error {
 	res, err := s.UnbanMany(ctx, ps, all)
 	if err != nil && len(res) == 0 {
 		return err
+	}
+	if asJSON {
+		out := make([]actionJSON, len(res))
+		failed := 0
+		for i, x := range res {
+			out[i] = unbanAction(x.Prefix, x.Ban, x.Err, s.DryRun())
+			if x.Err != nil {
+				failed++
+			}
+		}
+		if jerr := writeActions(e.stdout, out); jerr != nil {
+			return jerr
+		}
+		if err != nil {
+			return err
+		}
+		if failed > 0 {
+			return errPartly
+		}
+		return nil
 	}
 	verb := "unbanned"
 	if s.DryRun() {

@@ -40,7 +40,7 @@ func runList(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(c, e)
 	var ef enforceFlags
 	ef.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := &ef.json // --json comes with the shared flags
 	all := fs.Bool("all", false, "include expired and lifted bans (history)")
 	allowlist := fs.Bool("allowlist", false, "print the effective allowlist instead")
 	if err := parseFlags(fs, args, false); err != nil {

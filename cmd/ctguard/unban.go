@@ -48,7 +48,7 @@ func runUnban(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		defer s.close()
-		return bulkUnban(ctx, e, s, ps, *all)
+		return bulkUnban(ctx, e, s, ps, *all, ef.json)
 	}
 	p, s, err := targetCommand(ctx, e, c, fs, &ef, args, nil)
 	if err != nil {
@@ -56,6 +56,12 @@ func runUnban(ctx context.Context, e *env, args []string) error {
 	}
 	defer s.close()
 	b, err := s.Unban(ctx, p)
+	if ef.json {
+		if jerr := writeActions(e.stdout, unbanAction(p, b, err, s.DryRun())); jerr != nil {
+			return jerr
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
