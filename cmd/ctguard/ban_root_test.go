@@ -199,6 +199,15 @@ nft add rule inet t c ct state established,related accept`)
 	if code != 0 || json.Unmarshal([]byte(out), &a) != nil || a.Command != "purge" || a.Result != "purged" {
 		t.Fatalf("purge --json: exit %d\n%s", code, out)
 	}
+	cli("ban", "198.51.100.0/24", "--ttl", "1h")
+	out, _, code = cli("allow", "198.51.100.0/25", "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &a) != nil || a.Result != "allowlisted" ||
+		strings.Join(a.Lifted, " ") != "198.51.100.0/24" || strings.Join(a.KeptBanned, " ") != "198.51.100.128/25" {
+		t.Fatalf("allow --json inside a banned /24: exit %d\n%s", code, out)
+	}
+	if set := vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "net4"); !strings.Contains(set, "198.51.100.128/25") {
+		t.Fatalf("the rest of the /24 is not banned:\n%s", set)
+	}
 	if set := vic.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); strings.Contains(set, "198.51.100.") {
 		t.Fatalf("unban --all left bans in the kernel:\n%s", set)
 	}
