@@ -6,12 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"time"
 
 	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/daemon"
+	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/forecast"
 	"github.com/ctguard/ctguard/internal/store"
 )
@@ -19,8 +19,8 @@ import (
 func init() {
 	register(&command{
 		name:    "why",
-		args:    "ADDR [--json] [--socket PATH]",
-		summary: "explain what ctguard knows and decided about an address: evidence, thresholds, allowlist hits, ban history",
+		args:    "ADDR|CIDR [--json] [--socket PATH]",
+		summary: "explain what ctguard knows and decided about an address or prefix: evidence, thresholds, allowlist hits, bans, verdict",
 		run:     runWhy,
 	})
 }
@@ -51,18 +51,21 @@ func runWhy(ctx context.Context, e *env, args []string) error {
 		addrArg = fs.Arg(0)
 	}
 	if addrArg == "" || fs.NArg() > 1 {
-		return usagef("want exactly one address")
+		return usagef("want exactly one ADDR or CIDR")
 	}
-	a, err := netip.ParseAddr(addrArg)
-	if err != nil || a.Zone() != "" {
-		return usagef("%q is not an IP address", addrArg)
+	target, note, err := enforce.ParseTarget(addrArg)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	if note != "" {
+		fmt.Fprintln(e.stderr, note)
 	}
 	cl, err := daemon.Dial(*sock)
 	if err != nil {
 		return fmt.Errorf("%w on %s: why needs the running daemon (start it with 'ctguard run'; 'ctguard list --all' shows the stored ban history without it)", err, *sock)
 	}
 	var r daemon.WhyReply
-	if err := cl.Call(ctx, daemon.Request{Op: "why", Target: a.String()}, &r); err != nil {
+	if err := cl.Call(ctx, daemon.Request{Op: "why", Target: target.String()}, &r); err != nil {
 		return err
 	}
 	if *asJSON {
@@ -79,7 +82,11 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 	if r.DryRun {
 		mode = " (dry run: nothing is enforced)"
 	}
-	fmt.Fprintf(w, "%s%s\n", r.Addr, mode)
+	what := r.Addr.String()
+	if r.Target.IsValid() && !r.Target.IsSingleIP() {
+		what = r.Target.String()
+	}
+	fmt.Fprintf(w, "%s%s\n", what, mode)
 	ago := "never"
 	if !r.CycleAt.IsZero() {
 		ago = forecast.Format(time.Since(r.CycleAt)) + " ago"

@@ -213,11 +213,11 @@ func (d *Daemon) call(ctx context.Context, r Request) (any, error) {
 	case "top":
 		return d.Top(r.By, r.Prefix, r.N), nil
 	case "why":
-		a, err := netip.ParseAddr(r.Target)
+		p, _, err := enforce.ParseTarget(r.Target)
 		if err != nil {
-			return nil, fmt.Errorf("why %q: not an address", r.Target)
+			return nil, fmt.Errorf("why: %w", err)
 		}
-		return d.Why(a.Unmap())
+		return d.WhyPrefix(p)
 	case "ban":
 		p, err := target()
 		if err != nil {
@@ -410,7 +410,8 @@ func (d *Daemon) Top(by string, prefix bool, n int) TopReply {
 
 // WhyReply explains everything the daemon knows about one address.
 type WhyReply struct {
-	Addr        netip.Addr      `json:"addr"`
+	Addr        netip.Addr      `json:"addr"`   // the address asked about (the prefix's first one for a CIDR)
+	Target      netip.Prefix    `json:"target"` // what was asked about: an address (/32, /128) or a CIDR
 	DryRun      bool            `json:"dry_run"`
 	Pressure    policy.Pressure `json:"pressure"`
 	Threshold   float64         `json:"threshold"`
@@ -445,11 +446,20 @@ type Holding struct {
 
 // Why gathers the evidence, thresholds, allowlist hits and ban history of a.
 func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
+	return d.WhyPrefix(netip.PrefixFrom(a, a.BitLen()))
+}
+
+// WhyPrefix explains an address or a CIDR: for a CIDR, the holding of the
+// grouping prefix that contains it (or the sum of those inside it, for a
+// wider one), every ban and decision that overlaps it.
+func (d *Daemon) WhyPrefix(p netip.Prefix) (WhyReply, error) {
+	p = p.Masked()
+	a := p.Addr()
 	d.mu.Lock()
-	r := WhyReply{Addr: a, DryRun: d.dryRun, Pressure: d.result.Pressure, Threshold: d.result.Threshold, Policy: d.cfg.Policy, CycleAt: d.cycleAt}
+	r := WhyReply{Addr: a, Target: p, DryRun: d.dryRun, Pressure: d.result.Pressure, Threshold: d.result.Threshold, Policy: d.cfg.Policy, CycleAt: d.cycleAt}
 	snap, list, earlier, losing := d.snap, d.allowed, d.earlier, d.losing
 	for _, e := range d.events {
-		if e.Target.Contains(a) {
+		if e.Target.Overlaps(p) {
 			r.Events = append(r.Events, e)
 		}
 	}
@@ -460,29 +470,47 @@ func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
 	}
 	if snap != nil {
 		in := policy.Input{Earlier: earlier}
-		for i := range snap.Sources {
-			if h := &snap.Sources[i]; h.Key.Addr() == a {
-				r.Source = &Holding{Key: h.Key, Counts: h.Counts, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
+		if p.IsSingleIP() {
+			for i := range snap.Sources {
+				if h := &snap.Sources[i]; h.Key.Addr() == a {
+					r.Source = &Holding{Key: h.Key, Counts: h.Counts, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
+					break
+				}
+			}
+		}
+		var sum *Holding
+		for i := range snap.Prefixes {
+			h := &snap.Prefixes[i]
+			switch {
+			case h.Key.Bits() <= p.Bits() && h.Key.Contains(a):
+				r.Prefix = &Holding{Key: h.Key, Counts: h.Counts, Members: h.Members, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
+			case h.Key.Bits() > p.Bits() && p.Contains(h.Key.Addr()):
+				// A CIDR wider than the grouping: the sum of what is inside.
+				if sum == nil {
+					sum = &Holding{Key: p}
+				}
+				sum.Counts.Merge(&h.Counts)
+				sum.Members += h.Members
+			}
+			if r.Prefix != nil {
 				break
 			}
 		}
-		for i := range snap.Prefixes {
-			if h := &snap.Prefixes[i]; h.Key.Contains(a) {
-				r.Prefix = &Holding{Key: h.Key, Counts: h.Counts, Members: h.Members, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
-				break
-			}
+		if r.Prefix == nil && sum != nil {
+			sum.Score = cfg.Score(&sum.Counts)
+			r.Prefix = sum
 		}
 	}
 	if losing != nil {
 		for _, s := range losing.Spared {
-			if s.Target.Contains(a) {
+			if s.Target.Overlaps(p) {
 				r.Spared = s.Why
 			}
 		}
 	}
 	if list != nil {
 		for _, e := range list.Entries() {
-			if !e.Prefix.Contains(a) {
+			if !e.Prefix.Overlaps(p) {
 				continue
 			}
 			if e.Source == allow.SSH {
@@ -497,12 +525,19 @@ func (d *Daemon) Why(a netip.Addr) (WhyReply, error) {
 		return r, err
 	}
 	for _, b := range bans {
-		if b.Prefix.Contains(a) {
+		if b.Prefix.Overlaps(p) {
 			r.Bans = append(r.Bans, b)
 		}
 	}
 	r.Verdict = verdict(&r, time.Now())
 	return r, nil
+}
+
+func pluralBans(n int) string {
+	if n == 1 {
+		return "1 ban"
+	}
+	return fmt.Sprintf("%d bans", n)
 }
 
 // verdict is why's last line: banned, or why not.
@@ -511,7 +546,12 @@ func verdict(r *WhyReply, now time.Time) string {
 	if r.DryRun {
 		banned = "would be banned (dry run)"
 	}
+	inside := 0
 	for _, b := range r.Bans {
+		if b.Active(now) && r.Target.IsValid() && b.Prefix.Bits() > r.Target.Bits() {
+			inside++ // a ban of a part of the CIDR asked about
+			continue
+		}
 		if b.Active(now) {
 			who := "by the policy"
 			switch b.Origin {
@@ -523,8 +563,21 @@ func verdict(r *WhyReply, now time.Time) string {
 			return fmt.Sprintf("%s: %s %s (%s), for %s more", banned, b.Prefix, who, b.Reason, (b.Expires.Sub(now)).Round(time.Second))
 		}
 	}
+	if inside > 0 {
+		return fmt.Sprintf("partly banned: %s inside %s, not the whole", pluralBans(inside), r.Target)
+	}
 	if len(r.Allowlisted) > 0 {
+		if r.Target.IsValid() && !r.Target.IsSingleIP() {
+			return "never banned as a whole: it holds allowlisted " + r.Allowlisted[0].String()
+		}
 		return "never banned: allowlisted (" + r.Allowlisted[0].String() + ")"
+	}
+	if r.Target.IsValid() && !r.Target.IsSingleIP() {
+		if r.Prefix == nil {
+			return "not banned: nothing inside it held entries at the last scan"
+		}
+		return fmt.Sprintf("not banned: %s holds %d entries from %d sources, score %.1f (a prefix is banned when several of its members are, or when it scores %.0f x the threshold %.0f with %d scoring members)",
+			r.Prefix.Key, r.Prefix.Counts.Entries, r.Prefix.Members, r.Prefix.Score, r.Policy.PrefixFactor, r.Threshold, r.Policy.PrefixMinSources)
 	}
 	if r.CycleAt.IsZero() {
 		return "not banned: no scan yet"

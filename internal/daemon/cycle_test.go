@@ -173,3 +173,35 @@ func TestCyclePrunesOldHistory(t *testing.T) {
 		t.Fatalf("a 40-day-old record survived the loop's prune: %v", err)
 	}
 }
+
+// why takes a CIDR too: the grouping prefix's holding (or the sum of those
+// inside a wider one), every ban inside, and a verdict for the whole.
+func TestWhyPrefix(t *testing.T) {
+	h := newFakeHost(t, 4096).idle("198.51.100.7", 300).idle("198.51.100.8", 20)
+	h.write(t)
+	f := newFakeDaemon(t, h, nil)
+	f.d.cycle(context.Background())
+	if got := f.banned(); got != "198.51.100.7/32" {
+		t.Fatalf("banned %q", got)
+	}
+	r, err := f.d.WhyPrefix(netip.MustParsePrefix("198.51.100.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Prefix == nil || r.Prefix.Members != 2 || r.Prefix.Counts.Entries != 320 || len(r.Bans) != 1 || r.Source != nil ||
+		!strings.HasPrefix(r.Verdict, "partly banned: 1 ban inside 198.51.100.0/24") {
+		t.Fatalf("why /24: prefix %+v, bans %d, verdict %q", r.Prefix, len(r.Bans), r.Verdict)
+	}
+	r, _ = f.d.WhyPrefix(netip.MustParsePrefix("198.51.0.0/16"))
+	if r.Prefix == nil || r.Prefix.Key != netip.MustParsePrefix("198.51.0.0/16") || r.Prefix.Counts.Entries != 320 {
+		t.Fatalf("why /16 (the sum of the /24s inside): %+v", r.Prefix)
+	}
+	r, _ = f.d.WhyPrefix(netip.MustParsePrefix("203.0.113.0/24"))
+	if r.Verdict != "not banned: nothing inside it held entries at the last scan" {
+		t.Fatalf("why of an empty prefix: %q", r.Verdict)
+	}
+	r, _ = f.d.WhyPrefix(netip.MustParsePrefix("198.51.100.7/32"))
+	if r.Source == nil || !strings.HasPrefix(r.Verdict, "BANNED: 198.51.100.7/32 by the policy") {
+		t.Fatalf("why of the bot: %+v %q", r.Source, r.Verdict)
+	}
+}
