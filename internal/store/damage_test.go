@@ -7,8 +7,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // storeWith writes a store of n bans (a few hundred kilobytes for n=2000)
@@ -140,5 +143,36 @@ func overwrite(t *testing.T, path string, f func([]byte)) {
 	f(b)
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A ban record that does not decode (valid pages, bad JSON) does not stop
+// the store: opening, pruning and the active index work (they read the
+// index), and reading that record is an error naming it.
+func TestUndecodableRecord(t *testing.T) {
+	dir, path := storeWith(t, 10)
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBans).Put([]byte("198.18.0.3/32"), []byte("{not json"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer s.Close()
+	if _, err := s.Prune(time.Now().Add(-time.Hour)); err != nil {
+		t.Fatalf("prune: %v", err)
+	}
+	if a, err := s.ActiveIndex(time.Now()); err != nil || len(a) != 10 {
+		t.Fatalf("active index: %d %v", len(a), err)
+	}
+	if _, err := s.Bans(); err == nil || !strings.Contains(err.Error(), "198.18.0.3/32") {
+		t.Fatalf("reading the bad record: %v", err)
 	}
 }
