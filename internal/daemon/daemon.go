@@ -749,9 +749,25 @@ func (d *Daemon) valve(ctx context.Context, v *policy.Valve, maxDelete int) {
 		d.log.Error("valve", "err", err)
 		return
 	}
+	swept := 0
+	if r.Deleted < free {
+		// The holders did not free enough (many sources holding little
+		// each): the most idle ESTABLISHED entries of any other source that
+		// is not allowlisted go next, never an active one.
+		idleOnly := func(e *conntrack.Entry) (uint64, bool) {
+			cl, idle := snapshot.Classify(e, &cfg)
+			return uint64(idle), cl == snapshot.Idle && !e.Orig.Src.IsLoopback()
+		}
+		sr, err := d.eng.Valve(ctx, enforce.ValveRequest{Free: free - r.Deleted, Rank: idleOnly, Sweep: true})
+		if err != nil {
+			d.log.Error("valve sweep", "err", err)
+		}
+		swept = sr.Deleted
+		r.Deleted += sr.Deleted
+	}
 	if d.dryRun {
 		d.log.Warn("EMERGENCY VALVE (dry run): would delete entries of the top holders", "would_delete", r.Deleted,
-			"wanted", v.Free, "holders", len(v.Holders), "growers", len(v.Growers))
+			"wanted", v.Free, "holders", len(v.Holders), "growers", len(v.Growers), "would_sweep", swept)
 		return
 	}
 	d.mu.Lock()
@@ -759,7 +775,7 @@ func (d *Daemon) valve(ctx context.Context, v *policy.Valve, maxDelete int) {
 	d.counters.ValveDeleted += uint64(r.Deleted)
 	d.mu.Unlock()
 	d.log.Warn("EMERGENCY VALVE: deleted entries of the top holders to make room", "deleted", r.Deleted, "wanted", v.Free,
-		"candidates", r.Candidates, "holders", len(v.Holders), "growers", len(v.Growers))
+		"candidates", r.Candidates, "holders", len(v.Holders), "growers", len(v.Growers), "swept_idle", swept)
 }
 
 // lostWarnEvery rate-limits the WARN line of cycles that ban nothing under

@@ -25,6 +25,10 @@ type ValveRequest struct {
 	Holders []netip.Prefix
 	Free    int
 	Rank    func(e *conntrack.Entry) (rank uint64, ok bool)
+	// Sweep takes the entries of any source that is not allowlisted, not
+	// only the holders': when the table is full of sources that each hold
+	// little (a botnet of many addresses), no holder frees enough.
+	Sweep bool
 }
 
 // ValveResult is what a valve run did.
@@ -45,7 +49,7 @@ func (e *Engine) Valve(ctx context.Context, r ValveRequest) (ValveResult, error)
 	if !ok {
 		return ValveResult{}, ErrNoEntryPurger
 	}
-	if r.Free <= 0 || len(r.Holders) == 0 {
+	if r.Free <= 0 || (len(r.Holders) == 0 && !r.Sweep) {
 		return ValveResult{}, nil
 	}
 	list, err := e.Allowlist()
@@ -62,12 +66,22 @@ func (e *Engine) Valve(ctx context.Context, r ValveRequest) (ValveResult, error)
 	var res ValveResult
 	top := &ranked{}
 	err = ep.Dump(ctx, conntrack.DumpOptions{Status: conntrack.StatusAssured, StatusMask: conntrack.StatusAssured}, func(en *conntrack.Entry) error {
-		if !holders[en.Orig.Src] || (en.Proto == conntrack.ProtoTCP && slices.Contains(ssh, en.Orig.DstPort)) {
+		if en.Proto == conntrack.ProtoTCP && slices.Contains(ssh, en.Orig.DstPort) {
+			return nil
+		}
+		if !holders[en.Orig.Src] && !r.Sweep {
 			return nil
 		}
 		rank, ok := r.Rank(en)
 		if !ok {
 			return nil
+		}
+		if !holders[en.Orig.Src] {
+			// Sweeping: checked after the rank, which already left most
+			// entries out, because the allowlist check costs more.
+			if _, allowed := list.Check(netip.PrefixFrom(en.Orig.Src, en.Orig.Src.BitLen())); allowed {
+				return nil
+			}
 		}
 		res.Candidates++
 		top.keep(rankedEntry{*en, rank}, r.Free)
