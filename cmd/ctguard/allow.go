@@ -57,13 +57,7 @@ func runAllow(ctx context.Context, e *env, args []string) error {
 		if ef.json {
 			a := newAction("allow", p, s.DryRun())
 			a.Result = "removed"
-			if err != nil {
-				a.Result, a.Error = "failed", err.Error()
-			}
-			if jerr := writeActions(e.stdout, a); jerr != nil {
-				return jerr
-			}
-			return err
+			return printAction(e, a, err)
 		}
 		if err != nil {
 			return err
@@ -75,19 +69,12 @@ func runAllow(ctx context.Context, e *env, args []string) error {
 	if ef.json {
 		a := newAction("allow", p, s.DryRun())
 		a.Result = "allowlisted"
-		if err != nil {
-			a.Result, a.Error = "failed", err.Error()
-		} else {
-			if !r.Entry.Expires.IsZero() {
-				exp := r.Entry.Expires.UTC()
-				a.Expires = &exp
-			}
-			a.Lifted, a.KeptBanned = prefixStrings(r.Lifted), prefixStrings(r.Kept)
+		if !r.Entry.Expires.IsZero() {
+			exp := r.Entry.Expires.UTC()
+			a.Expires = &exp
 		}
-		if jerr := writeActions(e.stdout, a); jerr != nil {
-			return jerr
-		}
-		return err
+		a.Lifted, a.KeptBanned = prefixStrings(r.Lifted), prefixStrings(r.Kept)
+		return printAction(e, a, err)
 	}
 	if err != nil {
 		return err

@@ -84,23 +84,10 @@ func bulkBan(ctx context.Context, e *env, s *session, ps []netip.Prefix, asJSON 
 	}
 	if asJSON {
 		out := make([]actionJSON, len(res))
-		failed := 0
 		for i, x := range res {
 			out[i] = banAction(x, s.DryRun())
-			if x.Err != nil {
-				failed++
-			}
 		}
-		if jerr := writeActions(e.stdout, out); jerr != nil {
-			return jerr
-		}
-		if err != nil {
-			return err
-		}
-		if failed > 0 {
-			return errPartly
-		}
-		return nil
+		return bulkJSON(e, out, err)
 	}
 	verb := "banned"
 	if s.DryRun() {
@@ -129,6 +116,20 @@ func bulkBan(ctx context.Context, e *env, s *session, ps []netip.Prefix, asJSON 
 	return bulkEnd(e, s, err, failed)
 }
 
+// bulkJSON prints a bulk command's results and returns its error: the
+// call's, or errPartly when some target failed (exit status 1 either way).
+func bulkJSON(e *env, out []actionJSON, err error) error {
+	if jerr := writeActions(e.stdout, out); jerr != nil {
+		return jerr
+	}
+	for _, a := range out {
+		if a.Error != "" && err == nil {
+			err = errPartly
+		}
+	}
+	return err
+}
+
 // bulkEnd closes a bulk command: the dry-run note, then its error (exit 1
 // when some targets failed).
 func bulkEnd(e *env, s *session, err error, failed int) error {
@@ -152,23 +153,10 @@ func bulkUnban(ctx context.Context, e *env, s *session, ps []netip.Prefix, all, 
 	}
 	if asJSON {
 		out := make([]actionJSON, len(res))
-		failed := 0
 		for i, x := range res {
 			out[i] = unbanAction(x.Prefix, x.Ban, x.Err, s.DryRun())
-			if x.Err != nil {
-				failed++
-			}
 		}
-		if jerr := writeActions(e.stdout, out); jerr != nil {
-			return jerr
-		}
-		if err != nil {
-			return err
-		}
-		if failed > 0 {
-			return errPartly
-		}
-		return nil
+		return bulkJSON(e, out, err)
 	}
 	verb := "unbanned"
 	if s.DryRun() {

@@ -75,6 +75,18 @@ func unbanAction(p netip.Prefix, b store.Ban, err error, dry bool) actionJSON {
 	return a
 }
 
+// printAction writes one command's result; a failed call marks it
+// "failed" with its error, which is returned for the exit status.
+func printAction(e *env, a actionJSON, err error) error {
+	if err != nil {
+		a.Result, a.Error = "failed", err.Error()
+	}
+	if jerr := writeActions(e.stdout, a); jerr != nil {
+		return jerr
+	}
+	return err
+}
+
 // writeActions writes v as indented JSON (one object, or an array for a list).
 func writeActions(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

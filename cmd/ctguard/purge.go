@@ -28,13 +28,7 @@ func runPurge(ctx context.Context, e *env, args []string) error {
 	if ef.json {
 		a := newAction("purge", p, s.DryRun())
 		a.Result, a.Purged, a.Remaining = "purged", r.Purged, r.Remaining
-		if err != nil {
-			a.Result, a.Error = "failed", err.Error()
-		}
-		if jerr := writeActions(e.stdout, a); jerr != nil {
-			return jerr
-		}
-		return err
+		return printAction(e, a, err)
 	}
 	if err != nil {
 		return err
