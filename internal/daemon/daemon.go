@@ -24,6 +24,7 @@ import (
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/metrics"
 	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/scan"
 	"github.com/ctguard/ctguard/internal/snapshot"
@@ -75,6 +76,8 @@ type Daemon struct {
 	lostMute int
 	// svc watches the listeners' accept queues (the service, not the table).
 	svc service
+	// obs is what only the metrics read: the build and the scan durations.
+	obs observations
 }
 
 // Losing is a cycle under high or critical pressure that banned nothing,
@@ -132,6 +135,8 @@ type Options struct {
 	// Listeners overrides how the listening sockets are read (tests); nil:
 	// sock_diag when daemon.watch_listeners is on.
 	Listeners func(context.Context) ([]sockets.Listener, error)
+	// Build is what ctguard_build_info reports.
+	Build metrics.BuildInfo
 }
 
 // New opens everything the daemon needs: the table reader, the store (or a
@@ -140,6 +145,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	c := o.Config
 	d := &Daemon{log: o.Log, cfg: c, dryRun: c.Daemon.DryRun, cfgPath: o.CfgPath, reload: make(chan struct{}, 1), prunedAt: time.Now()}
 	d.counters.BansByReason = map[string]uint64{}
+	d.obs.build = o.Build
 	fail := func(err error) (*Daemon, error) {
 		d.Close()
 		return nil, err
@@ -600,6 +606,7 @@ func (d *Daemon) cycle(ctx context.Context) {
 	d.snap, d.result, d.cycleAt, d.earlier = snap, res, now, earlier
 	d.cycles++
 	d.counters.Scans++
+	d.obs.scanned(snap.Duration)
 	d.events = append(d.events, events...)
 	if len(d.events) > maxEvents {
 		d.events = append(d.events[:0:0], d.events[len(d.events)-maxEvents:]...)

@@ -10,14 +10,59 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/forecast"
 	"github.com/ctguard/ctguard/internal/metrics"
 	"github.com/ctguard/ctguard/internal/snapshot"
 )
 
+// observations are what the daemon keeps for its metrics only. The loop
+// writes them under d.mu.
+type observations struct {
+	build metrics.BuildInfo
+	// scans holds the duration of every completed scan.
+	scans metrics.Histogram
+}
+
+// scanned records a completed scan.
+func (o *observations) scanned(took time.Duration) { o.scans.Observe(took.Seconds()) }
+
+// countersTimeout bounds the read of the drop rules' counters in a scrape.
+const countersTimeout = 2 * time.Second
+
+// banDrops reads the drop rules' counters (one netlink dump of ctguard's
+// chain), summed over full and scoped bans, per family and kind; nil when
+// they cannot be read (the table is being rebuilt, say).
+func (d *Daemon) banDrops() []metrics.Drops {
+	ctx, cancel := context.WithTimeout(context.Background(), countersTimeout)
+	defer cancel()
+	c, err := d.eng.Counters(ctx)
+	if err != nil {
+		d.log.Debug("metrics: read the drop rules' counters", "err", err)
+		return nil
+	}
+	add := func(a, b enforce.Counter) enforce.Counter {
+		return enforce.Counter{Packets: a.Packets + b.Packets, Bytes: a.Bytes + b.Bytes}
+	}
+	out := make([]metrics.Drops, 0, 4)
+	for _, g := range []struct {
+		family, kind string
+		c            enforce.Counter
+	}{
+		{"v4", "address", add(c.Ban4, c.Scoped.Ban4)},
+		{"v4", "prefix", add(c.Net4, c.Scoped.Net4)},
+		{"v6", "address", add(c.Ban6, c.Scoped.Ban6)},
+		{"v6", "prefix", add(c.Net6, c.Scoped.Net6)},
+	} {
+		out = append(out, metrics.Drops{Family: g.family, Kind: g.kind, Packets: float64(g.c.Packets), Bytes: float64(g.c.Bytes)})
+	}
+	return out
+}
+
 // MetricsState reads the daemon's state for a Prometheus scrape.
 func (d *Daemon) MetricsState() metrics.State {
 	active, _ := d.st.ActiveIndex(time.Now())
+	drops := d.banDrops()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := metrics.State{
@@ -29,6 +74,11 @@ func (d *Daemon) MetricsState() metrics.State {
 		DryRun: d.dryRun, States: map[string]float64{}, Classes: map[string]float64{},
 		BansActive: map[string]float64{"address": 0, "prefix": 0}, BansTotal: map[string]float64{},
 		GrowthPerSec: math.NaN(), SecondsToFull: metrics.Inf,
+		BanErrors: float64(d.counters.BanErrors), BanDrops: drops,
+		Scans: float64(d.counters.Scans), ScanDurations: d.obs.scans,
+	}
+	if !d.cycleAt.IsZero() {
+		s.LastScanUnix = float64(d.cycleAt.UnixNano()) / 1e9
 	}
 	if r, ok := d.rate(); ok {
 		s.GrowthPerSec = r
@@ -64,12 +114,16 @@ func (d *Daemon) MetricsState() metrics.State {
 
 // ServeMetrics serves /metrics on addr until ctx ends.
 func (d *Daemon) ServeMetrics(ctx context.Context, addr string) error {
+	reg, err := metrics.New(d.obs.build, d.MetricsState)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", metrics.Handler(metrics.New(d.MetricsState)))
+	mux.Handle("/metrics", metrics.Handler(reg))
 	srv := metricsServer(mux)
 	go func() {
 		<-ctx.Done()

@@ -30,6 +30,9 @@ type Fake struct {
 	Setups, Applies int
 	// FailApply, when set, is returned by the next Apply (and cleared).
 	FailApply error
+	// DropCounters is what Counters returns (tests set it; the fake drops
+	// nothing).
+	DropCounters Counters
 }
 
 // NewFake returns a fake whose table does not exist yet. now may be nil.
@@ -132,8 +135,13 @@ func (f *Fake) Apply(ctx context.Context, c Change) error {
 	return nil
 }
 
-// Counters implements Firewall; the fake drops nothing, so they stay zero.
-func (f *Fake) Counters(ctx context.Context) (Counters, error) { return Counters{}, nil }
+// Counters implements Firewall: DropCounters, zero unless a test set it (the
+// fake drops nothing).
+func (f *Fake) Counters(ctx context.Context) (Counters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.DropCounters, nil
+}
 
 // Elements implements Firewall.
 func (f *Fake) Elements(ctx context.Context) ([]Element, error) {
