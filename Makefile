@@ -34,7 +34,14 @@ fuzz:
 	done
 
 clean:
-	rm -rf bin
+	rm -rf bin build dist
+
+# Man pages (section 8), one per command, generated from the command tree
+# that prints the help: build/man/ctguard.8, ctguard-ban.8, ...
+.PHONY: man
+man: build
+	rm -rf build/man
+	$(BIN) gen-man build/man
 
 # The reliability soak (root): the daemon for SOAK (default 30m) under a
 # rotating attack with its store on a 1 MiB tmpfs, the chain policy flipped

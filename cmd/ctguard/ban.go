@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -13,10 +12,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/ctguard/ctguard/internal/allow"
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/enforce"
+	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
@@ -26,7 +28,9 @@ func init() {
 		name:    "ban",
 		args:    "ADDR|CIDR | --from FILE [--ttl D] [--reason TEXT]",
 		summary: "ban an address or prefix before conntrack, then purge its conntrack entries",
-		run:     runBan,
+		flags:   banFlags,
+		example: "  ctguard ban 203.0.113.7\n  ctguard ban 198.51.100.0/24 --ttl 12h --reason \"scanner\"\n  ctguard ban --from bad-hosts.txt --json",
+		maxArgs: 1,
 	})
 }
 
@@ -67,12 +71,12 @@ type enforceFlags struct {
 	ports []uint16
 }
 
-func (f *enforceFlags) register(fs *flag.FlagSet) {
+func (f *enforceFlags) register(fs *pflag.FlagSet) {
 	f.socket = socketFlag(fs)
 	fs.StringVar(&f.stateDir, "state-dir", "", "`DIR` of the ban database when no daemon runs (default $CTGUARD_STATE_DIR or "+store.DefaultDir+")")
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root for the allowlist (routes, SSH sessions)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers are allowlisted")
-	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "comma-separated sshd ports whose open sessions' peers are allowlisted")
+	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "`PORTS` (comma-separated) of sshd whose open sessions' peers are allowlisted")
 	fs.BoolVar(&f.json, "json", false, "print JSON (one object per target; schema, time, result)")
 }
 
@@ -93,7 +97,7 @@ var geteuid = os.Geteuid
 
 // needRoot says plainly that a command needs root, instead of a permission
 // error from deep inside netlink or the database.
-func needRoot(name string) error {
+func needRoot() error {
 	if geteuid() != 0 {
 		return fmt.Errorf("needs root (it reads and changes the firewall, conntrack table and %s): run with sudo", store.DefaultDir)
 	}
@@ -172,32 +176,27 @@ func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session,
 	return &session{enforcer: eng, close: closeAll}, nil
 }
 
-// parseTargetArgs parses flags that may come before or after the single
-// ADDR|CIDR argument ("ban 192.0.2.7 --ttl 5m" and "ban --ttl 5m 192.0.2.7").
-func parseTargetArgs(fs *flag.FlagSet, args []string) (netip.Prefix, string, error) {
-	if err := parseFlags(fs, args, true); err != nil {
-		return netip.Prefix{}, "", err
-	}
-	rest := fs.Args()
-	if len(rest) == 0 {
+// targetArg parses a command's one ADDR|CIDR argument; the note says how
+// a loose form was read (an address with host bits, say).
+func targetArg(args []string) (netip.Prefix, string, error) {
+	if len(args) == 0 {
 		return netip.Prefix{}, "", usagef("missing ADDR|CIDR")
 	}
-	target := rest[0]
-	if err := parseFlags(fs, rest[1:], false); err != nil {
-		return netip.Prefix{}, "", err
+	if len(args) > 1 {
+		return netip.Prefix{}, "", usagef("unexpected argument %q: one ADDR|CIDR (--from FILE takes a list)", args[1])
 	}
-	p, note, err := enforce.ParseTarget(target)
+	p, note, err := enforce.ParseTarget(args[0])
 	if err != nil {
 		return netip.Prefix{}, "", usagef("%v", err)
 	}
 	return p, note, nil
 }
 
-// targetCommand parses a command's flags and its one ADDR|CIDR, runs check
-// (flag values that need parsing), then checks privileges and opens the
-// enforcer. The caller closes the session.
-func targetCommand(ctx context.Context, e *env, c *command, fs *flag.FlagSet, ef *enforceFlags, args []string, check func() error) (netip.Prefix, *session, error) {
-	p, note, err := parseTargetArgs(fs, args)
+// targetCommand parses a command's one ADDR|CIDR, runs check (flag values
+// that need parsing), then checks privileges and opens the enforcer. The
+// caller closes the session.
+func targetCommand(ctx context.Context, e *env, ef *enforceFlags, args []string, check func() error) (netip.Prefix, *session, error) {
+	p, note, err := targetArg(args)
 	if err != nil {
 		return p, nil, err
 	}
@@ -209,7 +208,7 @@ func targetCommand(ctx context.Context, e *env, c *command, fs *flag.FlagSet, ef
 	if err := ef.validate(); err != nil {
 		return p, nil, err
 	}
-	if err := needRoot(c.name); err != nil {
+	if err := needRoot(); err != nil {
 		return p, nil, err
 	}
 	if note != "" {
@@ -219,66 +218,66 @@ func targetCommand(ctx context.Context, e *env, c *command, fs *flag.FlagSet, ef
 	return p, s, err
 }
 
-func runBan(ctx context.Context, e *env, args []string) error {
-	c := commands["ban"]
-	fs := newFlags(c, e)
+func banFlags(fs *pflag.FlagSet) action {
 	var ef enforceFlags
 	ef.register(fs)
-	ttlS := fs.String("ttl", enforce.DefaultTTL.String(), fmt.Sprintf("how long the ban lasts, a `DURATION` from %s to %s (90s, 30m, 12h, 7d)", enforce.MinTTL, enforce.FormatTTL(enforce.MaxTTL)))
+	ttlS := fs.String("ttl", human.Duration(enforce.DefaultTTL), fmt.Sprintf("how long the ban lasts, a `DURATION` from %s to %s (90s, 30m, 12h, 7d)", enforce.MinTTL, human.Duration(enforce.MaxTTL)))
 	reason := fs.String("reason", "manual", "why, as `TEXT` recorded with the ban")
 	from := fs.String("from", "", "ban every ADDR|CIDR listed in `FILE`, one a line (- reads stdin), in one batch")
-	var ttl time.Duration
-	if bulkArgs(args) {
-		if err := parseFlags(fs, args, false); err != nil {
-			return err
-		}
-		if ttl, err := enforce.ParseTTL(*ttlS); err != nil {
-			return usagef("--ttl: %v", err)
-		} else if err := ef.validate(); err != nil {
-			return err
-		} else if err := needRoot(c.name); err != nil {
-			return err
-		} else {
-			ps, err := readTargets(e, *from)
-			if err != nil {
-				return err
+	return func(ctx context.Context, e *env, args []string) error {
+		var ttl time.Duration
+		if fs.Changed("from") {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q: --from reads the targets from FILE", args[0])
 			}
-			s, err := ef.open(ctx, e, true)
-			if err != nil {
+			if ttl, err := enforce.ParseTTL(*ttlS); err != nil {
+				return usagef("--ttl: %v", err)
+			} else if err := ef.validate(); err != nil {
 				return err
+			} else if err := needRoot(); err != nil {
+				return err
+			} else {
+				ps, err := readTargets(e, *from)
+				if err != nil {
+					return err
+				}
+				s, err := ef.open(ctx, e, true)
+				if err != nil {
+					return err
+				}
+				defer s.close()
+				return bulkBan(ctx, e, s, ps, ef.json, enforce.BanRequest{TTL: ttl, Reason: *reason, Evidence: "manual bulk ban from the command line",
+					Origin: store.OriginManual, ExactTTL: fs.Changed("ttl")})
 			}
-			defer s.close()
-			return bulkBan(ctx, e, s, ps, ef.json, enforce.BanRequest{TTL: ttl, Reason: *reason, Evidence: "manual bulk ban from the command line",
-				Origin: store.OriginManual, ExactTTL: flagSet(fs, "ttl")})
 		}
-	}
-	p, s, err := targetCommand(ctx, e, c, fs, &ef, args, func() (err error) {
-		if ttl, err = enforce.ParseTTL(*ttlS); err != nil {
-			return usagef("--ttl: %v", err)
+		p, s, err := targetCommand(ctx, e, &ef, args, func() (err error) {
+			if ttl, err = enforce.ParseTTL(*ttlS); err != nil {
+				return usagef("--ttl: %v", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
+		defer s.close()
+		r, err := s.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: ttl, Reason: *reason, Evidence: "manual ban from the command line",
+			Origin: store.OriginManual, ExactTTL: fs.Changed("ttl")})
+		if ef.json {
+			r.Prefix = p
+			if err != nil && r.Err == nil {
+				r.Err = err
+			}
+			if jerr := writeActions(e.stdout, banAction(r, s.DryRun())); jerr != nil {
+				return jerr
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		printBan(e, r, ttl, s.DryRun())
 		return nil
-	})
-	if err != nil {
-		return err
 	}
-	defer s.close()
-	r, err := s.Ban(ctx, enforce.BanRequest{Prefix: p, TTL: ttl, Reason: *reason, Evidence: "manual ban from the command line",
-		Origin: store.OriginManual, ExactTTL: flagSet(fs, "ttl")})
-	if ef.json {
-		r.Prefix = p
-		if err != nil && r.Err == nil {
-			r.Err = err
-		}
-		if jerr := writeActions(e.stdout, banAction(r, s.DryRun())); jerr != nil {
-			return jerr
-		}
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	printBan(e, r, ttl, s.DryRun())
-	return nil
 }
 
 // dryRunNote ends every reply of a dry-run daemon.
@@ -308,7 +307,7 @@ func printBan(e *env, r enforce.BanResult, asked time.Duration, dry bool) {
 	case r.Refreshed:
 		verb = w("re-banned", "would re-ban") + " (timeout renewed)"
 	}
-	fmt.Fprintf(e.stdout, "%s %s for %s, until %s (ban #%d)\n", verb, r.Prefix, enforce.FormatTTL(ttl), r.Ban.Expires.Local().Format(time.DateTime), r.Ban.Count)
+	fmt.Fprintf(e.stdout, "%s %s for %s, until %s (ban #%d)\n", verb, r.Prefix, human.Duration(ttl), human.Time(r.Ban.Expires), r.Ban.Count)
 	if r.Scoped {
 		fmt.Fprintf(e.stdout, "  SSH ports left open: it covers the peer of an open SSH session\n")
 	}
@@ -337,23 +336,4 @@ func parseAllowTTL(s string) (time.Duration, error) {
 		return 0, usagef("--ttl: %v", err)
 	}
 	return d, nil
-}
-
-// flagSet reports whether the flag name was given on the command line.
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
-}
-
-// bulkArgs reports whether a ban or unban works on a list (--from, --all)
-// rather than one target.
-func bulkArgs(args []string) bool {
-	for _, a := range args {
-		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if strings.HasPrefix(a, "-") && (name == "from" || name == "all") {
-			return true
-		}
-	}
-	return false
 }

@@ -89,7 +89,7 @@ nft add rule inet t c ct state established,related accept`)
 		t.Fatal("setup: cannot connect")
 	}
 	out, errs, code := cli("ban", "203.0.113.2", "--ttl", "10m", "--reason", "test")
-	if code != 0 || !strings.Contains(out, "banned 203.0.113.2/32 for 10m0s") || !strings.Contains(out, "purged 2 conntrack entries, 0 remain") {
+	if code != 0 || !strings.Contains(out, "banned 203.0.113.2/32 for 10m") || !strings.Contains(out, "purged 2 conntrack entries, 0 remain") {
 		t.Fatalf("ban: exit %d\n%s\n%s", code, out, errs)
 	}
 	if dial("203.0.113.2") {
@@ -106,8 +106,11 @@ nft add rule inet t c ct state established,related accept`)
 		t.Fatalf("ban own subnet: exit %d %q", code, errs)
 	}
 	out, _, code = cli("list", "--json")
-	var rows []listBan
-	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 || rows[0].Prefix.String() != "203.0.113.2/32" ||
+	var listed listJSON
+	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil {
+		t.Fatalf("list --json: exit %d\n%s", code, out)
+	}
+	if rows := listed.Bans; len(rows) != 1 || rows[0].Prefix.String() != "203.0.113.2/32" ||
 		rows[0].Reason != "test" || rows[0].Purged != 2 || rows[0].ExpiresInSeconds < 590 {
 		t.Fatalf("list --json: exit %d\n%s", code, out)
 	}
@@ -263,7 +266,7 @@ func TestRootEnforceGoesThroughDaemonSocket(t *testing.T) {
 	}()
 	dir := filepath.Join(t.TempDir(), "state")
 	out, errs, code := runCLI(t, "ban", "198.51.100.7", "--ttl", "3h", "--reason", "r", "--socket", sock, "--state-dir", dir)
-	if code != 0 || !strings.Contains(out, "banned 198.51.100.7/32 for 3h0m0s") || !strings.Contains(out, "(ban #3)") || !strings.Contains(out, "purged 42") {
+	if code != 0 || !strings.Contains(out, "banned 198.51.100.7/32 for 3h") || !strings.Contains(out, "(ban #3)") || !strings.Contains(out, "purged 42") {
 		t.Fatalf("ban via socket: exit %d\n%s\n%s", code, out, errs)
 	}
 	out, _, code = runCLI(t, "list", "--socket", sock, "--state-dir", dir)

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/ctguard/ctguard/internal/enforce"
+	"github.com/ctguard/ctguard/internal/human"
 )
 
 // maxBulkLines bounds a --from list: one kernel batch, one store write.
@@ -105,7 +106,7 @@ func bulkBan(ctx context.Context, e *env, s *session, ps []netip.Prefix, asJSON 
 		default:
 			done++
 			purged += x.Ban.Purged
-			fmt.Fprintf(e.stdout, "%s %s for %s\n", verb, x.Prefix, enforce.FormatTTL(x.TTL))
+			fmt.Fprintf(e.stdout, "%s %s for %s\n", verb, x.Prefix, human.Duration(x.TTL))
 		}
 	}
 	what := plural(purged, "conntrack entry purged", "conntrack entries purged")

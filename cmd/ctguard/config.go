@@ -7,72 +7,79 @@ import (
 	iofs "io/fs"
 	"os"
 
+	"github.com/spf13/pflag"
+
 	"github.com/ctguard/ctguard/internal/config"
 )
 
 func init() {
 	register(&command{
-		name: "config",
-		args: "check [FILE] | show [FILE]",
-		summary: "check a configuration file (every problem, with its line) or show the effective configuration\n" +
-			"FILE defaults to " + defaultConfigPath + ". check exits 0 when the file is valid, 2 when it is not.\n" +
-			"show prints the configuration the daemon would run with (defaults merged) as TOML.",
-		run: runConfig,
+		name:    "config",
+		args:    "check|show [FILE]",
+		summary: "check a configuration file or show the effective configuration",
+		sub: []*command{{
+			name: "check",
+			args: "[FILE]",
+			summary: "check a configuration file: every problem at once, each with its line\n" +
+				"FILE defaults to " + defaultConfigPath + ". Exits 0 when the file is valid, 2 when it is not.",
+			example:  "  ctguard config check\n  ctguard config check ./ctguard.toml",
+			maxArgs:  1,
+			flags:    func(*pflag.FlagSet) action { return configCheck },
+			fileArgs: true,
+		}, {
+			name: "show",
+			args: "[FILE]",
+			summary: "print the configuration the daemon would run with (defaults merged) as TOML\n" +
+				"Without FILE: " + defaultConfigPath + " when it exists, else the built-in defaults.",
+			maxArgs:  1,
+			flags:    func(*pflag.FlagSet) action { return configShow },
+			fileArgs: true,
+		}},
 	})
 }
 
 const defaultConfigPath = "/etc/ctguard/ctguard.toml"
 
-func runConfig(ctx context.Context, e *env, args []string) error {
-	c := commands["config"]
-	fs := newFlags(c, e)
-	if err := parseFlags(fs, args, true); err != nil {
-		return err
-	}
-	rest := fs.Args()
-	if len(rest) == 0 || len(rest) > 2 {
-		return usagef("want check [FILE] or show [FILE]")
-	}
+func configCheck(_ context.Context, e *env, args []string) error {
 	path := defaultConfigPath
-	if len(rest) == 2 {
-		path = rest[1]
+	if len(args) == 1 {
+		path = args[0]
 	}
-	switch rest[0] {
-	case "check":
-		problems, err := config.Check(path)
-		if err != nil {
-			return usagef("%v", err)
-		}
-		for _, p := range problems {
-			line := ""
-			if p.Line > 0 {
-				line = fmt.Sprintf("%d:", p.Line)
-			}
-			fmt.Fprintf(e.stderr, "%s:%s %s\n", path, line, p.Msg)
-		}
-		if len(problems) > 0 {
-			return &usageError{msg: fmt.Sprintf("%s: %s", path, plural(len(problems), "problem", "problems")), noHint: true}
-		}
-		fmt.Fprintf(e.stdout, "%s: ok\n", path)
-		return nil
-	case "show":
-		if len(rest) == 1 {
-			// As the daemon: the default file when it exists, else the
-			// built-in defaults.
-			if _, err := os.Stat(path); errors.Is(err, iofs.ErrNotExist) {
-				path = ""
-			}
-		}
-		cfg, err := config.Load(path)
-		if err != nil {
-			return usagef("%v", err)
-		}
-		src := path
-		if src == "" {
-			src = "the built-in defaults (" + defaultConfigPath + " does not exist)"
-		}
-		fmt.Fprintf(e.stdout, "# effective configuration: %s\n", src)
-		return config.Show(e.stdout, cfg)
+	problems, err := config.Check(path)
+	if err != nil {
+		return &usageError{msg: err.Error(), noHint: true}
 	}
-	return usagef("unknown config command %q: want check or show", rest[0])
+	for _, p := range problems {
+		line := ""
+		if p.Line > 0 {
+			line = fmt.Sprintf("%d:", p.Line)
+		}
+		fmt.Fprintf(e.stderr, "%s:%s %s\n", path, line, p.Msg)
+	}
+	if len(problems) > 0 {
+		return &usageError{msg: fmt.Sprintf("%s: %s", path, plural(len(problems), "problem", "problems")), noHint: true}
+	}
+	fmt.Fprintf(e.stdout, "%s: ok\n", path)
+	return nil
+}
+
+func configShow(_ context.Context, e *env, args []string) error {
+	path := defaultConfigPath
+	if len(args) == 1 {
+		path = args[0]
+	} else if _, err := os.Stat(path); errors.Is(err, iofs.ErrNotExist) {
+		// As the daemon: the default file when it exists, else the
+		// built-in defaults.
+		path = ""
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return &usageError{msg: err.Error(), noHint: true}
+	}
+	src := path
+	if src == "" {
+		src = "the built-in defaults (" + defaultConfigPath + " does not exist)"
+	}
+	fmt.Fprintf(e.stdout, "# effective configuration: %s\n", src)
+	return config.Show(e.stdout, cfg)
 }

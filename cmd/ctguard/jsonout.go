@@ -10,8 +10,9 @@ import (
 	"github.com/ctguard/ctguard/internal/store"
 )
 
-// outputSchema versions the JSON objects that ban, unban and purge print
-// with --json (snake_case keys, durations in seconds, times RFC 3339 UTC).
+// outputSchema versions the JSON every command prints with --json
+// (snake_case keys, durations in seconds, times RFC 3339 UTC; README,
+// "Output").
 const outputSchema = 1
 
 // actionJSON is what one target of ban, unban or purge became.
@@ -37,8 +38,30 @@ type actionJSON struct {
 	KeptBanned []string `json:"kept_banned,omitempty"`
 }
 
+// envelope starts every JSON object a command prints: the schema version
+// of its output, when it was made, and which command made it.
+type envelope struct {
+	Schema  int       `json:"schema"`
+	Time    time.Time `json:"time"`
+	Command string    `json:"command"`
+}
+
+func newEnvelope(cmd string) envelope {
+	return envelope{Schema: outputSchema, Time: stamp(), Command: cmd}
+}
+
+// writeJSON writes v as indented JSON in the output convention (view).
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(view(v))
+}
+
+// stamp is the time every JSON object carries: now, UTC, whole seconds.
+func stamp() time.Time { return time.Now().UTC().Truncate(time.Second) }
+
 func newAction(cmd string, p netip.Prefix, dry bool) actionJSON {
-	return actionJSON{Schema: outputSchema, Time: time.Now().UTC().Truncate(time.Second), Command: cmd, DryRun: dry, Target: p.String()}
+	return actionJSON{Schema: outputSchema, Time: stamp(), Command: cmd, DryRun: dry, Target: p.String()}
 }
 
 func banAction(r enforce.BanResult, dry bool) actionJSON {
@@ -88,8 +111,4 @@ func printAction(e *env, a actionJSON, err error) error {
 }
 
 // writeActions writes v as indented JSON (one object, or an array for a list).
-func writeActions(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
+func writeActions(w io.Writer, v any) error { return writeJSON(w, v) }

@@ -2,13 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
+	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -17,7 +19,8 @@ func init() {
 		name:    "list",
 		args:    "[--json] [--all] [--allowlist]",
 		summary: "list active bans (or the whole ban history, or the effective allowlist)",
-		run:     runList,
+		flags:   listFlags,
+		example: "  ctguard list\n  ctguard list --all --json\n  ctguard list --allowlist",
 	})
 }
 
@@ -28,6 +31,17 @@ type listBan struct {
 	ExpiresInSeconds float64 `json:"expires_in_seconds"`
 }
 
+// listJSON is `list --json`; allowlistJSON is `list --allowlist --json`.
+type listJSON struct {
+	envelope
+	Bans []listBan `json:"bans"`
+}
+
+type allowlistJSON struct {
+	envelope
+	Allowlist []listAllow `json:"allowlist"`
+}
+
 type listAllow struct {
 	Prefix  string     `json:"prefix"`
 	Source  string     `json:"source"`
@@ -35,74 +49,69 @@ type listAllow struct {
 	Expires *time.Time `json:"expires,omitempty"`
 }
 
-func runList(ctx context.Context, e *env, args []string) error {
-	c := commands["list"]
-	fs := newFlags(c, e)
+func listFlags(fs *pflag.FlagSet) action {
 	var ef enforceFlags
 	ef.register(fs)
 	asJSON := &ef.json // --json comes with the shared flags
 	all := fs.Bool("all", false, "include expired and lifted bans (history)")
 	allowlist := fs.Bool("allowlist", false, "print the effective allowlist instead")
-	if err := parseFlags(fs, args, false); err != nil {
-		return err
-	}
-	if err := ef.validate(); err != nil {
-		return err
-	}
-	if err := needRoot(c.name); err != nil {
-		return err
-	}
-	s, err := ef.open(ctx, e, false)
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	if *allowlist {
-		return printAllowlist(e, s, *asJSON)
-	}
-	bans, err := s.List(*all)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	rows := make([]listBan, 0, len(bans))
-	for _, b := range bans {
-		r := listBan{Ban: b, Active: b.Active(now)}
-		if r.Active {
-			r.ExpiresInSeconds = b.Expires.Sub(now).Seconds() // lifted and expired bans count down nothing
+	return func(ctx context.Context, e *env, args []string) error {
+		if err := ef.validate(); err != nil {
+			return err
 		}
-		rows = append(rows, r)
-	}
-	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
-	}
-	if len(rows) == 0 {
-		fmt.Fprintln(e.stdout, "no active bans")
-		return nil
-	}
-	defer printCounters(ctx, e, s)
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PREFIX\tSTATE\tEXPIRES IN\tCOUNT\tPURGED\tREMAINING\tREASON")
-	for _, r := range rows {
-		state := "active"
-		if r.Scoped {
-			state = "active, SSH open"
+		if err := needRoot(); err != nil {
+			return err
 		}
-		if !r.Active {
-			state = "expired"
-			if !r.Ended.IsZero() {
-				state = "lifted: " + r.EndReason
+		s, err := ef.open(ctx, e, false)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		if *allowlist {
+			return printAllowlist(e, s, *asJSON)
+		}
+		bans, err := s.List(*all)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		rows := make([]listBan, 0, len(bans))
+		for _, b := range bans {
+			r := listBan{Ban: b, Active: b.Active(now)}
+			if r.Active {
+				r.ExpiresInSeconds = b.Expires.Sub(now).Seconds() // lifted and expired bans count down nothing
 			}
+			rows = append(rows, r)
 		}
-		expires := "-"
-		if r.Active {
-			expires = time.Duration(r.ExpiresInSeconds * float64(time.Second)).Round(time.Second).String()
+		if *asJSON {
+			return writeJSON(e.stdout, listJSON{newEnvelope("list"), rows})
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Prefix, state, expires, r.Count, r.Purged, r.Remaining, r.Reason)
+		if len(rows) == 0 {
+			fmt.Fprintln(e.stdout, "no active bans")
+			return nil
+		}
+		defer printCounters(ctx, e, s)
+		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "PREFIX\tSTATE\tEXPIRES IN\tCOUNT\tPURGED\tREMAINING\tREASON")
+		for _, r := range rows {
+			state := "active"
+			if r.Scoped {
+				state = "active, SSH open"
+			}
+			if !r.Active {
+				state = "expired"
+				if !r.Ended.IsZero() {
+					state = "lifted: " + r.EndReason
+				}
+			}
+			expires := "-"
+			if r.Active {
+				expires = human.Duration(time.Duration(r.ExpiresInSeconds * float64(time.Second)))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Prefix, state, expires, r.Count, r.Purged, r.Remaining, r.Reason)
+		}
+		return tw.Flush()
 	}
-	return tw.Flush()
 }
 
 func printAllowlist(e *env, s *session, asJSON bool) error {
@@ -133,9 +142,7 @@ func printAllowlist(e *env, s *session, asJSON bool) error {
 		rows = append(rows, r)
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		return writeJSON(e.stdout, allowlistJSON{newEnvelope("list"), rows})
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PREFIX\tSOURCE\tDETAIL")

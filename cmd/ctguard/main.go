@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,16 +16,34 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 var version = "dev"
 
-// command is one subcommand; each lives in its own file and registers itself.
+// action runs a command once cobra has parsed its flags; args are its
+// positional arguments.
+type action func(ctx context.Context, e *env, args []string) error
+
+// command is one subcommand; each lives in its own file and registers
+// itself. Its flags are declared by flags, which returns the action that
+// reads them, so the same tree serves the run, the help, the completion
+// and the man pages.
 type command struct {
 	name    string
-	args    string // usage after the name, e.g. "[--json]"
-	summary string
-	run     func(ctx context.Context, env *env, args []string) error
+	args    string // usage after the name, e.g. "ADDR|CIDR [--ttl D]"
+	summary string // first line: the short help; the rest: the long help
+	example string
+	// maxArgs bounds the positional arguments (-1: no bound).
+	maxArgs int
+	flags   func(fs *pflag.FlagSet) action
+	// complete offers the positional arguments (nil: none); fileArgs
+	// lets the shell offer file names instead.
+	complete func(args []string, toComplete string) []string
+	fileArgs bool
+	sub      []*command
 }
 
 var commands = map[string]*command{}
@@ -56,62 +73,15 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return &usageError{msg: fmt.Sprintf(format, a...)} }
 
-// newFlags returns a flag set for a subcommand that reports errors instead of
-// exiting, so that run() decides the exit status.
-func newFlags(c *command, e *env) *flag.FlagSet {
-	fs := flag.NewFlagSet("ctguard "+c.name, flag.ContinueOnError)
-	// Flag errors go to stderr; asked-for help (-h, --help) to stdout.
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	return fs
-}
-
 // hiddenFlags point a command at another root for tests; they work but are
-// not in the help.
-var hiddenFlags = map[string]bool{"procfs": true, "sysfs": true, "etc": true, "resolv-conf": true}
+// not in the help, the completion or the man pages.
+var hiddenFlags = []string{"procfs", "sysfs", "etc", "resolv-conf"}
 
-// printCommandHelp writes a command's usage, summary and flags (GNU style:
-// --name).
-func printCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "usage: ctguard %s %s\n\n%s\n", c.name, c.args, c.summary)
-	if fs == nil {
-		return
-	}
-	first := true
-	fs.VisitAll(func(f *flag.Flag) {
-		if hiddenFlags[f.Name] {
-			return
-		}
-		if first {
-			fmt.Fprintf(w, "\nflags:\n")
-			first = false
-		}
-		typ, usage := flag.UnquoteUsage(f)
-		name := "--" + f.Name
-		if typ != "" {
-			name += " " + strings.ToUpper(typ)
-		}
-		def := ""
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
-			def = fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintf(w, "  %s\n      %s%s\n", name, usage, def)
-	})
-}
-
-// parseFlags parses args and turns flag errors into usage errors; it rejects
-// stray positional arguments unless allowArgs.
-func parseFlags(fs *flag.FlagSet, args []string, allowArgs bool) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &helpRequest{fs: fs}
-		}
-		return &usageError{msg: err.Error()}
-	}
-	if !allowArgs && fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
-	}
-	return nil
+// flagValues are the values the shell completion offers for flags that
+// take one of a few words.
+var flagValues = map[string][]cobra.Completion{
+	"by":     {"held", "idle", "halfopen"},
+	"reader": {"auto", "netlink", "proc"},
 }
 
 func main() {
@@ -121,70 +91,158 @@ func main() {
 	os.Exit(code)
 }
 
-// helpRequest is -h or --help on a command: its help goes to stdout.
-type helpRequest struct{ fs *flag.FlagSet }
-
-func (h *helpRequest) Error() string { return "help requested" }
-
-// run executes one command line and returns the process exit status.
-func run(ctx context.Context, e *env, args []string) int {
-	if len(args) == 0 {
-		printUsage(e.stderr)
-		return 2
+// newRoot builds the command tree for one run.
+func newRoot(e *env) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ctguard",
+		Short: "keeps the conntrack table from filling up",
+		Long: "ctguard keeps the host's conntrack table from filling up: it scans the table over\n" +
+			"ctnetlink, finds the sources holding it, bans them before conntrack and purges\n" +
+			"their entries, and explains every decision.",
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		DisableAutoGenTag: true,
 	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		if len(args) > 1 && args[0] == "help" {
-			// ctguard help CMD: the command's own help.
-			if _, ok := commands[args[1]]; ok {
-				return run(ctx, e, []string{args[1], "--help"})
-			}
-			fmt.Fprintf(e.stderr, "ctguard help: unknown command %q\n", args[1])
-			return 2
-		}
-		printUsage(e.stdout)
-		return 0
-	}
-	if args[0] == "version" || args[0] == "--version" {
-		return printVersion(e, args[1:])
-	}
-	c, ok := commands[args[0]]
-	if !ok {
-		fmt.Fprintf(e.stderr, "ctguard: unknown command %q (run 'ctguard help')\n", args[0])
-		return 2
-	}
-	err := c.run(ctx, e, args[1:])
-	var ue *usageError
-	var help *helpRequest
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &help):
-		printCommandHelp(e.stdout, c, help.fs)
-		return 0
-	case errors.As(err, &ue) && ue.noHint:
-		fmt.Fprintf(e.stderr, "ctguard %s: %s\n", c.name, ue.msg)
-		return 2
-	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "ctguard %s: %s\n(see 'ctguard help %s')\n", c.name, ue.msg, c.name)
-		return 2
-	default:
-		fmt.Fprintf(e.stderr, "ctguard %s: %s\n", c.name, err)
-		return 1
-	}
-}
-
-func printUsage(w io.Writer) {
-	fmt.Fprintf(w, "ctguard %s: keeps the conntrack table from filling up\n\nusage: ctguard COMMAND [flags]\n\ncommands:\n", version)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetIn(e.in())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
+	root.SetHelpCommand(helpCommand(root))
+	root.CompletionOptions.DisableDescriptions = false
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		c := commands[n]
-		fmt.Fprintf(w, "  %-8s %s\n", n, strings.SplitN(c.summary, "\n", 2)[0])
+		root.AddCommand(cobraCommand(e, commands[n]))
 	}
-	fmt.Fprintf(w, "  %-8s %s\n\nRun 'ctguard help COMMAND' (or 'ctguard COMMAND --help') for a command's flags.\n", "version", "print the version")
+	root.AddCommand(versionCommand(e))
+	root.AddCommand(genManCommand())
+	return root
+}
+
+// cobraCommand turns a command (and its subcommands) into cobra's form.
+func cobraCommand(e *env, c *command) *cobra.Command {
+	short, long, _ := strings.Cut(c.summary, "\n")
+	cc := &cobra.Command{
+		Use:                   strings.TrimSpace(c.name + " " + c.args),
+		Short:                 short,
+		Example:               c.example,
+		DisableFlagsInUseLine: true,
+	}
+	if long != "" {
+		cc.Long = short + "\n\n" + long
+	}
+	if c.flags != nil {
+		act := c.flags(cc.Flags())
+		for name, vals := range flagValues {
+			if cc.Flags().Lookup(name) != nil {
+				_ = cc.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(vals, cobra.ShellCompDirectiveNoFileComp))
+			}
+		}
+		for _, h := range hiddenFlags {
+			if cc.Flags().Lookup(h) != nil {
+				_ = cc.Flags().MarkHidden(h)
+			}
+		}
+		cc.RunE = func(cmd *cobra.Command, args []string) error {
+			if c.maxArgs >= 0 && len(args) > c.maxArgs {
+				return usagef("unexpected argument %q", args[c.maxArgs])
+			}
+			return act(cmd.Context(), e, args)
+		}
+	}
+	cc.ValidArgsFunction = func(_ *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if c.fileArgs {
+			return nil, cobra.ShellCompDirectiveDefault
+		}
+		if c.complete == nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return c.complete(args, toComplete), cobra.ShellCompDirectiveNoFileComp
+	}
+	if len(c.sub) > 0 && c.flags == nil {
+		var names []string
+		for _, s := range c.sub {
+			names = append(names, s.name)
+		}
+		want := strings.Join(names, " or ")
+		cc.RunE = func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("want %s", want)
+			}
+			return usagef("unknown command %q: want %s", args[0], want)
+		}
+	}
+	for _, s := range c.sub {
+		cc.AddCommand(cobraCommand(e, s))
+	}
+	return cc
+}
+
+// helpCommand is `ctguard help [COMMAND]`: help on stdout, an unknown
+// command is a usage error.
+func helpCommand(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [COMMAND]",
+		Short: "help about any command",
+		ValidArgsFunction: func(_ *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			var out []cobra.Completion
+			if len(args) == 0 {
+				for _, c := range root.Commands() {
+					if c.IsAvailableCommand() && strings.HasPrefix(c.Name(), toComplete) {
+						out = append(out, cobra.CompletionWithDesc(c.Name(), c.Short))
+					}
+				}
+			}
+			return out, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target, rest, err := root.Find(args)
+			if err != nil || target == nil || len(rest) > 0 {
+				return &usageError{msg: fmt.Sprintf("unknown command %q (run 'ctguard help')", strings.Join(args, " ")), noHint: true}
+			}
+			return target.Help()
+		},
+	}
+}
+
+// run executes one command line and returns the process exit status.
+func run(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 {
+		root := newRoot(e)
+		root.SetOut(e.stderr)
+		_ = root.Usage()
+		return 2
+	}
+	if args[0] == "--version" {
+		args = append([]string{"version"}, args[1:]...)
+	}
+	root := newRoot(e)
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
+	name := "ctguard"
+	if cmd != nil && cmd != root {
+		name = cmd.CommandPath()
+	}
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case cmd == root && strings.HasPrefix(err.Error(), "unknown command"):
+		fmt.Fprintf(e.stderr, "ctguard: unknown command %q (run 'ctguard help')\n", args[0])
+		return 2
+	case errors.As(err, &ue) && ue.noHint:
+		fmt.Fprintf(e.stderr, "%s: %s\n", name, ue.msg)
+		return 2
+	case errors.As(err, &ue):
+		fmt.Fprintf(e.stderr, "%s: %s\n(see 'ctguard help%s')\n", name, ue.msg, strings.TrimPrefix(name, "ctguard"))
+		return 2
+	default:
+		fmt.Fprintf(e.stderr, "%s: %s\n", name, err)
+		return 1
+	}
 }
 
 // buildInfo is what `ctguard version` reports.
@@ -213,25 +271,42 @@ func readBuildInfo() buildInfo {
 	return b
 }
 
-func printVersion(e *env, args []string) int {
-	b := readBuildInfo()
-	switch {
-	case len(args) == 1 && args[0] == "--json":
-		out, _ := json.Marshal(b)
-		fmt.Fprintf(e.stdout, "%s\n", out)
-	case len(args) == 0:
-		fmt.Fprintf(e.stdout, "ctguard %s", b.Version)
-		if b.Commit != "" {
-			short := b.Commit[:min(12, len(b.Commit))]
-			if b.Dirty {
-				short += "-dirty"
+// versionCommand is `ctguard version [--json]`.
+func versionCommand(e *env) *cobra.Command {
+	var asJSON bool
+	cc := &cobra.Command{
+		Use:   "version",
+		Short: "print the version, commit, build date and Go version",
+		RunE: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
 			}
-			fmt.Fprintf(e.stdout, " (commit %s, %s)", short, b.Date)
-		}
-		fmt.Fprintf(e.stdout, ", %s\n", b.Go)
-	default:
-		fmt.Fprintf(e.stderr, "ctguard version: unexpected arguments %q (only --json)\n", args)
-		return 2
+			b := readBuildInfo()
+			if asJSON {
+				out, err := json.Marshal(view(versionJSON{newEnvelope("version"), b}))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "%s\n", out)
+				return nil
+			}
+			fmt.Fprintf(e.stdout, "ctguard %s", b.Version)
+			if b.Commit != "" {
+				short := b.Commit[:min(12, len(b.Commit))]
+				if b.Dirty {
+					short += "-dirty"
+				}
+				fmt.Fprintf(e.stdout, " (commit %s, %s)", short, b.Date)
+			}
+			fmt.Fprintf(e.stdout, ", %s\n", b.Go)
+			return nil
+		},
 	}
-	return 0
+	cc.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	return cc
+}
+
+type versionJSON struct {
+	envelope
+	buildInfo
 }

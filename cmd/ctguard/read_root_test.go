@@ -182,10 +182,11 @@ func TestRootTopMatchesConntrackL(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("top --reader %s: exit %d: %s", reader, code, errs)
 		}
-		var rows []topRow
-		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		var top topJSON
+		if err := json.Unmarshal([]byte(out), &top); err != nil {
 			t.Fatalf("top --json: %v\n%s", err, out)
 		}
+		rows := top.Rows
 		got := map[string]int{}
 		for _, r := range rows {
 			got[r.Source] = int(r.Entries)
@@ -209,10 +210,11 @@ func TestRootTopMatchesConntrackL(t *testing.T) {
 	var out, errs string
 	var code int
 	l.victim.Do(t, func() { out, errs, code = runCLI(t, "top", "--json", "--prefix", "--v6-prefix", "64") })
-	var prows []topRow
-	if code != 0 || json.Unmarshal([]byte(out), &prows) != nil {
+	var ptop topJSON
+	if code != 0 || json.Unmarshal([]byte(out), &ptop) != nil {
 		t.Fatalf("top --prefix: exit %d %s %s", code, errs, out)
 	}
+	prows := ptop.Rows
 	if len(prows) != 2 || prows[0].Source != "198.51.100.0/24" || prows[0].Entries != 60 || *prows[0].Members != 4 ||
 		prows[1].Source != "2001:db8:100::/64" || prows[1].Entries != 40 {
 		t.Errorf("prefixes: %s", out)

@@ -205,8 +205,8 @@ func TestRootRunBansPurgesExplains(t *testing.T) {
 	// (The scan that led to the ban still shows the bot; the next one not.)
 	waitFor(t, "top through the daemon to show only the spared source", 5*time.Second, func() bool {
 		out, err := self(ns, "top", "--json", "--socket", sock).CombinedOutput()
-		var rows []topRow
-		return err == nil && json.Unmarshal(out, &rows) == nil && len(rows) == 1 && rows[0].Source == "198.51.100.7" && rows[0].Entries == 30
+		var top topJSON
+		return err == nil && json.Unmarshal(out, &top) == nil && len(top.Rows) == 1 && top.Rows[0].Source == "198.51.100.7" && top.Rows[0].Entries == 30
 	})
 
 	// Flushing the ruleset is healed within an interval, ban included.

@@ -3,8 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
+
+	"github.com/spf13/pflag"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/scan"
@@ -21,13 +22,13 @@ type scanFlags struct {
 	sockets  bool
 }
 
-func (f *scanFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.reader, "reader", scan.Auto, "how to read the table: auto (netlink, else /proc), netlink, or proc")
+func (f *scanFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.reader, "reader", scan.Auto, "how to read the table, a `READER`: auto (netlink, else /proc), netlink, or proc")
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root (for sysctls and the /proc reader)")
-	fs.IntVar(&f.v4Bits, "v4-prefix", snapshot.DefaultV4Bits, "IPv4 prefix length that sources are grouped by")
-	fs.IntVar(&f.v6Bits, "v6-prefix", snapshot.DefaultV6Bits, "IPv6 prefix length that sources are grouped by")
+	fs.IntVar(&f.v4Bits, "v4-prefix", snapshot.DefaultV4Bits, "IPv4 prefix length (`BITS`) that sources are grouped by")
+	fs.IntVar(&f.v6Bits, "v6-prefix", snapshot.DefaultV6Bits, "IPv6 prefix length (`BITS`) that sources are grouped by")
 	fs.BoolVar(&f.sockets, "sockets", true, "list TCP sockets to count orphan entries (ESTABLISHED in conntrack, no socket behind them or one whose client never sent a byte)")
-	fs.UintVar(&f.idleSecs, "idle-threshold", snapshot.DefaultIdleThreshold, "seconds without traffic after which an ESTABLISHED entry counts as idle")
+	fs.UintVar(&f.idleSecs, "idle-threshold", snapshot.DefaultIdleThreshold, "`SECONDS` without traffic after which an ESTABLISHED entry counts as idle")
 }
 
 func (f *scanFlags) validate() error {

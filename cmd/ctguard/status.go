@@ -10,9 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/snapshot"
 )
@@ -22,12 +25,14 @@ func init() {
 		name:    "status",
 		args:    "[--json] [--sample DURATION] [--reader auto|netlink|proc]",
 		summary: "show how full the conntrack table is, how fast it grows and when it will be full",
-		run:     runStatus,
+		flags:   statusFlags,
+		example: "  ctguard status\n  ctguard status --json --sample 0",
 	})
 }
 
 // statusReport is `status --json`; field names are a contract for scripts.
 type statusReport struct {
+	envelope
 	Count         uint32          `json:"count"`
 	Max           uint32          `json:"max"`
 	FillRatio     float64         `json:"fill_ratio"`
@@ -65,77 +70,74 @@ type scanCost struct {
 	Reader     string  `json:"reader"`
 }
 
-func runStatus(ctx context.Context, e *env, args []string) error {
-	c := commands["status"]
-	fs := newFlags(c, e)
+func statusFlags(fs *pflag.FlagSet) action {
 	var sf scanFlags
 	sf.register(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	sample := fs.Duration("sample", 5*time.Second, "how long to sample the entry count for the growth rate (0: no rate)")
+	sample := fs.Duration("sample", 5*time.Second, "how long to sample the entry count for the growth rate, a `DURATION` (0: no rate)")
 	sock := socketFlag(fs)
 	direct := fs.Bool("direct", false, "read the kernel even when a daemon runs (by default its last scan is shown)")
-	if err := parseFlags(fs, args, false); err != nil {
-		return err
-	}
-	if err := sf.validate(); err != nil {
-		return err
-	}
-	if *sample < 0 || *sample > time.Hour {
-		return usagef("--sample %v: want 0 to 1h", *sample)
-	}
-	if !*direct {
-		if cl, err := daemon.Dial(*sock); err == nil {
-			return statusFromDaemon(ctx, e, cl, *asJSON)
+	return func(ctx context.Context, e *env, args []string) error {
+		if err := sf.validate(); err != nil {
+			return err
 		}
-	}
-	s, err := sf.open(ctx)
-	if err != nil {
-		return err
-	}
-	defer s.close()
+		if *sample < 0 || *sample > time.Hour {
+			return usagef("--sample %v: want 0 to 1h", *sample)
+		}
+		if !*direct {
+			if cl, err := daemon.Dial(*sock); err == nil {
+				return statusFromDaemon(ctx, e, cl, *asJSON)
+			}
+		}
+		s, err := sf.open(ctx)
+		if err != nil {
+			return err
+		}
+		defer s.close()
 
-	// Sample the count first (cheap), then scan once.
-	var samples []forecast.Sample
-	first, err := s.src.Stats(ctx)
-	if err != nil {
-		return explain(err)
-	}
-	samples = append(samples, forecast.Sample{Time: time.Now(), Count: float64(first.Count)})
-	if *sample > 0 {
-		if !*asJSON {
-			fmt.Fprintf(e.stderr, "sampling the entry count for %v...\n", *sample)
+		// Sample the count first (cheap), then scan once.
+		var samples []forecast.Sample
+		first, err := s.src.Stats(ctx)
+		if err != nil {
+			return explain(err)
 		}
-		step := min(*sample/10, time.Second)
-		end := time.Now().Add(*sample)
-		for time.Now().Before(end) {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(min(step, time.Until(end)+time.Millisecond)):
+		samples = append(samples, forecast.Sample{Time: time.Now(), Count: float64(first.Count)})
+		if *sample > 0 {
+			if !*asJSON {
+				fmt.Fprintf(e.stderr, "sampling the entry count for %s...\n", human.Duration(*sample))
 			}
-			st, err := s.src.Stats(ctx)
-			if err != nil {
-				return explain(err)
+			step := min(*sample/10, time.Second)
+			end := time.Now().Add(*sample)
+			for time.Now().Before(end) {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(min(step, time.Until(end)+time.Millisecond)):
+				}
+				st, err := s.src.Stats(ctx)
+				if err != nil {
+					return explain(err)
+				}
+				samples = append(samples, forecast.Sample{Time: time.Now(), Count: float64(st.Count)})
 			}
-			samples = append(samples, forecast.Sample{Time: time.Now(), Count: float64(st.Count)})
 		}
+		st, err := s.src.Stats(ctx)
+		if err != nil {
+			return explain(err)
+		}
+		snap, err := s.scan(ctx)
+		if err != nil {
+			return err
+		}
+		r := buildStatus(st, snap, samples, hostInfo{s.sys.Buckets, s.sys.Kernel, s.sys.Timeouts, s.src.Fallback}, len(snap.Sources))
+		if *asJSON {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(r)
+		}
+		printStatus(e.stdout, r)
+		return nil
 	}
-	st, err := s.src.Stats(ctx)
-	if err != nil {
-		return explain(err)
-	}
-	snap, err := s.scan(ctx)
-	if err != nil {
-		return err
-	}
-	r := buildStatus(st, snap, samples, hostInfo{s.sys.Buckets, s.sys.Kernel, s.sys.Timeouts, s.src.Fallback}, len(snap.Sources))
-	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
-	}
-	printStatus(e.stdout, r)
-	return nil
 }
 
 // hostInfo is what status shows of the host besides the table.
@@ -148,7 +150,8 @@ type hostInfo struct {
 
 func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast.Sample, h hostInfo, sources int) *statusReport {
 	r := &statusReport{
-		Count: st.Count, Max: st.Max, Buckets: h.buckets, Kernel: h.kernel,
+		envelope: newEnvelope("status"),
+		Count:    st.Count, Max: st.Max, Buckets: h.buckets, Kernel: h.kernel,
 		States: map[string]int{}, Protocols: map[string]int{}, Classes: map[string]int{},
 		Assured: snap.Assured, Inbound: snap.Inbound, Outbound: snap.Outbound, Forwarded: snap.Forwarded,
 		Sources: sources, KernelStats: st, Timeouts: h.timeouts, Fallback: h.fallback,
@@ -168,7 +171,7 @@ func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast
 			r.RatePerMin = &perMin
 			if d, ok := forecast.ETA(float64(st.Count), float64(st.Max), rate); ok {
 				secs := math.Round(d.Seconds())
-				txt := forecast.Format(d)
+				txt := human.Duration(d)
 				r.ETASeconds, r.ETA = &secs, &txt
 			}
 		}
@@ -230,7 +233,7 @@ func printStatus(w io.Writer, r *statusReport) {
 			hist = append(hist, fmt.Sprintf(">=%s %d", lo, b.Entries))
 			continue
 		}
-		hi := forecast.Format(time.Duration(*b.Below) * time.Second)
+		hi := human.Duration(time.Duration(*b.Below) * time.Second)
 		hist = append(hist, fmt.Sprintf("<%s %d", hi, b.Entries))
 		lo = hi
 	}
@@ -251,16 +254,16 @@ func printStatus(w io.Writer, r *statusReport) {
 			total += n
 		}
 		fmt.Fprintf(w, "daemon     %s, pressure %s (ban at score %.0f), %s active, %d made since start; last scan %s ago\n",
-			mode, d.Pressure, d.Threshold, plural(d.ActiveBans, "ban", "bans"), total, forecast.Format(time.Since(d.LastCycle)))
+			mode, d.Pressure, d.Threshold, plural(d.ActiveBans, "ban", "bans"), total, human.Duration(time.Since(d.LastCycle)))
 		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d, cycles under pressure without a ban %d\n",
 			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors, d.Counters.PressureNoBan)
 		if sv := d.Service; sv != nil {
 			now := "full now"
 			if !sv.Drained.IsZero() {
-				now = "drained " + forecast.Format(time.Since(sv.Drained)) + " ago"
+				now = "drained " + human.Duration(time.Since(sv.Drained)) + " ago"
 			}
 			fmt.Fprintf(w, "SERVICE    accept queue full (new clients turned away), episode started %s ago, %s; scanning at the critical interval:\n",
-				forecast.Format(time.Since(sv.Since)), now)
+				human.Duration(time.Since(sv.Since)), now)
 			for _, l := range sv.Full {
 				fmt.Fprintf(w, "           %s  %d of %d queued\n", l.Local, l.Queue, l.Backlog)
 			}
@@ -269,7 +272,7 @@ func printStatus(w io.Writer, r *statusReport) {
 			fmt.Fprintf(w, "LOSING     pressure %s and the last scan banned nothing; top holders:\n", l.Pressure)
 			for _, s := range l.Spared {
 				fmt.Fprintf(w, "           %s  %d entries (%d active), grew %d in %s: %s\n", s.Target, s.Counts.Entries, s.Counts.Active,
-					s.Growth.Gain, forecast.Format(s.Growth.Window), s.Why)
+					s.Growth.Gain, human.Duration(s.Growth.Window), s.Why)
 			}
 		}
 	}

@@ -9,8 +9,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/ctguard/ctguard/internal/daemon"
-	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/snapshot"
 )
 
@@ -19,8 +21,18 @@ func init() {
 		name:    "top",
 		args:    "[-n N] [--by held|idle|halfopen] [--prefix] [--watch DURATION] [--json]",
 		summary: "show the sources (or prefixes) holding the most conntrack entries",
-		run:     runTop,
+		flags:   topFlags,
+		example: "  ctguard top\n  ctguard top --by idle -n 50\n  ctguard top --prefix --watch 2s",
 	})
+}
+
+// topJSON is `top --json` (one a line with --watch).
+type topJSON struct {
+	envelope
+	By     string   `json:"by"`
+	Prefix bool     `json:"prefix"`
+	Total  int      `json:"total"` // sources (or prefixes) in the table, not only those shown
+	Rows   []topRow `json:"rows"`
 }
 
 // topRow is one element of `top --json`; field names are a contract.
@@ -40,115 +52,115 @@ type topRow struct {
 	Members        *uint32 `json:"members,omitempty"`
 }
 
-func runTop(ctx context.Context, e *env, args []string) error {
-	c := commands["top"]
-	fs := newFlags(c, e)
+func topFlags(fs *pflag.FlagSet) action {
 	var sf scanFlags
 	sf.register(fs)
-	n := fs.Int("n", 20, "how many rows")
-	by := fs.String("by", "held", "rank by: held (all entries), idle (idle ESTABLISHED entries) or halfopen")
+	n := fs.IntP("rows", "n", 20, "how many `ROWS`")
+	by := fs.String("by", "held", "rank by `ORDER`: held (all entries), idle (idle ESTABLISHED entries) or halfopen")
 	prefix := fs.Bool("prefix", false, "group sources by prefix (--v4-prefix, --v6-prefix)")
-	watch := fs.Duration("watch", 0, "refresh every DURATION until interrupted (0: once)")
-	asJSON := fs.Bool("json", false, "print a JSON array (one per line with --watch)")
+	watch := fs.Duration("watch", 0, "refresh every `DURATION` until interrupted (0: once)")
+	asJSON := fs.Bool("json", false, "print one JSON object (one a line with --watch)")
 	sock := socketFlag(fs)
 	direct := fs.Bool("direct", false, "scan the kernel even when a daemon runs (by default its last scan is shown)")
-	if err := parseFlags(fs, args, false); err != nil {
-		return err
-	}
-	if err := sf.validate(); err != nil {
-		return err
-	}
-	order, ok := map[string]snapshot.Order{"held": snapshot.ByHeld, "idle": snapshot.ByIdle, "halfopen": snapshot.ByHalfOpen}[*by]
-	if !ok {
-		return usagef("--by %q: want held, idle or halfopen", *by)
-	}
-	if *n <= 0 {
-		return usagef("-n %d: want at least 1", *n)
-	}
-	if *watch < 0 || (*watch > 0 && *watch < 100*time.Millisecond) {
-		return usagef("--watch %v: want 0 (once) or at least 100ms", *watch)
-	}
-	// With a daemon running, show its last scan: no second full scan of a
-	// table that may be under attack.
-	var next func() (*snapshot.Snapshot, int, error)
-	if cl, err := daemon.Dial(*sock); err == nil && !*direct {
-		next = func() (*snapshot.Snapshot, int, error) {
-			var r daemon.TopReply
-			if err := cl.Call(ctx, daemon.Request{Op: "top", By: *by, Prefix: *prefix, N: *n}, &r); err != nil {
-				return nil, 0, err
-			}
-			if r.Snapshot == nil {
-				return nil, 0, fmt.Errorf("the daemon has not finished its first scan yet: try again in a second")
-			}
-			if *prefix {
-				return r.Snapshot, r.NumPrefixes, nil
-			}
-			return r.Snapshot, r.NumSources, nil
-		}
-	} else {
-		s, err := sf.open(ctx)
-		if err != nil {
+	return func(ctx context.Context, e *env, args []string) error {
+		if err := sf.validate(); err != nil {
 			return err
 		}
-		defer s.close()
-		next = func() (*snapshot.Snapshot, int, error) {
-			snap, err := s.scan(ctx)
-			if err != nil {
-				return nil, 0, err
+		order, ok := map[string]snapshot.Order{"held": snapshot.ByHeld, "idle": snapshot.ByIdle, "halfopen": snapshot.ByHalfOpen}[*by]
+		if !ok {
+			return usagef("--by %q: want held, idle or halfopen", *by)
+		}
+		if *n <= 0 {
+			return usagef("--rows %d: want at least 1", *n)
+		}
+		if *watch < 0 || (*watch > 0 && *watch < 100*time.Millisecond) {
+			return usagef("--watch %v: want 0 (once) or at least 100ms", *watch)
+		}
+		// With a daemon running, show its last scan: no second full scan of a
+		// table that may be under attack.
+		var next func() (*snapshot.Snapshot, int, error)
+		if cl, err := daemon.Dial(*sock); err == nil && !*direct {
+			next = func() (*snapshot.Snapshot, int, error) {
+				var r daemon.TopReply
+				if err := cl.Call(ctx, daemon.Request{Op: "top", By: *by, Prefix: *prefix, N: *n}, &r); err != nil {
+					return nil, 0, err
+				}
+				if r.Snapshot == nil {
+					return nil, 0, fmt.Errorf("the daemon has not finished its first scan yet: try again in a second")
+				}
+				if *prefix {
+					return r.Snapshot, r.NumPrefixes, nil
+				}
+				return r.Snapshot, r.NumSources, nil
 			}
-			if *prefix {
-				return snap, len(snap.Prefixes), nil
-			}
-			return snap, len(snap.Sources), nil
-		}
-	}
-	for {
-		snap, total, err := next()
-		if err != nil {
-			if ctx.Err() != nil && *watch > 0 {
-				return nil
-			}
-			return err
-		}
-		hs := snap.Sources
-		if *prefix {
-			hs = snap.Prefixes
-		}
-		snapshot.SortBy(hs, order)
-		hs = hs[:min(*n, len(hs))]
-		rows := make([]topRow, len(hs))
-		for i, h := range hs {
-			rows[i] = toRow(h, *prefix)
-		}
-		if *asJSON {
-			b, err := json.Marshal(rows)
+		} else {
+			s, err := sf.open(ctx)
 			if err != nil {
 				return err
 			}
-			if *watch == 0 {
-				var out any
-				_ = json.Unmarshal(b, &out)
-				b, _ = json.MarshalIndent(out, "", "  ")
-			}
-			fmt.Fprintf(e.stdout, "%s\n", b)
-		} else {
-			if *watch > 0 {
-				if f, ok := e.stdout.(*os.File); ok && isTerminal(f) {
-					fmt.Fprint(e.stdout, "\033[H\033[2J") // home + clear: refresh in place
-				} else {
-					// A pipe or a file gets plain frames, one after the other.
-					fmt.Fprintf(e.stdout, "--- %s\n", time.Now().UTC().Format(time.RFC3339))
+			defer s.close()
+			next = func() (*snapshot.Snapshot, int, error) {
+				snap, err := s.scan(ctx)
+				if err != nil {
+					return nil, 0, err
 				}
+				if *prefix {
+					return snap, len(snap.Prefixes), nil
+				}
+				return snap, len(snap.Sources), nil
 			}
-			printTop(e.stdout, snap, total, rows, *prefix, *by)
 		}
-		if *watch == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(*watch):
+		for {
+			snap, total, err := next()
+			if err != nil {
+				if ctx.Err() != nil && *watch > 0 {
+					return nil
+				}
+				return err
+			}
+			hs := snap.Sources
+			if *prefix {
+				hs = snap.Prefixes
+			}
+			snapshot.SortBy(hs, order)
+			hs = hs[:min(*n, len(hs))]
+			rows := make([]topRow, len(hs))
+			for i, h := range hs {
+				rows[i] = toRow(h, *prefix)
+			}
+			if *asJSON {
+				out := topJSON{envelope: newEnvelope("top"), By: *by, Prefix: *prefix, Total: total, Rows: rows}
+				if *watch == 0 {
+					if err := writeJSON(e.stdout, out); err != nil {
+						return err
+					}
+				} else {
+					// One object a line: a stream a script reads line by line.
+					b, err := json.Marshal(out)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "%s\n", b)
+				}
+			} else {
+				if *watch > 0 {
+					if f, ok := e.stdout.(*os.File); ok && isTerminal(f) {
+						fmt.Fprint(e.stdout, "\033[H\033[2J") // home + clear: refresh in place
+					} else {
+						// A pipe or a file gets plain frames, one after the other.
+						fmt.Fprintf(e.stdout, "--- %s\n", time.Now().UTC().Format(time.RFC3339))
+					}
+				}
+				printTop(e.stdout, snap, total, rows, *prefix, *by)
+			}
+			if *watch == 0 {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(*watch):
+			}
 		}
 	}
 }
@@ -175,7 +187,7 @@ func printTop(w io.Writer, snap *snapshot.Snapshot, n int, rows []topRow, prefix
 		what = "prefixes"
 	}
 	fmt.Fprintf(w, "%s  %d entries, %d inbound from %d %s (%d outbound); top %d by %s; scan %.1f ms via %s\n",
-		snap.Time.Format("15:04:05"), snap.Total, snap.Inbound, n, what, snap.Outbound, len(rows), by,
+		human.Time(snap.Time), snap.Total, snap.Inbound, n, what, snap.Outbound, len(rows), by,
 		float64(snap.Duration.Microseconds())/1000, snap.Reader)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	head := "SOURCE\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tORPHAN\tOLDEST IDLE\t"
@@ -186,7 +198,7 @@ func printTop(w io.Writer, snap *snapshot.Snapshot, n int, rows []topRow, prefix
 	for _, r := range rows {
 		oldest := "-"
 		if r.MaxIdleSeconds > 0 {
-			oldest = forecast.Format(time.Duration(r.MaxIdleSeconds) * time.Second)
+			oldest = human.Duration(time.Duration(r.MaxIdleSeconds) * time.Second)
 		}
 		lead := r.Source + "\t"
 		if prefix {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,9 +13,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/scan"
 	"github.com/ctguard/ctguard/internal/tune"
 )
@@ -32,7 +34,8 @@ func init() {
 			"/etc/sysctl.d/" + tune.SysctlFile + ", /etc/modprobe.d/" + tune.ModprobeFile + " and\n" +
 			"/etc/modules-load.d/" + tune.ModulesLoadFile + ", applies live values, and backs up what it\n" +
 			"replaces under /etc/ctguard/tune-backup; it shows the diff and asks first unless --yes.",
-		run: runTune,
+		flags:   tuneFlags,
+		example: "  ctguard tune\n  ctguard tune --observe 10m\n  ctguard tune --apply",
 	})
 }
 
@@ -51,12 +54,10 @@ func isTerminal(f *os.File) bool {
 
 const maxObserve = 24 * time.Hour
 
-func runTune(ctx context.Context, e *env, args []string) error {
-	c := commands["tune"]
-	fs := newFlags(c, e)
+func tuneFlags(fs *pflag.FlagSet) action {
 	asJSON := fs.Bool("json", false, "print JSON")
-	observe := fs.Duration("observe", 0, "scan the table repeatedly for this long (e.g. 10m) to see idle gaps end; 0: one scan")
-	budget := fs.Float64("mem-budget", tune.DefaultBudgetPercent, "percent of RAM a full conntrack table may take (0 < PCT <= 50)")
+	observe := fs.Duration("observe", 0, "scan the table repeatedly for this long, a `DURATION` (e.g. 10m), to see idle gaps end; 0: one scan")
+	budget := fs.Float64("mem-budget", tune.DefaultBudgetPercent, "`PCT` of RAM a full conntrack table may take (0 < PCT <= 50)")
 	apply := fs.Bool("apply", false, "write the recommended values (files and live), after showing the diff")
 	rollback := fs.Bool("rollback", false, "restore what the last --apply replaced")
 	yes := fs.Bool("yes", false, "do not ask before --apply or --rollback")
@@ -64,112 +65,106 @@ func runTune(ctx context.Context, e *env, args []string) error {
 	sysfs := fs.String("sysfs", "/sys", "sysfs root")
 	etc := fs.String("etc", "/etc", "etc root")
 	reader := fs.String("reader", scan.Auto, "how to read the table: auto (netlink, else /proc), netlink, or proc; with a --procfs other than /proc always its net/nf_conntrack file")
-	if err := parseFlags(fs, args, false); err != nil {
-		return err
-	}
-	switch {
-	case *budget <= 0 || *budget > 50 || *budget != *budget:
-		return usagef("--mem-budget %g: want a percentage of RAM above 0 and at most 50", *budget)
-	case *observe < 0 || *observe > maxObserve:
-		return usagef("--observe %s: want a duration from 0 to %s", *observe, maxObserve)
-	case *apply && *rollback:
-		return usagef("--apply and --rollback exclude each other")
-	case *yes && !*apply && !*rollback:
-		return usagef("--yes only makes sense with --apply or --rollback")
-	case *reader != scan.Auto && *reader != scan.Netlink && *reader != scan.Proc:
-		return usagef("--reader %q: want auto, netlink or proc", *reader)
-	}
-	roots := tune.Roots{Procfs: *procfs, Sysfs: *sysfs, Etc: *etc}
-	for flag, dir := range map[string]string{"--procfs": *procfs, "--sysfs": *sysfs, "--etc": *etc} {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return usagef("%s %s: not a directory", flag, dir)
+	return func(ctx context.Context, e *env, args []string) error {
+		switch {
+		case *budget <= 0 || *budget > 50 || *budget != *budget:
+			return usagef("--mem-budget %g: want a percentage of RAM above 0 and at most 50", *budget)
+		case *observe < 0 || *observe > maxObserve:
+			return usagef("--observe %s: want a duration from 0 to %s", *observe, maxObserve)
+		case *apply && *rollback:
+			return usagef("--apply and --rollback exclude each other")
+		case *yes && !*apply && !*rollback:
+			return usagef("--yes only makes sense with --apply or --rollback")
+		case *reader != scan.Auto && *reader != scan.Netlink && *reader != scan.Proc:
+			return usagef("--reader %q: want auto, netlink or proc", *reader)
 		}
-	}
-	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-
-	if *rollback {
-		return tuneRollback(e, roots, *asJSON, *yes, log)
-	}
-
-	host, err := tune.ReadHost(roots)
-	if err != nil {
-		return fmt.Errorf("tune: %w", err)
-	}
-	obs, scanErr := observeTable(ctx, roots, *reader, host, *observe, e.stderr)
-	if scanErr != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		roots := tune.Roots{Procfs: *procfs, Sysfs: *sysfs, Etc: *etc}
+		for flag, dir := range map[string]string{"--procfs": *procfs, "--sysfs": *sysfs, "--etc": *etc} {
+			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+				return usagef("%s %s: not a directory", flag, dir)
+			}
 		}
-		fmt.Fprintf(e.stderr, "ctguard tune: no scan of the table (%v): recommending without observed idle times\n", scanErr)
-		obs = nil
-	}
-	plan := tune.Recommend(host, obs, tune.Budget{MemPercent: *budget})
+		log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	out := struct {
-		Plan    tune.Plan    `json:"plan"`
-		Change  *tune.Change `json:"change,omitempty"`
-		Applied bool         `json:"applied"`
-		Notes   []string     `json:"host_notes,omitempty"`
-	}{Plan: plan, Notes: host.Notes}
-	if !*asJSON {
-		tune.WritePlan(e.stdout, plan)
-	}
-	if !*apply {
+		if *rollback {
+			return tuneRollback(e, roots, *asJSON, *yes, log)
+		}
+
+		host, err := tune.ReadHost(roots)
+		if err != nil {
+			return fmt.Errorf("tune: %w", err)
+		}
+		obs, scanErr := observeTable(ctx, roots, *reader, host, *observe, e.stderr)
+		if scanErr != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			fmt.Fprintf(e.stderr, "ctguard tune: no scan of the table (%v): recommending without observed idle times\n", scanErr)
+			obs = nil
+		}
+		plan := tune.Recommend(host, obs, tune.Budget{MemPercent: *budget})
+
+		out := tuneJSON{envelope: newEnvelope("tune"), Plan: plan, Notes: host.Notes}
+		if !*asJSON {
+			tune.WritePlan(e.stdout, plan)
+		}
+		if !*apply {
+			if *asJSON {
+				return writeJSON(e.stdout, out)
+			}
+			return nil
+		}
+
+		change, err := tune.Prepare(roots, plan)
+		if err != nil {
+			return fmt.Errorf("tune --apply: %w", err)
+		}
+		out.Change = &change
+		if change.Empty() {
+			fmt.Fprintln(e.stderr, "ctguard tune: nothing to apply: the recommended values are in place")
+			if *asJSON {
+				return writeJSON(e.stdout, out)
+			}
+			return nil
+		}
+		diffTo := e.stdout
 		if *asJSON {
-			return writeJSON(e.stdout, out)
+			diffTo = e.stderr
 		}
-		return nil
-	}
-
-	change, err := tune.Prepare(roots, plan)
-	if err != nil {
-		return fmt.Errorf("tune --apply: %w", err)
-	}
-	out.Change = &change
-	if change.Empty() {
-		fmt.Fprintln(e.stderr, "ctguard tune: nothing to apply: the recommended values are in place")
-		if *asJSON {
-			return writeJSON(e.stdout, out)
+		fmt.Fprintln(diffTo, "\nchanges:")
+		tune.WriteDiff(diffTo, change)
+		if len(plan.Warnings) > 0 {
+			fmt.Fprintf(e.stderr, "ctguard tune: %d warning(s) above: other files or agents may override these values\n", len(plan.Warnings))
 		}
-		return nil
-	}
-	diffTo := e.stdout
-	if *asJSON {
-		diffTo = e.stderr
-	}
-	fmt.Fprintln(diffTo, "\nchanges:")
-	tune.WriteDiff(diffTo, change)
-	if len(plan.Warnings) > 0 {
-		fmt.Fprintf(e.stderr, "ctguard tune: %d warning(s) above: other files or agents may override these values\n", len(plan.Warnings))
-	}
-	if err := confirm(e, *yes, "apply these changes?"); err != nil {
-		return err
-	}
-	done, err := tune.Apply(roots, change, log)
-	out.Change = &done
-	if err != nil {
-		return fmt.Errorf("tune --apply: %w", err)
-	}
-	out.Applied = true
-	var failed []string
-	for _, l := range done.Live {
-		if l.Err != "" {
-			failed = append(failed, fmt.Sprintf("%s (%s)", l.Key, l.Err))
-		}
-	}
-	if *asJSON {
-		if err := writeJSON(e.stdout, out); err != nil {
+		if err := confirm(e, *yes, "apply these changes?"); err != nil {
 			return err
 		}
-	} else {
-		fmt.Fprintf(e.stdout, "\napplied: %d file(s) written, %d live value(s) set; undo with: ctguard tune --rollback\n",
-			len(done.Files), len(done.Live)-len(failed))
+		done, err := tune.Apply(roots, change, log)
+		out.Change = &done
+		if err != nil {
+			return fmt.Errorf("tune --apply: %w", err)
+		}
+		out.Applied = true
+		var failed []string
+		for _, l := range done.Live {
+			if l.Err != "" {
+				failed = append(failed, fmt.Sprintf("%s (%s)", l.Key, l.Err))
+			}
+		}
+		if *asJSON {
+			if err := writeJSON(e.stdout, out); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(e.stdout, "\napplied: %d file(s) written, %d live value(s) set; undo with: ctguard tune --rollback\n",
+				len(done.Files), len(done.Live)-len(failed))
+		}
+		if len(failed) > 0 {
+			return fmt.Errorf("tune --apply: files written, but %d live value(s) not applied (they take effect at the next boot or module load): %s",
+				len(failed), strings.Join(failed, ", "))
+		}
+		return nil
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("tune --apply: files written, but %d live value(s) not applied (they take effect at the next boot or module load): %s",
-			len(failed), strings.Join(failed, ", "))
-	}
-	return nil
 }
 
 func tuneRollback(e *env, roots tune.Roots, asJSON, yes bool, log *slog.Logger) error {
@@ -191,10 +186,7 @@ func tuneRollback(e *env, roots tune.Roots, asJSON, yes bool, log *slog.Logger) 
 	}
 	done, err := tune.Rollback(roots, log)
 	if asJSON {
-		if jerr := writeJSON(e.stdout, struct {
-			Change     tune.Change `json:"change"`
-			RolledBack bool        `json:"rolled_back"`
-		}{done, err == nil}); jerr != nil {
+		if jerr := writeJSON(e.stdout, rollbackJSON{newEnvelope("tune"), done, err == nil}); jerr != nil {
 			return jerr
 		}
 	}
@@ -229,10 +221,20 @@ func confirm(e *env, yes bool, question string) error {
 	return errors.New("not confirmed: nothing changed")
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+// tuneJSON is `tune --json`.
+type tuneJSON struct {
+	envelope
+	Plan    tune.Plan    `json:"plan"`
+	Change  *tune.Change `json:"change,omitempty"`
+	Applied bool         `json:"applied"`
+	Notes   []string     `json:"host_notes,omitempty"`
+}
+
+// rollbackJSON is `tune --rollback --json`.
+type rollbackJSON struct {
+	envelope
+	Change     tune.Change `json:"change"`
+	RolledBack bool        `json:"rolled_back"`
 }
 
 // observeTable scans the conntrack table once, or repeatedly for d, and
@@ -303,7 +305,7 @@ func observeTable(ctx context.Context, roots tune.Roots, reader string, h *tune.
 		if d == 0 || time.Now().Add(interval).After(deadline.Add(interval/2)) {
 			break
 		}
-		fmt.Fprintf(stderr, "ctguard tune: scan %d: %d entries in %s\n", i+1, n, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(stderr, "ctguard tune: scan %d: %d entries in %s\n", i+1, n, human.Duration(time.Since(start)))
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

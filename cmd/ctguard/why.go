@@ -2,17 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/enforce"
-	"github.com/ctguard/ctguard/internal/forecast"
+	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -21,12 +21,14 @@ func init() {
 		name:    "why",
 		args:    "ADDR|CIDR [--json] [--socket PATH]",
 		summary: "explain what ctguard knows and decided about an address or prefix: evidence, thresholds, allowlist hits, bans, verdict",
-		run:     runWhy,
+		flags:   whyFlags,
+		example: "  ctguard why 203.0.113.7\n  ctguard why 198.51.100.0/24 --json",
+		maxArgs: 1,
 	})
 }
 
 // socketFlag is the control socket of a running daemon.
-func socketFlag(fs *flag.FlagSet) *string {
+func socketFlag(fs *pflag.FlagSet) *string {
 	def := os.Getenv("CTGUARD_SOCKET")
 	if def == "" {
 		def = config.Default().Daemon.Socket
@@ -34,47 +36,41 @@ func socketFlag(fs *flag.FlagSet) *string {
 	return fs.String("socket", def, "`PATH` of the running daemon's control socket (or $CTGUARD_SOCKET)")
 }
 
-func runWhy(ctx context.Context, e *env, args []string) error {
-	c := commands["why"]
-	fs := newFlags(c, e)
+func whyFlags(fs *pflag.FlagSet) action {
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	sock := socketFlag(fs)
-	// Accept the address before or after the flags.
-	var addrArg string
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		addrArg, args = args[0], args[1:]
+	return func(ctx context.Context, e *env, args []string) error {
+		if len(args) != 1 {
+			return usagef("want exactly one ADDR or CIDR")
+		}
+		addrArg := args[0]
+		target, note, err := enforce.ParseTarget(addrArg)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		if note != "" {
+			fmt.Fprintln(e.stderr, note)
+		}
+		cl, err := daemon.Dial(*sock)
+		if err != nil {
+			return fmt.Errorf("%w on %s: why needs the running daemon (start it with 'ctguard run'; 'ctguard list --all' shows the stored ban history without it)", err, *sock)
+		}
+		var r daemon.WhyReply
+		if err := cl.Call(ctx, daemon.Request{Op: "why", Target: target.String()}, &r); err != nil {
+			return err
+		}
+		if *asJSON {
+			return writeJSON(e.stdout, whyJSON{newEnvelope("why"), r})
+		}
+		printWhy(e.stdout, &r)
+		return nil
 	}
-	if err := parseFlags(fs, args, true); err != nil {
-		return err
-	}
-	if addrArg == "" && fs.NArg() > 0 {
-		addrArg = fs.Arg(0)
-	}
-	if addrArg == "" || fs.NArg() > 1 {
-		return usagef("want exactly one ADDR or CIDR")
-	}
-	target, note, err := enforce.ParseTarget(addrArg)
-	if err != nil {
-		return usagef("%v", err)
-	}
-	if note != "" {
-		fmt.Fprintln(e.stderr, note)
-	}
-	cl, err := daemon.Dial(*sock)
-	if err != nil {
-		return fmt.Errorf("%w on %s: why needs the running daemon (start it with 'ctguard run'; 'ctguard list --all' shows the stored ban history without it)", err, *sock)
-	}
-	var r daemon.WhyReply
-	if err := cl.Call(ctx, daemon.Request{Op: "why", Target: target.String()}, &r); err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
-	}
-	printWhy(e.stdout, &r)
-	return nil
+}
+
+// whyJSON is `why --json`.
+type whyJSON struct {
+	envelope
+	daemon.WhyReply
 }
 
 func printWhy(w io.Writer, r *daemon.WhyReply) {
@@ -89,7 +85,7 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 	fmt.Fprintf(w, "%s%s\n", what, mode)
 	ago := "never"
 	if !r.CycleAt.IsZero() {
-		ago = forecast.Format(time.Since(r.CycleAt)) + " ago"
+		ago = human.Duration(time.Since(r.CycleAt)) + " ago"
 	}
 	fmt.Fprintf(w, "pressure     %s: a source is banned at score %.0f (last scan %s)\n", r.Pressure, r.Threshold, ago)
 	wt := r.Policy.Weights
@@ -103,19 +99,19 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 		c := h.Counts
 		fmt.Fprintf(w, "%-12s %s: %d entries (idle %d, active %d [orphan %d], stalled %d, half-open %d, closing %d, other %d), oldest idle %s, score %.1f",
 			label, h.Key, c.Entries, c.Idle, c.Active, c.OrphanActive, c.Stalled, c.HalfOpen, c.Closing, c.Other,
-			forecast.Format(time.Duration(c.MaxIdle)*time.Second), h.Score)
+			human.Duration(time.Duration(c.MaxIdle)*time.Second), h.Score)
 		if h.Members > 0 {
 			fmt.Fprintf(w, ", %s", plural(int(h.Members), "source", "sources"))
 		}
 		fmt.Fprintln(w)
 		if g := h.Growth; g.Window > 0 {
 			fmt.Fprintf(w, "%-12s gained %d ESTABLISHED entries in %s, %.0f%% of the %d it holds\n", "",
-				g.Gain, forecast.Format(g.Window), 100*g.Young(), g.Held)
+				g.Gain, human.Duration(g.Window), 100*g.Young(), g.Held)
 		}
 	}
 	p := r.Policy
 	fmt.Fprintf(w, "growth rule  from %s pressure: banned when it gained >= %d ESTABLISHED entries within %s and that is >= %.0f%% of what it holds\n",
-		p.GrowthPressure, p.GrowthMinGain, forecast.Format(p.GrowthWindow), 100*p.GrowthYoung)
+		p.GrowthPressure, p.GrowthMinGain, human.Duration(p.GrowthWindow), 100*p.GrowthYoung)
 	hold("source", r.Source)
 	hold("prefix", r.Prefix)
 	if len(r.Allowlisted) == 0 {
@@ -135,19 +131,19 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 	}
 	now := time.Now()
 	for _, b := range r.Bans {
-		state := "expired " + forecast.Format(now.Sub(b.Expires)) + " ago"
+		state := "expired " + human.Duration(now.Sub(b.Expires)) + " ago"
 		switch {
 		case !b.Ended.IsZero():
 			state = "lifted (" + b.EndReason + ")"
 		case b.Expires.After(now):
-			state = "ACTIVE, expires in " + forecast.Format(b.Expires.Sub(now))
+			state = "ACTIVE, expires in " + human.Duration(b.Expires.Sub(now))
 		}
 		scope := ""
 		if b.Scoped {
 			scope = " (SSH ports left open)"
 		}
 		fmt.Fprintf(w, "ban          %s %s%s: %s, banned %s, last %s; purged %d, %d remained; closed %s\n", b.Prefix, state, scope, b.Reason, plural(b.Count, "time", "times"),
-			b.Last.Format(time.RFC3339), b.Purged, b.Remaining, plural(b.SocketsClosed, "socket", "sockets"))
+			human.Time(b.Last), b.Purged, b.Remaining, plural(b.SocketsClosed, "socket", "sockets"))
 		if b.Evidence != "" {
 			fmt.Fprintf(w, "             evidence: %s\n", b.Evidence)
 		}
@@ -159,11 +155,11 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 		}
 	}
 	for _, ev := range r.Events {
-		fmt.Fprintf(w, "decision     %s %s %s", ev.Time.Format("15:04:05"), ev.Action, ev.Target)
+		fmt.Fprintf(w, "decision     %s %s %s", human.Time(ev.Time), ev.Action, ev.Target)
 		switch g := ev.Decision.Growth; {
 		case g != nil:
 			fmt.Fprintf(w, " (%s: gained %d in %s, %.0f%% of the %d it holds, at %s; score %.1f)", ev.Decision.Reason, g.Gain,
-				forecast.Format(g.Window), 100*g.Young(), g.Held, ev.Decision.Pressure, ev.Decision.Score)
+				human.Duration(g.Window), 100*g.Young(), g.Held, ev.Decision.Pressure, ev.Decision.Score)
 		case ev.Decision.Reason != "":
 			fmt.Fprintf(w, " (%s, score %.1f >= %.0f at %s)", ev.Decision.Reason, ev.Decision.Score, ev.Decision.Threshold, ev.Decision.Pressure)
 		}

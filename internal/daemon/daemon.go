@@ -76,6 +76,8 @@ type Daemon struct {
 	lostMute int
 	// svc watches the listeners' accept queues (the service, not the table).
 	svc service
+	// notify reports to the service manager (only the loop uses it).
+	notify notifier
 	// obs is what only the metrics read: the build and the scan durations.
 	obs observations
 }
@@ -135,6 +137,9 @@ type Options struct {
 	// Listeners overrides how the listening sockets are read (tests); nil:
 	// sock_diag when daemon.watch_listeners is on.
 	Listeners func(context.Context) ([]sockets.Listener, error)
+	// Notify is told when the daemon is ready, that it is alive (the
+	// watchdog), its state and its shutdown; nil: nobody is told.
+	Notify Notifier
 	// Build is what ctguard_build_info reports.
 	Build metrics.BuildInfo
 }
@@ -145,6 +150,9 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	c := o.Config
 	d := &Daemon{log: o.Log, cfg: c, dryRun: c.Daemon.DryRun, cfgPath: o.CfgPath, reload: make(chan struct{}, 1), prunedAt: time.Now()}
 	d.counters.BansByReason = map[string]uint64{}
+	if o.Notify != nil {
+		d.notify = notifier{n: o.Notify, every: o.Notify.WatchdogInterval()}
+	}
 	d.obs.build = o.Build
 	fail := func(err error) (*Daemon, error) {
 		d.Close()
@@ -349,9 +357,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("ctguard running", "dry_run", d.dryRun, "restored_bans", res.Restored, "took", res.Took.Round(time.Millisecond),
 		"reader", d.src.ReaderName(), "max", d.sys.Max, "established_timeout", d.agg.Config().EstablishedTimeout)
+	defer d.stopping()
 	var lastScan, lastPoll time.Time
 	lastCount := -1
 	for {
+		d.watchdog(time.Now())
 		d.mu.Lock()
 		cfg := d.cfg
 		pressure := d.result.Pressure
@@ -375,6 +385,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				if due {
 					lastScan, lastCount = time.Now(), int(st.Count)
 					d.cycle(ctx)
+					d.cycled(ctx)
 				}
 			}
 		}
@@ -384,7 +395,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case <-d.reload:
 			d.doReload()
 			lastScan = time.Time{}
-		case <-time.After(tick(cfg.Daemon)):
+		case <-time.After(d.wait(tick(cfg.Daemon))):
 		}
 	}
 }

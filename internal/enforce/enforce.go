@@ -18,10 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/sockets"
 )
 
@@ -205,23 +205,15 @@ func notRemoteSource(p netip.Prefix) string {
 	return ""
 }
 
-// ParseTTL parses a Go duration, also accepting a whole number of days
-// ("7d"). It must lie within [MinTTL, MaxTTL].
+// ParseTTL parses a ban duration as people type it (90s, 30m, 12h, 7d,
+// 1d12h: human.ParseDuration). It must lie within [MinTTL, MaxTTL].
 func ParseTTL(s string) (time.Duration, error) {
-	var d time.Duration
-	var err error
-	if n, ok := strings.CutSuffix(s, "d"); ok && n != "" && !strings.ContainsAny(n, "hmsuµn.") {
-		var days int
-		days, err = strconv.Atoi(n)
-		if err == nil && days > int(MaxTTL/(24*time.Hour))+1 {
-			return 0, fmt.Errorf("%w: %q: exceeds the maximum %s", ErrBadTTL, s, FormatTTL(MaxTTL))
-		}
-		d = time.Duration(days) * 24 * time.Hour
-	} else {
-		d, err = time.ParseDuration(s)
+	d, err := human.ParseDuration(s)
+	if errors.Is(err, human.ErrRange) {
+		return 0, fmt.Errorf("%w: %q: exceeds the maximum %s", ErrBadTTL, s, human.Duration(MaxTTL))
 	}
 	if err != nil {
-		return 0, fmt.Errorf("%w: %q is not a duration (e.g. 90s, 30m, 12h, 7d)", ErrBadTTL, s)
+		return 0, fmt.Errorf("%w: %v", ErrBadTTL, err)
 	}
 	if err := CheckTTL(d); err != nil {
 		return 0, fmt.Errorf("%w: %q: %v", ErrBadTTL, s, err)
@@ -237,17 +229,9 @@ func CheckTTL(d time.Duration) error {
 	case d < MinTTL:
 		return fmt.Errorf("shorter than the minimum %s", MinTTL)
 	case d > MaxTTL:
-		return fmt.Errorf("exceeds the maximum %s", FormatTTL(MaxTTL))
+		return fmt.Errorf("exceeds the maximum %s", human.Duration(MaxTTL))
 	}
 	return nil
-}
-
-// FormatTTL prints whole days as "7d" and anything else as Go does.
-func FormatTTL(d time.Duration) string {
-	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
-		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
-	}
-	return d.String()
 }
 
 // isHost reports whether p is a single address (it goes to the address

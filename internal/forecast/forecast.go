@@ -3,7 +3,6 @@
 package forecast
 
 import (
-	"fmt"
 	"math"
 	"time"
 )
@@ -51,31 +50,4 @@ func ETA(count, max, perSec float64) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(secs * float64(time.Second)), true
-}
-
-// Format renders a duration the way an operator reads it, to two units:
-// "14h 8m", "3m 20s", "45s", "2d 4h", "1h".
-func Format(d time.Duration) string {
-	if d < 0 {
-		d = 0
-	}
-	s := int64(d.Round(time.Second) / time.Second)
-	days, s := s/86400, s%86400
-	h, s := s/3600, s%3600
-	m, s := s/60, s%60
-	two := func(a int64, ua string, b int64, ub string) string {
-		if b == 0 {
-			return fmt.Sprintf("%d%s", a, ua)
-		}
-		return fmt.Sprintf("%d%s %d%s", a, ua, b, ub)
-	}
-	switch {
-	case days > 0:
-		return two(days, "d", h, "h")
-	case h > 0:
-		return two(h, "h", m, "m")
-	case m > 0:
-		return two(m, "m", s, "s")
-	}
-	return fmt.Sprintf("%ds", s)
 }
