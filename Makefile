@@ -134,3 +134,26 @@ uninstall:
 	@rmdir $(DESTDIR)$(CONFDIR) 2>/dev/null || true
 	@if $(SYSTEMD_LIVE); then systemctl daemon-reload; fi
 	@echo "uninstalled; kept the ban store /var/lib/ctguard. Bans still in the kernel expire by themselves; to lift them now: nft delete table inet ctguard"
+
+# The Debian package: dist/ctguard_VERSION_ARCH.deb from bin/ctguard, the
+# man pages in build/man (`make man`) and packaging/ (README.md, "Install
+# from the Debian package"). tools/mkdeb is its own Go module, so nFPM never
+# enters this module's go.mod; it runs for this machine (GOARCH cleared) and
+# packages a binary of DEB_GOARCH. DEB_MANDIR and DEB_COMPLETIONS (a
+# directory of ctguard.bash, _ctguard and ctguard.fish, for a binary that
+# cannot run here) override where those come from.
+DEB_GOARCH      ?= $(shell $(GO) env GOARCH)
+DEB_MANDIR      ?= build/man
+DEB_COMPLETIONS ?=
+
+.PHONY: deb deb-check
+
+deb: build $(if $(filter build/man,$(DEB_MANDIR)),man)
+	cd tools/mkdeb && GOOS= GOARCH= GOARM= $(GO) run . -root ../.. -version '$(VERSION)' -arch '$(DEB_GOARCH)' \
+	  -bin ../../$(BIN) -man '$(abspath $(DEB_MANDIR))' $(if $(DEB_COMPLETIONS),-completions '$(abspath $(DEB_COMPLETIONS))') -out ../../dist
+
+# Builds the package, lints it, installs, checks, removes and purges it on
+# this machine (as root; it refuses to run where ctguard is installed and
+# never starts the service nor touches the firewall).
+deb-check:
+	scripts/deb-check.sh
