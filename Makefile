@@ -10,9 +10,15 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ctguard
 
 # The one test command (README and .ci/run): unit tests everywhere, plus the
-# root-only integration tests, which skip without root and fail under CI=true.
+# root-only integration tests, which skip without root and fail under CI=true;
+# under CI (root, Debian) also the package check: build, lint, install,
+# remove and purge the .deb.
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	cd tools/mkdeb && $(GO) test -count=1 ./...
+	@if [ "$$CI" = true ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(MAKE) --no-print-directory deb-check; \
+	else echo "deb-check skipped: it installs and purges the package, so it runs under CI=true as root on Debian (or: sudo make deb-check)"; fi
 
 test-unit:
 	$(GO) test -count=1 -short ./...

@@ -67,6 +67,9 @@ type enforceFlags struct {
 	resolvConf string
 	sshPorts   string
 	json       bool
+	// static are allowlist entries of the configuration (why without a
+	// daemon).
+	static []allow.Entry
 	// parsed
 	ports []uint16
 }
@@ -134,7 +137,7 @@ func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session,
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := enforce.Config{
 		Store: st, Firewall: enforce.NewNFT(log, enforce.NFTOptions{SSHPorts: f.ports}), Log: log, Closer: &sockets.Closer{},
-		Allow: allow.Config{ProcRoot: f.procfs, ResolvConf: f.resolvConf, SSHPorts: f.ports},
+		Allow: allow.Config{ProcRoot: f.procfs, ResolvConf: f.resolvConf, SSHPorts: f.ports, Static: f.static},
 	}
 	closers := []func(){func() { st.Close() }}
 	closeAll := func() {

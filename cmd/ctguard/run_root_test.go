@@ -293,3 +293,38 @@ func TestRunBadConfig(t *testing.T) {
 		t.Errorf("why bad addr: exit %d: %s", code, errs)
 	}
 }
+
+// Without a daemon, why scans once and says what a cycle on that scan
+// would do, with the store's bans and the configuration's allowlist.
+func TestRootWhyWithoutDaemon(t *testing.T) {
+	ns, _ := daemonLab(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "ctguard.toml")
+	os.WriteFile(cfg, []byte("[allow]\naddresses = [\"198.51.100.0/28\"]\n"), 0o644)
+	why := func(args ...string) (string, error) {
+		out, err := self(ns, append([]string{"why", "--socket", filepath.Join(dir, "none.sock"), "--state-dir", filepath.Join(dir, "state"), "--config", cfg}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := why("203.0.113.110")
+	if err != nil || !strings.Contains(out, "no daemon") || !strings.Contains(out, "150 entries") ||
+		!strings.Contains(out, "verdict      would be banned: a cycle on this scan bans 203.0.113.110/32 (source-score, score 150.0") {
+		t.Errorf("why of the bot without a daemon: %v\n%s", err, out)
+	}
+	out, err = why("198.51.100.7")
+	if err != nil || !strings.Contains(out, "verdict      never banned: allowlisted (198.51.100.0/28") {
+		t.Errorf("why of an allowlisted source without a daemon: %v\n%s", err, out)
+	}
+	out, err = why("203.0.113.110", "--json")
+	var r whyJSON
+	if err != nil || json.Unmarshal([]byte(out), &r) != nil || !r.Offline || r.Command != "why" || !strings.HasPrefix(r.Verdict, "would be banned") {
+		t.Errorf("why --json without a daemon: %v\n%s", err, out)
+	}
+	// Nothing was changed: no ban in the kernel.
+	if set, _ := ns.Run("nft", "list", "table", "inet", "ctguard"); strings.Contains(set, "203.0.113.110") {
+		t.Errorf("why banned:\n%s", set)
+	}
+	// A --config that does not exist is an error, not the defaults.
+	if out, err := self(ns, "why", "203.0.113.110", "--socket", filepath.Join(dir, "none.sock"), "--config", filepath.Join(dir, "missing.toml")).CombinedOutput(); err == nil || !strings.Contains(string(out), "missing.toml") {
+		t.Errorf("why --config missing: %v\n%s", err, out)
+	}
+}

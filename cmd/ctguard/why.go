@@ -1,14 +1,18 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/ctguard/ctguard/internal/allow"
 	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/enforce"
@@ -18,9 +22,12 @@ import (
 
 func init() {
 	register(&command{
-		name:    "why",
-		args:    "ADDR|CIDR [--json] [--socket PATH]",
-		summary: "explain what ctguard knows and decided about an address or prefix: evidence, thresholds, allowlist hits, bans, verdict",
+		name: "why",
+		args: "ADDR|CIDR [--json] [--socket PATH] [--config FILE]",
+		summary: "explain what ctguard knows and decided about an address or prefix: evidence, thresholds, allowlist hits, bans, verdict\n" +
+			"With a daemon running, the answer comes from its last cycle. Without one, why scans the table once, reads the\n" +
+			"ban store and the allowlist, and says what a cycle of the daemon on that scan would do (with the settings of\n" +
+			"--config, else " + defaultConfigPath + " when it exists, else the built-in defaults).",
 		flags:   whyFlags,
 		example: "  ctguard why 203.0.113.7\n  ctguard why 198.51.100.0/24 --json",
 		maxArgs: 1,
@@ -39,6 +46,9 @@ func socketFlag(fs *pflag.FlagSet) *string {
 func whyFlags(fs *pflag.FlagSet) action {
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	sock := socketFlag(fs)
+	cfgPath := fs.String("config", "", "configuration `FILE` for the answer without a daemon (default "+defaultConfigPath+" when it exists)")
+	stateDir := fs.String("state-dir", "", "`DIR` of the ban database when no daemon runs (default $CTGUARD_STATE_DIR, else daemon.state_dir)")
+	procfs := fs.String("procfs", "/proc", "procfs root")
 	return func(ctx context.Context, e *env, args []string) error {
 		if len(args) != 1 {
 			return usagef("want exactly one ADDR or CIDR")
@@ -51,13 +61,19 @@ func whyFlags(fs *pflag.FlagSet) action {
 		if note != "" {
 			fmt.Fprintln(e.stderr, note)
 		}
-		cl, err := daemon.Dial(*sock)
-		if err != nil {
-			return fmt.Errorf("%w on %s: why needs the running daemon (start it with 'ctguard run'; 'ctguard list --all' shows the stored ban history without it)", err, *sock)
-		}
 		var r daemon.WhyReply
-		if err := cl.Call(ctx, daemon.Request{Op: "why", Target: target.String()}, &r); err != nil {
-			return err
+		cl, err := daemon.Dial(*sock)
+		switch {
+		case err == nil:
+			if err := cl.Call(ctx, daemon.Request{Op: "why", Target: target.String()}, &r); err != nil {
+				return err
+			}
+		case errors.Is(err, daemon.ErrNoDaemon):
+			if r, err = whyOffline(ctx, e, target, *cfgPath, *stateDir, *procfs); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%w on %s", err, *sock)
 		}
 		if *asJSON {
 			return writeJSON(e.stdout, whyJSON{newEnvelope("why"), r})
@@ -65,6 +81,82 @@ func whyFlags(fs *pflag.FlagSet) action {
 		printWhy(e.stdout, &r)
 		return nil
 	}
+}
+
+// whyOffline answers without a daemon: one scan, the store, the allowlist
+// and the policy of the configuration, as a cycle would see them.
+func whyOffline(ctx context.Context, e *env, target netip.Prefix, cfgPath, stateDir, procfs string) (daemon.WhyReply, error) {
+	cfg, _, err := loadConfig(cfgPath)
+	if err != nil {
+		return daemon.WhyReply{}, err
+	}
+	if err := needRoot(); err != nil {
+		return daemon.WhyReply{}, err
+	}
+	sf := scanFlags{reader: cfg.Daemon.Reader, procfs: procfs, v4Bits: cfg.Snapshot.V4Prefix, v6Bits: cfg.Snapshot.V6Prefix,
+		idleSecs: uint(cfg.Snapshot.IdleThreshold / time.Second), sockets: cfg.Daemon.Sockets}
+	s, err := sf.open(ctx)
+	if err != nil {
+		return daemon.WhyReply{}, err
+	}
+	defer s.close()
+	st, err := s.src.Stats(ctx)
+	if err != nil {
+		return daemon.WhyReply{}, explain(err)
+	}
+	snap, err := s.scan(ctx)
+	if err != nil {
+		return daemon.WhyReply{}, err
+	}
+	ef := enforceFlags{stateDir: cmp.Or(stateDir, os.Getenv("CTGUARD_STATE_DIR"), cfg.Daemon.StateDir), procfs: procfs,
+		resolvConf: cfg.Allow.ResolvConf, static: configAllow(cfg)}
+	for _, p := range cfg.Allow.SSHPorts {
+		ef.ports = append(ef.ports, uint16(p))
+	}
+	sess, err := ef.open(ctx, e, false)
+	if err != nil {
+		return daemon.WhyReply{}, err
+	}
+	defer sess.close()
+	bans, err := sess.List(true)
+	if err != nil {
+		return daemon.WhyReply{}, err
+	}
+	list, err := sess.Allowlist()
+	if err != nil {
+		return daemon.WhyReply{}, err
+	}
+	return daemon.ExplainOffline(daemon.Offline{Snapshot: snap, Count: int(st.Count), Max: int(st.Max), Policy: cfg.Policy,
+		Bans: bans, Allowed: list}, target), nil
+}
+
+// loadConfig reads the configuration as the daemon would: the named file
+// (an error when it is missing), else the default file when it exists,
+// else the built-in defaults. It says which it used.
+func loadConfig(path string) (config.Config, string, error) {
+	if path == "" {
+		if _, err := os.Stat(defaultConfigPath); err == nil {
+			path = defaultConfigPath
+		}
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return cfg, "", &usageError{msg: err.Error(), noHint: true}
+	}
+	if path == "" {
+		return cfg, "the built-in defaults", nil
+	}
+	return cfg, path, nil
+}
+
+// configAllow is the configuration's allow.addresses as allowlist entries.
+func configAllow(cfg config.Config) []allow.Entry {
+	prefixes, _ := cfg.AllowPrefixes() // validated at load
+	var out []allow.Entry
+	for _, p := range prefixes {
+		out = append(out, allow.Entry{Prefix: p, Source: allow.Configured, Detail: "allow.addresses"})
+	}
+	return out
 }
 
 // whyJSON is `why --json`.
@@ -83,6 +175,9 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 		what = r.Target.String()
 	}
 	fmt.Fprintf(w, "%s%s\n", what, mode)
+	if r.Offline {
+		fmt.Fprintf(w, "no daemon    this answer comes from one scan made now, without a growth history or a rate\n")
+	}
 	ago := "never"
 	if !r.CycleAt.IsZero() {
 		ago = human.Duration(time.Since(r.CycleAt)) + " ago"

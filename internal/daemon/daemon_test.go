@@ -183,7 +183,7 @@ func TestWhyVerdict(t *testing.T) {
 	}{
 		{"manual ban", func(r *WhyReply) {
 			r.Bans = []store.Ban{{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Origin: store.OriginManual, Reason: "test", Expires: now.Add(time.Hour)}}
-		}, "BANNED: 198.51.100.0/24 by an operator (test), for 1h0m0s more"},
+		}, "BANNED: 198.51.100.0/24 by an operator (test), for 1h more"},
 		{"dry run", func(r *WhyReply) {
 			r.DryRun = true
 			r.Bans = []store.Ban{{Prefix: netip.PrefixFrom(a, 32), Reason: "source-score", Expires: now.Add(time.Minute)}}
