@@ -15,11 +15,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ctguard/ctguard/internal/allow"
-	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/human"
-	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
@@ -61,25 +60,22 @@ var (
 
 // enforceFlags are the flags shared by the enforcement commands.
 type enforceFlags struct {
-	socket     *string
+	cfgFlags
 	stateDir   string
 	procfs     string
 	resolvConf string
 	sshPorts   string
 	json       bool
-	// static are allowlist entries of the configuration (why without a
-	// daemon).
-	static []allow.Entry
 	// parsed
 	ports []uint16
 }
 
 func (f *enforceFlags) register(fs *pflag.FlagSet) {
-	f.socket = socketFlag(fs)
-	fs.StringVar(&f.stateDir, "state-dir", "", "`DIR` of the ban database when no daemon runs (default $CTGUARD_STATE_DIR or "+store.DefaultDir+")")
+	f.cfgFlags.register(fs)
+	fs.StringVar(&f.stateDir, "state-dir", "", "`DIR` of the ban database when no daemon runs (default $CTGUARD_STATE_DIR, else daemon.state_dir of the configuration)")
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root for the allowlist (routes, SSH sessions)")
 	fs.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers are allowlisted")
-	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "`PORTS` (comma-separated) of sshd whose open sessions' peers are allowlisted")
+	fs.StringVar(&f.sshPorts, "ssh-ports", "22", "`PORTS` (comma-separated) of sshd whose open sessions' peers are allowlisted (default allow.ssh_ports of the configuration)")
 	fs.BoolVar(&f.json, "json", false, "print JSON (one object per target; schema, time, result)")
 }
 
@@ -93,6 +89,28 @@ func (f *enforceFlags) validate() error {
 		f.ports = append(f.ports, uint16(n))
 	}
 	return nil
+}
+
+// config loads the configuration and lays the flags given over it.
+func (f *enforceFlags) config() (config.Config, error) {
+	cfg, _, err := f.load()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Daemon.StateDir = cmp.Or(f.stateDir, os.Getenv("CTGUARD_STATE_DIR"), cfg.Daemon.StateDir)
+	if f.changed("procfs") {
+		cfg.Daemon.Procfs = f.procfs
+	}
+	if f.changed("resolv-conf") {
+		cfg.Allow.ResolvConf = f.resolvConf
+	}
+	if f.changed("ssh-ports") {
+		cfg.Allow.SSHPorts = nil
+		for _, p := range f.ports {
+			cfg.Allow.SSHPorts = append(cfg.Allow.SSHPorts, int(p))
+		}
+	}
+	return cfg, nil
 }
 
 // geteuid is replaced in tests.
@@ -114,69 +132,42 @@ type session struct {
 }
 
 // open returns the running daemon's client when one answers on the
-// control socket, else opens the store and the kernel side here.
-// kernel=false (list) skips the firewall reconcile and conntrack, so
-// reading the ban list changes nothing.
+// control socket, else opens the parts of the configuration here
+// (daemon.OpenParts, as ctguard run does). kernel=false (list, why) opens
+// only the store and the allowlist, so reading changes nothing.
 func (f *enforceFlags) open(ctx context.Context, e *env, kernel bool) (*session, error) {
-	if f.socket != nil && *f.socket != "" {
-		if cl, err := daemon.Dial(*f.socket); err == nil {
-			return &session{enforcer: cl, close: func() {}}, nil
-		}
-	}
-	st, err := store.Open(store.Dir(f.stateDir), store.Options{})
-	if errors.Is(err, store.ErrLocked) {
-		// A daemon holds the store but does not answer on the socket.
-		return nil, fmt.Errorf("%w, but no daemon answers on %s (pass --socket, or stop the other process)", err, *f.socket)
-	}
-	if errors.Is(err, store.ErrDamaged) {
-		return nil, fmt.Errorf("%w\n(starting the daemon moves the file aside, starts a new store and keeps the bans still in the kernel; or move it aside yourself)", err)
-	}
+	cfg, err := f.config()
 	if err != nil {
 		return nil, err
 	}
+	sock := f.socketPath(cfg)
+	if cl, err := daemon.Dial(sock); err == nil {
+		return &session{enforcer: cl, close: func() {}}, nil
+	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := enforce.Config{
-		Store: st, Firewall: enforce.NewNFT(log, enforce.NFTOptions{SSHPorts: f.ports}), Log: log, Closer: &sockets.Closer{},
-		Allow: allow.Config{ProcRoot: f.procfs, ResolvConf: f.resolvConf, SSHPorts: f.ports, Static: f.static},
-	}
-	closers := []func(){func() { st.Close() }}
-	closeAll := func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
-		}
+	parts, err := daemon.OpenParts(ctx, cfg, daemon.PartsOptions{Log: log, Kernel: kernel})
+	switch {
+	case errors.Is(err, store.ErrLocked):
+		// A daemon holds the store but does not answer on the socket.
+		return nil, fmt.Errorf("%w, but no daemon answers on %s (pass --socket, or stop the other process)", err, sock)
+	case errors.Is(err, store.ErrDamaged):
+		return nil, fmt.Errorf("%w\n(starting the daemon moves the file aside, starts a new store and keeps the bans still in the kernel; or move it aside yourself)", err)
+	case errors.Is(err, enforce.ErrTableOwned):
+		return nil, fmt.Errorf("%w, but it does not answer on %s (pass its --socket)", err, sock)
+	case err != nil:
+		return nil, explain(err)
 	}
 	if kernel {
-		lock, err := enforce.LockTable()
+		r, err := parts.Engine.Reconcile(ctx)
 		if err != nil {
-			closeAll()
-			where := "the control socket"
-			if f.socket != nil && *f.socket != "" {
-				where = *f.socket
-			}
-			return nil, fmt.Errorf("%w, but it does not answer on %s (pass its --socket)", err, where)
-		}
-		closers = append(closers, func() { lock.Release() })
-		ct, err := conntrack.Open()
-		if err != nil {
-			// Bans still work without conntrack access; purges report it.
-			fmt.Fprintf(e.stderr, "warning: conntrack unavailable, entries will not be purged: %v\n", explain(err))
-		} else {
-			cfg.Purger = ct
-			closers = append(closers, func() { ct.Close() })
-		}
-	}
-	eng := enforce.New(cfg)
-	if kernel {
-		r, err := eng.Reconcile(ctx)
-		if err != nil {
-			closeAll()
+			parts.Close()
 			return nil, err
 		}
 		if r.Rebuilt {
 			fmt.Fprintf(e.stderr, "restored table inet %s (%s) with %s\n", enforce.TableName, r.Problem, plural(r.Restored, "ban", "bans"))
 		}
 	}
-	return &session{enforcer: eng, close: closeAll}, nil
+	return &session{enforcer: parts.Engine, close: parts.Close}, nil
 }
 
 // targetArg parses a command's one ADDR|CIDR argument; the note says how

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -281,5 +282,46 @@ func TestRootEnforceGoesThroughDaemonSocket(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatal("the store was opened although a daemon answered")
+	}
+}
+
+// Without a daemon, the enforcement commands read the same configuration
+// as ctguard run: its allow.addresses protect, its state_dir holds the bans.
+func TestRootCommandsReadTheConfig(t *testing.T) {
+	testutil.RequireRoot(t, "nft", "ip")
+	ns := testutil.NewNS(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "ctguard.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[daemon]\nstate_dir = %q\n[allow]\naddresses = [\"198.51.100.0/24\"]\nresolv_conf = \"/nonexistent\"\n", filepath.Join(dir, "state"))), 0o644)
+	cli := func(args ...string) (string, string, int) {
+		var out, errs string
+		var code int
+		ns.Do(t, func() {
+			out, errs, code = runCLI(t, append(args, "--config", cfg, "--socket", "/nonexistent/ctguard.sock", "--procfs", "/proc/thread-self")...)
+		})
+		return out, errs, code
+	}
+	if _, errs, code := cli("ban", "198.51.100.9"); code != 1 || !strings.Contains(errs, "allow.addresses") {
+		t.Errorf("ban inside the configured allowlist: exit %d %s", code, errs)
+	}
+	if out, errs, code := cli("ban", "203.0.113.9", "--ttl", "5m"); code != 0 || !strings.Contains(out, "banned 203.0.113.9/32") {
+		t.Fatalf("ban: exit %d %s %s", code, out, errs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state")); err != nil {
+		t.Errorf("the configured state_dir holds no store: %v", err)
+	}
+	if out, _, code := cli("list"); code != 0 || !strings.Contains(out, "203.0.113.9/32") {
+		t.Errorf("list from the configured store: exit %d\n%s", code, out)
+	}
+	if out, _, code := cli("list", "--allowlist"); code != 0 || !strings.Contains(out, "198.51.100.0/24") {
+		t.Errorf("list --allowlist lacks the configured entry: exit %d\n%s", code, out)
+	}
+	var out, errs string
+	var code int
+	ns.Do(t, func() {
+		out, errs, code = runCLI(t, "status", "--sample", "0", "--config", cfg, "--socket", "/nonexistent/ctguard.sock")
+	})
+	if code != 0 || !strings.Contains(out, "config     "+cfg) {
+		t.Errorf("status does not say which configuration it read: exit %d\n%s%s", code, out, errs)
 	}
 }

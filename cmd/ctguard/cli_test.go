@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,5 +195,31 @@ func TestManPages(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(dir, "ctguard-ban.8"))
 	if !strings.Contains(string(b), "ttl") || !strings.Contains(string(b), "EXAMPLE") || strings.Contains(string(b), "procfs") {
 		t.Errorf("ctguard-ban.8 lacks its flags or examples, or shows a test-only flag:\n%s", b)
+	}
+}
+
+// A --config that names a missing file is an error (exit 2, the file
+// named, nothing changed), never a silent fallback to the defaults; every
+// command that can work without a daemon takes it.
+func TestConfigFlagEverywhere(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.toml")
+	for _, args := range [][]string{{"status", "--sample", "0"}, {"top"}, {"list"}, {"ban", "192.0.2.7"}, {"unban", "192.0.2.7"},
+		{"allow", "192.0.2.7"}, {"purge", "192.0.2.7"}, {"why", "192.0.2.7"}, {"run"}} {
+		geteuid = func() int { return 0 }
+		_, errs, code := runCLI(t, append(args, "--config", missing, "--socket", "/nonexistent/x.sock")...)
+		geteuid = os.Geteuid
+		if code != 2 || !strings.Contains(errs, "missing.toml") {
+			t.Errorf("%v --config missing: exit %d %s", args, code, errs)
+		}
+	}
+	root := newRoot(&env{stdout: io.Discard, stderr: io.Discard})
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "help", "version", "completion", "config", "tune", "gen-man":
+			continue
+		}
+		if c.Flags().Lookup("config") == nil {
+			t.Errorf("%s has no --config", c.Name())
+		}
 	}
 }

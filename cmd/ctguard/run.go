@@ -36,13 +36,17 @@ func init() {
 const defaultMemoryLimit = 80 << 20
 
 func runFlags(fs *pflag.FlagSet) action {
-	cfgPath := fs.String("config", "", "configuration `FILE` (TOML); without it the built-in defaults apply")
+	cfgPath := fs.String("config", "", "configuration `FILE` (TOML; default "+defaultConfigPath+" when it exists, else the built-in defaults)")
 	dryRun := fs.Bool("dry-run", false, "change nothing in the kernel: log and explain what would be done")
 	sock := fs.String("socket", "", "`PATH` of the control socket to listen on (default: $CTGUARD_SOCKET, else daemon.socket of the config)")
 	return func(ctx context.Context, e *env, args []string) error {
-		cfg, err := config.Load(*cfgPath)
+		cfg, from, err := loadConfig(*cfgPath)
 		if err != nil {
 			return err
+		}
+		path := *cfgPath
+		if from != "the built-in defaults" {
+			path = from // the default file, re-read on SIGHUP
 		}
 		// One precedence for every command: --socket, $CTGUARD_SOCKET, the
 		// config, the default.
@@ -59,6 +63,7 @@ func runFlags(fs *pflag.FlagSet) action {
 			// sources the daemon holds about 45 MiB live (BENCHMARKS.md).
 			debug.SetMemoryLimit(defaultMemoryLimit)
 		}
+		log.Info("configuration", "from", from)
 		// systemd (Type=notify): READY=1 after the first cycle, WATCHDOG=1
 		// from the loop, STATUS=, STOPPING=1; nothing outside systemd.
 		notify, err := sdnotify.FromEnv()
@@ -66,7 +71,7 @@ func runFlags(fs *pflag.FlagSet) action {
 			log.Warn("systemd notifications", "err", err)
 		}
 		bi := readBuildInfo()
-		d, err := daemon.New(ctx, daemon.Options{Log: log, Config: cfg, CfgPath: *cfgPath, Notify: notify,
+		d, err := daemon.New(ctx, daemon.Options{Log: log, Config: cfg, CfgPath: path, Notify: notify,
 			Build: metrics.BuildInfo{Version: bi.Version, Commit: bi.Commit, GoVersion: bi.Go}})
 		if err != nil {
 			return explain(err)

@@ -286,7 +286,7 @@ func TestRunBadConfig(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "c.toml")
 	os.WriteFile(p, []byte("[policy]\nthreshold = [1, 2, 3, 4]\n"), 0o644)
 	_, errs, code := runCLI(t, "run", "--config", p)
-	if code != 1 || !strings.Contains(errs, p) || !strings.Contains(errs, "threshold") {
+	if code != 2 || !strings.Contains(errs, p) || strings.Count(errs, "threshold") != 1 {
 		t.Errorf("exit %d: %s", code, errs)
 	}
 	_, errs, code = runCLI(t, "why", "not-an-ip")

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/scan"
 	"github.com/ctguard/ctguard/internal/snapshot"
@@ -14,6 +16,7 @@ import (
 
 // scanFlags are the flags of every command that reads the table.
 type scanFlags struct {
+	cfgFlags
 	reader   string
 	procfs   string
 	v4Bits   int
@@ -23,12 +26,41 @@ type scanFlags struct {
 }
 
 func (f *scanFlags) register(fs *pflag.FlagSet) {
+	f.cfgFlags.register(fs)
 	fs.StringVar(&f.reader, "reader", scan.Auto, "how to read the table, a `READER`: auto (netlink, else /proc), netlink, or proc")
 	fs.StringVar(&f.procfs, "procfs", "/proc", "procfs root (for sysctls and the /proc reader)")
 	fs.IntVar(&f.v4Bits, "v4-prefix", snapshot.DefaultV4Bits, "IPv4 prefix length (`BITS`) that sources are grouped by")
 	fs.IntVar(&f.v6Bits, "v6-prefix", snapshot.DefaultV6Bits, "IPv6 prefix length (`BITS`) that sources are grouped by")
 	fs.BoolVar(&f.sockets, "sockets", true, "list TCP sockets to count orphan entries (ESTABLISHED in conntrack, no socket behind them or one whose client never sent a byte)")
 	fs.UintVar(&f.idleSecs, "idle-threshold", snapshot.DefaultIdleThreshold, "`SECONDS` without traffic after which an ESTABLISHED entry counts as idle")
+}
+
+// configure loads the configuration and takes from it every scan setting
+// not given as a flag; it returns the configuration.
+func (f *scanFlags) configure() (config.Config, error) {
+	cfg, _, err := f.load()
+	if err != nil {
+		return cfg, err
+	}
+	if !f.changed("reader") {
+		f.reader = cfg.Daemon.Reader
+	}
+	if !f.changed("procfs") {
+		f.procfs = cfg.Daemon.Procfs
+	}
+	if !f.changed("v4-prefix") {
+		f.v4Bits = cfg.Snapshot.V4Prefix
+	}
+	if !f.changed("v6-prefix") {
+		f.v6Bits = cfg.Snapshot.V6Prefix
+	}
+	if !f.changed("idle-threshold") {
+		f.idleSecs = uint(cfg.Snapshot.IdleThreshold / time.Second)
+	}
+	if !f.changed("sockets") {
+		f.sockets = cfg.Daemon.Sockets
+	}
+	return cfg, nil
 }
 
 func (f *scanFlags) validate() error {

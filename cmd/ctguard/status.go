@@ -33,6 +33,9 @@ func init() {
 // statusReport is `status --json`; field names are a contract for scripts.
 type statusReport struct {
 	envelope
+	// Config is the configuration in use: the daemon's, or the one this
+	// command read.
+	Config        string          `json:"config"`
 	Count         uint32          `json:"count"`
 	Max           uint32          `json:"max"`
 	FillRatio     float64         `json:"fill_ratio"`
@@ -75,17 +78,21 @@ func statusFlags(fs *pflag.FlagSet) action {
 	sf.register(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	sample := fs.Duration("sample", 5*time.Second, "how long to sample the entry count for the growth rate, a `DURATION` (0: no rate)")
-	sock := socketFlag(fs)
 	direct := fs.Bool("direct", false, "read the kernel even when a daemon runs (by default its last scan is shown)")
 	return func(ctx context.Context, e *env, args []string) error {
+		cfg, err := sf.configure()
+		if err != nil {
+			return err
+		}
 		if err := sf.validate(); err != nil {
 			return err
 		}
+		sock := sf.socketPath(cfg)
 		if *sample < 0 || *sample > time.Hour {
 			return usagef("--sample %v: want 0 to 1h", *sample)
 		}
 		if !*direct {
-			if cl, err := daemon.Dial(*sock); err == nil {
+			if cl, err := daemon.Dial(sock); err == nil {
 				return statusFromDaemon(ctx, e, cl, *asJSON)
 			}
 		}
@@ -130,6 +137,7 @@ func statusFlags(fs *pflag.FlagSet) action {
 			return err
 		}
 		r := buildStatus(st, snap, samples, hostInfo{s.sys.Buckets, s.sys.Kernel, s.sys.Timeouts, s.src.Fallback}, len(snap.Sources))
+		_, r.Config, _ = sf.load()
 		if *asJSON {
 			enc := json.NewEncoder(e.stdout)
 			enc.SetIndent("", "  ")
@@ -203,6 +211,7 @@ func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast
 func printStatus(w io.Writer, r *statusReport) {
 	pct := 100 * r.FillRatio
 	fmt.Fprintf(w, "table      %d / %d entries (%.1f %% full), %d buckets, kernel %s\n", r.Count, r.Max, pct, r.Buckets, r.Kernel)
+	defer fmt.Fprintf(w, "config     %s\n", r.Config)
 	switch {
 	case r.RatePerMin == nil:
 		fmt.Fprintf(w, "growth     not sampled (use --sample)\n")
@@ -327,6 +336,7 @@ func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON boo
 		return fmt.Errorf("the daemon has not finished its first scan yet: try again in a second")
 	}
 	r := buildStatus(d.Stats, d.Snapshot, d.Samples, hostInfo{d.Buckets, d.Kernel, d.Timeouts, ""}, d.NumSources)
+	r.Config = d.Config
 	r.Daemon = &daemonStatus{DryRun: d.DryRun, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
 		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters, Losing: d.Losing, Service: d.Service}
 	if asJSON {

@@ -60,12 +60,16 @@ func topFlags(fs *pflag.FlagSet) action {
 	prefix := fs.Bool("prefix", false, "group sources by prefix (--v4-prefix, --v6-prefix)")
 	watch := fs.Duration("watch", 0, "refresh every `DURATION` until interrupted (0: once)")
 	asJSON := fs.Bool("json", false, "print one JSON object (one a line with --watch)")
-	sock := socketFlag(fs)
 	direct := fs.Bool("direct", false, "scan the kernel even when a daemon runs (by default its last scan is shown)")
 	return func(ctx context.Context, e *env, args []string) error {
+		cfg, err := sf.configure()
+		if err != nil {
+			return err
+		}
 		if err := sf.validate(); err != nil {
 			return err
 		}
+		sock := sf.socketPath(cfg)
 		order, ok := map[string]snapshot.Order{"held": snapshot.ByHeld, "idle": snapshot.ByIdle, "halfopen": snapshot.ByHalfOpen}[*by]
 		if !ok {
 			return usagef("--by %q: want held, idle or halfopen", *by)
@@ -79,7 +83,7 @@ func topFlags(fs *pflag.FlagSet) action {
 		// With a daemon running, show its last scan: no second full scan of a
 		// table that may be under attack.
 		var next func() (*snapshot.Snapshot, int, error)
-		if cl, err := daemon.Dial(*sock); err == nil && !*direct {
+		if cl, err := daemon.Dial(sock); err == nil && !*direct {
 			next = func() (*snapshot.Snapshot, int, error) {
 				var r daemon.TopReply
 				if err := cl.Call(ctx, daemon.Request{Op: "top", By: *by, Prefix: *prefix, N: *n}, &r); err != nil {

@@ -1,18 +1,15 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"github.com/ctguard/ctguard/internal/allow"
 	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/enforce"
@@ -34,48 +31,43 @@ func init() {
 	})
 }
 
-// socketFlag is the control socket of a running daemon.
-func socketFlag(fs *pflag.FlagSet) *string {
-	def := os.Getenv("CTGUARD_SOCKET")
-	if def == "" {
-		def = config.Default().Daemon.Socket
-	}
-	return fs.String("socket", def, "`PATH` of the running daemon's control socket (or $CTGUARD_SOCKET)")
-}
-
 func whyFlags(fs *pflag.FlagSet) action {
-	asJSON := fs.Bool("json", false, "print one JSON object")
-	sock := socketFlag(fs)
-	cfgPath := fs.String("config", "", "configuration `FILE` for the answer without a daemon (default "+defaultConfigPath+" when it exists)")
-	stateDir := fs.String("state-dir", "", "`DIR` of the ban database when no daemon runs (default $CTGUARD_STATE_DIR, else daemon.state_dir)")
-	procfs := fs.String("procfs", "/proc", "procfs root")
+	var ef enforceFlags
+	ef.register(fs)
 	return func(ctx context.Context, e *env, args []string) error {
 		if len(args) != 1 {
 			return usagef("want exactly one ADDR or CIDR")
 		}
-		addrArg := args[0]
-		target, note, err := enforce.ParseTarget(addrArg)
+		target, note, err := enforce.ParseTarget(args[0])
 		if err != nil {
 			return usagef("%v", err)
+		}
+		if err := ef.validate(); err != nil {
+			return err
 		}
 		if note != "" {
 			fmt.Fprintln(e.stderr, note)
 		}
+		cfg, err := ef.config()
+		if err != nil {
+			return err
+		}
 		var r daemon.WhyReply
-		cl, err := daemon.Dial(*sock)
+		sock := ef.socketPath(cfg)
+		cl, err := daemon.Dial(sock)
 		switch {
 		case err == nil:
 			if err := cl.Call(ctx, daemon.Request{Op: "why", Target: target.String()}, &r); err != nil {
 				return err
 			}
 		case errors.Is(err, daemon.ErrNoDaemon):
-			if r, err = whyOffline(ctx, e, target, *cfgPath, *stateDir, *procfs); err != nil {
+			if r, err = whyOffline(ctx, e, &ef, cfg, target); err != nil {
 				return err
 			}
 		default:
-			return fmt.Errorf("%w on %s", err, *sock)
+			return fmt.Errorf("%w on %s", err, sock)
 		}
-		if *asJSON {
+		if ef.json {
 			return writeJSON(e.stdout, whyJSON{newEnvelope("why"), r})
 		}
 		printWhy(e.stdout, &r)
@@ -85,15 +77,11 @@ func whyFlags(fs *pflag.FlagSet) action {
 
 // whyOffline answers without a daemon: one scan, the store, the allowlist
 // and the policy of the configuration, as a cycle would see them.
-func whyOffline(ctx context.Context, e *env, target netip.Prefix, cfgPath, stateDir, procfs string) (daemon.WhyReply, error) {
-	cfg, _, err := loadConfig(cfgPath)
-	if err != nil {
-		return daemon.WhyReply{}, err
-	}
+func whyOffline(ctx context.Context, e *env, ef *enforceFlags, cfg config.Config, target netip.Prefix) (daemon.WhyReply, error) {
 	if err := needRoot(); err != nil {
 		return daemon.WhyReply{}, err
 	}
-	sf := scanFlags{reader: cfg.Daemon.Reader, procfs: procfs, v4Bits: cfg.Snapshot.V4Prefix, v6Bits: cfg.Snapshot.V6Prefix,
+	sf := scanFlags{reader: cfg.Daemon.Reader, procfs: cfg.Daemon.Procfs, v4Bits: cfg.Snapshot.V4Prefix, v6Bits: cfg.Snapshot.V6Prefix,
 		idleSecs: uint(cfg.Snapshot.IdleThreshold / time.Second), sockets: cfg.Daemon.Sockets}
 	s, err := sf.open(ctx)
 	if err != nil {
@@ -107,11 +95,6 @@ func whyOffline(ctx context.Context, e *env, target netip.Prefix, cfgPath, state
 	snap, err := s.scan(ctx)
 	if err != nil {
 		return daemon.WhyReply{}, err
-	}
-	ef := enforceFlags{stateDir: cmp.Or(stateDir, os.Getenv("CTGUARD_STATE_DIR"), cfg.Daemon.StateDir), procfs: procfs,
-		resolvConf: cfg.Allow.ResolvConf, static: configAllow(cfg)}
-	for _, p := range cfg.Allow.SSHPorts {
-		ef.ports = append(ef.ports, uint16(p))
 	}
 	sess, err := ef.open(ctx, e, false)
 	if err != nil {
@@ -128,35 +111,6 @@ func whyOffline(ctx context.Context, e *env, target netip.Prefix, cfgPath, state
 	}
 	return daemon.ExplainOffline(daemon.Offline{Snapshot: snap, Count: int(st.Count), Max: int(st.Max), Policy: cfg.Policy,
 		Bans: bans, Allowed: list}, target), nil
-}
-
-// loadConfig reads the configuration as the daemon would: the named file
-// (an error when it is missing), else the default file when it exists,
-// else the built-in defaults. It says which it used.
-func loadConfig(path string) (config.Config, string, error) {
-	if path == "" {
-		if _, err := os.Stat(defaultConfigPath); err == nil {
-			path = defaultConfigPath
-		}
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		return cfg, "", &usageError{msg: err.Error(), noHint: true}
-	}
-	if path == "" {
-		return cfg, "the built-in defaults", nil
-	}
-	return cfg, path, nil
-}
-
-// configAllow is the configuration's allow.addresses as allowlist entries.
-func configAllow(cfg config.Config) []allow.Entry {
-	prefixes, _ := cfg.AllowPrefixes() // validated at load
-	var out []allow.Entry
-	for _, p := range prefixes {
-		out = append(out, allow.Entry{Prefix: p, Source: allow.Configured, Detail: "allow.addresses"})
-	}
-	return out
 }
 
 // whyJSON is `why --json`.

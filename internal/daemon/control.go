@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -327,6 +328,9 @@ type StatusReply struct {
 	Timeouts   map[string]int     `json:"timeouts"`
 	Reader     string             `json:"reader"`
 	NumSources int                `json:"num_sources"`
+	// Config is the configuration file the daemon runs with, or "the
+	// built-in defaults".
+	Config string `json:"config"`
 	// Losing is set while the last cycle ran under high or critical
 	// pressure and banned nothing.
 	Losing *Losing `json:"losing,omitempty"`
@@ -343,7 +347,7 @@ func (d *Daemon) Status() StatusReply {
 		DryRun: d.dryRun, Stats: d.stats, Samples: slices.Clone(d.samples), Pressure: d.result.Pressure,
 		Threshold: d.result.Threshold, CycleAt: d.cycleAt, Cycles: d.cycles, Counters: d.counters,
 		ActiveBans: len(active), Buckets: d.sys.Buckets, Kernel: d.sys.Kernel, Timeouts: d.sys.Timeouts,
-		Reader: d.src.ReaderName(), Losing: d.losing, Service: d.svc.state(),
+		Reader: d.src.ReaderName(), Losing: d.losing, Service: d.svc.state(), Config: cmp.Or(d.cfgPath, "the built-in defaults"),
 	}
 	r.Counters.BansByReason = maps(d.counters.BansByReason)
 	if d.snap != nil {

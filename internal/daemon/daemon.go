@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -158,106 +157,36 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
-	src, err := scan.Open(ctx, c.Daemon.Reader, c.Daemon.Procfs)
-	if err != nil {
-		return fail(err)
-	}
-	d.close = append(d.close, func() { src.Close() })
-	src.Sockets = c.Daemon.Sockets
-	d.src = src
-	if src.Fallback != "" {
-		d.log.Warn("netlink unavailable, reading /proc/net/nf_conntrack", "why", src.Fallback)
-	}
 	d.interfaces = o.Interfaces
-	if err := d.loadHost(); err != nil {
-		return fail(err)
-	}
-
-	stateDir := c.Daemon.StateDir
-	if d.dryRun {
-		// A dry run must not touch the real ban list, nor lock it.
-		tmp, err := os.MkdirTemp("", "ctguard-dry-run-")
-		if err != nil {
-			return fail(err)
-		}
-		d.close = append(d.close, func() { os.RemoveAll(tmp) })
-		stateDir = tmp
-	}
-	st, err := store.Open(stateDir, store.Options{})
-	if errors.Is(err, store.ErrDamaged) {
-		// Keep defending: the bans still in the kernel are adopted at start.
-		moved, merr := store.MoveAside(stateDir, time.Now())
-		if merr != nil {
-			return fail(fmt.Errorf("%w (and %w)", err, merr))
-		}
-		d.log.Error("the store was damaged: moved it aside and started a new one; bans still in the kernel are kept",
-			"err", err, "moved_to", moved)
-		st, err = store.Open(stateDir, store.Options{})
-	}
-	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
-			return fail(fmt.Errorf("%w: is another ctguard run active?", err))
-		}
-		return fail(err)
-	}
-	d.close = append(d.close, func() { st.Close() })
-	d.st = st
-
-	fw, purger := o.Firewall, o.Purger
-	if fw == nil {
-		if d.dryRun {
-			fw = enforce.NewFake(nil)
-		} else {
-			lock, err := enforce.LockTable()
-			if err != nil {
-				return fail(fmt.Errorf("%w: only one ctguard may run per network namespace", err))
-			}
-			d.close = append(d.close, func() { lock.Release() })
-			fw = enforce.NewNFT(d.log, enforce.NFTOptions{SSHPorts: d.allowConfig(c).SSHPorts})
-		}
-	}
-	if purger == nil {
-		if conn := src.Conn(); conn != nil {
-			purger = conn
-			if d.dryRun {
-				purger = dryPurger{conn}
-			}
-		}
-	}
 	d.svc.list = o.Listeners
 	if d.svc.list == nil {
 		d.svc.list = sockets.Listeners
 	}
-	closer := o.Closer
-	if closer == nil && c.Daemon.CloseSockets {
-		// Known from the kernel's build config, or found out at the first
-		// ban (EOPNOTSUPP turns it off with the same warning).
-		if ok, known := sockets.DestroySupport(c.Daemon.Procfs, "/boot", d.sys.Kernel); known && !ok {
-			d.log.Warn("bans will not close the banned peers' sockets: the service keeps serving what they hold until it times them out",
-				"why", sockets.ErrDestroyUnsupported)
-		} else {
-			closer = &sockets.Closer{DryRun: d.dryRun}
+	parts, err := OpenParts(ctx, c, PartsOptions{Log: d.log, Reader: true, Kernel: true, DryRun: d.dryRun, MoveDamaged: true,
+		Interfaces: d.interfaces, SSHPeers: d.sessions, Firewall: o.Firewall, Purger: o.Purger, Closer: o.Closer})
+	if err != nil {
+		if errors.Is(err, store.ErrLocked) {
+			return fail(fmt.Errorf("%w: is another ctguard run active?", err))
 		}
+		if errors.Is(err, enforce.ErrTableOwned) {
+			return fail(fmt.Errorf("%w: only one ctguard may run per network namespace", err))
+		}
+		return fail(err)
 	}
-	// No allowlist cache: the SSH sessions must be current at every ban, and
-	// the rest (addresses, routes, resolv.conf) is cheap to read.
-	d.eng = enforce.New(enforce.Config{Store: st, Firewall: fw, Purger: purger, Closer: closer, Log: d.log, Allow: d.allowConfig(c), DryRun: d.dryRun})
+	d.close = append(d.close, parts.Close)
+	d.src, d.st, d.eng = parts.Source, parts.Store, parts.Engine
+	if d.src.Fallback != "" {
+		d.log.Warn("netlink unavailable, reading /proc/net/nf_conntrack", "why", d.src.Fallback)
+	}
+	if err := d.loadHost(); err != nil {
+		return fail(err)
+	}
 	return d, nil
 }
 
 // allowConfig is where the allowlist comes from under config c.
 func (d *Daemon) allowConfig(c config.Config) allow.Config {
-	prefixes, _ := c.AllowPrefixes() // validated at load
-	var static []allow.Entry
-	for _, p := range prefixes {
-		static = append(static, allow.Entry{Prefix: p, Source: allow.Configured, Detail: "allow.addresses"})
-	}
-	ports := make([]uint16, len(c.Allow.SSHPorts))
-	for i, p := range c.Allow.SSHPorts {
-		ports[i] = uint16(p)
-	}
-	return allow.Config{ProcRoot: c.Daemon.Procfs, ResolvConf: c.Allow.ResolvConf, SSHPorts: ports,
-		Static: static, InterfaceAddrs: d.interfaces, SSHPeers: d.sessions}
+	return AllowConfig(c, d.interfaces, d.sessions)
 }
 
 // sshPeersMaxAge is how old the scan's list of SSH sessions may be before a

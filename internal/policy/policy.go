@@ -222,13 +222,15 @@ func (c *Config) Validate() error {
 	if c.ValveTarget >= c.ValveHigh {
 		errs = append(errs, fmt.Errorf("valve_target %v must be below valve_high %v", c.ValveTarget, c.ValveHigh))
 	}
+	rises := false
 	for i, t := range c.Threshold {
 		if !(t > 0) || math.IsInf(t, 0) {
 			errs = append(errs, fmt.Errorf("threshold[%d] (%s) = %v: want a finite number > 0", i, Pressure(i), t))
 		}
-		if i > 0 && t > c.Threshold[i-1] {
-			errs = append(errs, fmt.Errorf("threshold = %v: want it to tighten (not rise) with pressure", c.Threshold))
-		}
+		rises = rises || i > 0 && t > c.Threshold[i-1]
+	}
+	if rises {
+		errs = append(errs, fmt.Errorf("threshold = %v: want it to tighten (not rise) with pressure", c.Threshold))
 	}
 	w := c.Weights
 	for _, x := range []struct {
