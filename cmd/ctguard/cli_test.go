@@ -104,6 +104,11 @@ func TestConfigCheckAndShow(t *testing.T) {
 		!strings.Contains(errs, bad+":4: policy.high_fill = 2: want a ratio") || !strings.Contains(errs, "3 problems") {
 		t.Errorf("check of a bad file: exit %d\nstdout %q\nstderr %s", code, out, errs)
 	}
+	out, _, code = runCLI(t, "config", "check", bad, "--json")
+	var cj checkJSON
+	if code != 2 || json.Unmarshal([]byte(out), &cj) != nil || cj.Valid || len(cj.Problems) != 3 || cj.Problems[1].Line != 2 || cj.Problems[1].Key != "daemon.pol" || cj.Command != "config check" {
+		t.Errorf("check --json of a bad file: exit %d\n%s", code, out)
+	}
 	good := filepath.Join(dir, "good.toml")
 	os.WriteFile(good, []byte("[daemon]\npoll = \"500ms\"\n"), 0o644)
 	if out, errs, code := runCLI(t, "config", "check", good); code != 0 || !strings.Contains(out, good+": ok") {

@@ -22,9 +22,12 @@ func init() {
 			args: "[FILE]",
 			summary: "check a configuration file: every problem at once, each with its line\n" +
 				"FILE defaults to " + defaultConfigPath + ". Exits 0 when the file is valid, 2 when it is not.",
-			example:  "  ctguard config check\n  ctguard config check ./ctguard.toml",
-			maxArgs:  1,
-			flags:    func(*pflag.FlagSet) action { return configCheck },
+			example: "  ctguard config check\n  ctguard config check ./ctguard.toml --json",
+			maxArgs: 1,
+			flags: func(fs *pflag.FlagSet) action {
+				asJSON := fs.Bool("json", false, "print one JSON object (file, valid, problems)")
+				return func(_ context.Context, e *env, args []string) error { return configCheck(e, args, *asJSON) }
+			},
 			fileArgs: true,
 		}, {
 			name: "show",
@@ -40,7 +43,21 @@ func init() {
 
 const defaultConfigPath = "/etc/ctguard/ctguard.toml"
 
-func configCheck(_ context.Context, e *env, args []string) error {
+// checkJSON is `config check --json`.
+type checkJSON struct {
+	envelope
+	File     string        `json:"file"`
+	Valid    bool          `json:"valid"`
+	Problems []problemJSON `json:"problems"`
+}
+
+type problemJSON struct {
+	Line    int    `json:"line,omitempty"`
+	Key     string `json:"key,omitempty"`
+	Message string `json:"message"`
+}
+
+func configCheck(e *env, args []string, asJSON bool) error {
 	path := defaultConfigPath
 	if len(args) == 1 {
 		path = args[0]
@@ -48,6 +65,19 @@ func configCheck(_ context.Context, e *env, args []string) error {
 	problems, err := config.Check(path)
 	if err != nil {
 		return &usageError{msg: err.Error(), noHint: true}
+	}
+	if asJSON {
+		out := checkJSON{envelope: newEnvelope("config check"), File: path, Valid: len(problems) == 0, Problems: []problemJSON{}}
+		for _, p := range problems {
+			out.Problems = append(out.Problems, problemJSON{Line: p.Line, Key: p.Key, Message: p.Msg})
+		}
+		if err := writeJSON(e.stdout, out); err != nil {
+			return err
+		}
+		if len(problems) > 0 {
+			return &usageError{msg: fmt.Sprintf("%s: %s", path, plural(len(problems), "problem", "problems")), noHint: true}
+		}
+		return nil
 	}
 	for _, p := range problems {
 		line := ""

@@ -48,6 +48,7 @@ func TestJSONConvention(t *testing.T) {
 		"tune-restore": rollbackJSON{},
 		"ban":          actionJSON{},
 		"version":      versionJSON{},
+		"config-check": checkJSON{},
 	} {
 		typ := reflect.TypeOf(v)
 		for _, p := range tagProblems(typ, name, map[reflect.Type]bool{}) {
