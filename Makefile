@@ -2,7 +2,11 @@
 GO      ?= go
 BIN     := bin/ctguard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+DATE    ?= $(shell git log -1 --format=%cI 2>/dev/null)
+# The version, commit and commit date that ctguard version reports (also
+# when the Go toolchain records no VCS information, GOFLAGS=-buildvcs=false).
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 
 .PHONY: build test test-unit lint fuzz bench-scan clean
 

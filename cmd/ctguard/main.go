@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,7 +22,13 @@ import (
 	"github.com/spf13/pflag"
 )
 
-var version = "dev"
+// version, commit and date are set by the build (make build: -ldflags -X);
+// without them ctguard version reads what the Go toolchain recorded.
+var (
+	version = "dev"
+	commit  string
+	date    string
+)
 
 // action runs a command once cobra has parsed its flags; args are its
 // positional arguments.
@@ -267,6 +274,10 @@ func readBuildInfo() buildInfo {
 				b.Dirty = s.Value == "true"
 			}
 		}
+	}
+	if commit != "" {
+		b.Commit, b.Date = commit, cmp.Or(date, b.Date)
+		b.Dirty = strings.HasSuffix(version, "-dirty")
 	}
 	return b
 }
