@@ -5,26 +5,20 @@
 // leaves the SSH ports open (see Session), so that the operator's session
 // survives while an attacker gains nothing by opening a connection to :22.
 //
-// It only reads (procfs, resolv.conf, interface addresses); it never changes
-// anything. Every kernel path is relative to a configurable procfs root so
-// that tests run against fixture trees.
+// It only reads (procfs, resolv.conf, interface addresses, all through package
+// host); it never changes anything. Every kernel path is relative to a
+// configurable procfs root so that tests run against fixture trees.
 package allow
 
 import (
-	"bufio"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/ctguard/ctguard/internal/host"
 )
 
 // Source says why an entry is on the list.
@@ -99,7 +93,8 @@ func Load(cfg Config, now time.Time) (*List, error) {
 		cfg.SSHPorts = []uint16{22}
 	}
 	if cfg.InterfaceAddrs == nil {
-		cfg.InterfaceAddrs = hostAddrs
+		// The caller's namespace, whatever ProcRoot says.
+		cfg.InterfaceAddrs = host.FS{}.LocalAddrs
 	}
 	l := &List{}
 	l.add(Entry{Prefix: netip.MustParsePrefix("127.0.0.0/8"), Source: Loopback})
@@ -118,12 +113,12 @@ func Load(cfg Config, now time.Time) (*List, error) {
 	gws, err := DefaultGateways(cfg.ProcRoot)
 	l.warn(err)
 	for _, a := range gws {
-		l.add(Entry{Prefix: host(a), Source: Gateway})
+		l.add(Entry{Prefix: single(a), Source: Gateway})
 	}
 	res, err := Resolvers(cfg.ResolvConf)
 	l.warn(err)
 	for _, a := range res {
-		l.add(Entry{Prefix: host(a), Source: Resolver, Detail: cfg.ResolvConf})
+		l.add(Entry{Prefix: single(a), Source: Resolver, Detail: cfg.ResolvConf})
 	}
 	var peers []netip.AddrPort
 	if cfg.SSHPeers != nil {
@@ -133,7 +128,7 @@ func Load(cfg Config, now time.Time) (*List, error) {
 	}
 	l.warn(err)
 	for _, p := range peers {
-		l.add(Entry{Prefix: host(p.Addr()), Source: SSH, Detail: "peer " + p.String()})
+		l.add(Entry{Prefix: single(p.Addr()), Source: SSH, Detail: "peer " + p.String()})
 	}
 	for _, e := range cfg.Static {
 		if !e.Expires.IsZero() && !e.Expires.After(now) {
@@ -211,154 +206,51 @@ var ErrAllowlisted = errors.New("allowlisted")
 
 func (r *Refusal) Is(target error) bool { return target == ErrAllowlisted }
 
-func host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
-
-func hostAddrs() ([]netip.Prefix, error) {
-	as, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil, err
-	}
-	var out []netip.Prefix
-	for _, a := range as {
-		if n, ok := a.(*net.IPNet); ok {
-			if addr, ok := netip.AddrFromSlice(n.IP); ok {
-				ones, _ := n.Mask.Size()
-				out = append(out, netip.PrefixFrom(addr.Unmap(), ones))
-			}
-		}
-	}
-	return out, nil
-}
+// single is the prefix holding a alone.
+func single(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
 // DefaultGateways reads the next hops of the default routes from
 // procRoot/net/route and procRoot/net/ipv6_route (main table only; that is
 // what procfs shows).
 func DefaultGateways(procRoot string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	var errs []error
-	err := eachLine(filepath.Join(procRoot, "net/route"), func(f []string) {
-		// Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-		if len(f) < 8 || f[1] != "00000000" || f[7] != "00000000" {
-			return
-		}
-		flags, err := strconv.ParseUint(f[3], 16, 32)
-		if err != nil || flags&0x2 == 0 { // RTF_GATEWAY
-			return
-		}
-		b, err := hex.DecodeString(f[2])
-		if err != nil || len(b) != 4 {
-			return
-		}
-		// procfs prints the __be32 as a host-order integer: bytes reversed on little endian.
-		var a [4]byte
-		binary.NativeEndian.PutUint32(a[:], binary.BigEndian.Uint32(b))
-		if addr := netip.AddrFrom4(a); !addr.IsUnspecified() {
-			out = append(out, addr)
-		}
-	})
-	errs = append(errs, err)
-	err = eachLine(filepath.Join(procRoot, "net/ipv6_route"), func(f []string) {
-		// dst dstlen src srclen nexthop metric refcnt use flags iface
-		if len(f) < 10 || f[0] != strings.Repeat("0", 32) || f[1] != "00" {
-			return
-		}
-		b, err := hex.DecodeString(f[4])
-		if err != nil || len(b) != 16 {
-			return
-		}
-		if addr := netip.AddrFrom16([16]byte(b)); !addr.IsUnspecified() {
-			out = append(out, addr)
-		}
-	})
-	errs = append(errs, err)
-	return dedup(out), errors.Join(errs...)
+	gws, err := host.FS{ProcRoot: procRoot}.DefaultGateways()
+	return gws, sourceErr(err)
 }
 
 // Resolvers returns the nameserver addresses in a resolv.conf file.
 func Resolvers(path string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	err := eachLineC(path, true, func(f []string) {
-		if len(f) >= 2 && f[0] == "nameserver" {
-			if a, err := netip.ParseAddr(f[1]); err == nil {
-				out = append(out, a.WithZone("").Unmap())
-			}
-		}
-	})
-	return dedup(out), err
+	res, err := host.Nameservers(path)
+	return res, sourceErr(err)
 }
 
 // SSHPeers returns the remote ends of ESTABLISHED TCP sockets whose local
 // port is one of ports, from procRoot/net/tcp and tcp6.
 func SSHPeers(procRoot string, ports []uint16) ([]netip.AddrPort, error) {
 	var out []netip.AddrPort
-	var errs []error
-	for _, name := range []string{"net/tcp", "net/tcp6"} {
-		err := eachLine(filepath.Join(procRoot, name), func(f []string) {
-			// sl local_address rem_address st ...
-			if len(f) < 4 || f[3] != "01" { // TCP_ESTABLISHED
-				return
-			}
-			local, ok1 := parseProcAddrPort(f[1])
-			remote, ok2 := parseProcAddrPort(f[2])
-			if ok1 && ok2 && slices.Contains(ports, local.Port()) {
-				out = append(out, netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()))
-			}
-		})
-		errs = append(errs, err)
-	}
-	return out, errors.Join(errs...)
-}
-
-// parseProcAddrPort parses "0100007F:0016" or the 32-hex-digit IPv6 form;
-// the address is printed as host-order 32-bit words.
-func parseProcAddrPort(s string) (netip.AddrPort, bool) {
-	h, p, ok := strings.Cut(s, ":")
-	if !ok {
-		return netip.AddrPort{}, false
-	}
-	port, err := strconv.ParseUint(p, 16, 16)
-	if err != nil {
-		return netip.AddrPort{}, false
-	}
-	b, err := hex.DecodeString(h)
-	if err != nil || (len(b) != 4 && len(b) != 16) {
-		return netip.AddrPort{}, false
-	}
-	for i := 0; i < len(b); i += 4 {
-		binary.NativeEndian.PutUint32(b[i:], binary.BigEndian.Uint32(b[i:]))
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return netip.AddrPortFrom(a, uint16(port)), true
-}
-
-func eachLine(path string, fn func([]string)) error { return eachLineC(path, false, fn) }
-
-// eachLineC calls fn with the fields of each line, dropping #/; comments
-// when comments is set (resolv.conf; procfs has none).
-func eachLineC(path string, comments bool, fn func([]string)) error {
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("allowlist source %s missing", path)
+	err := host.FS{ProcRoot: procRoot}.TCPSockets(func(s host.Socket) {
+		if s.State == host.TCPEstablished && slices.Contains(ports, s.Local.Port()) {
+			out = append(out, netip.AddrPortFrom(s.Remote.Addr().Unmap(), s.Remote.Port()))
 		}
-		return fmt.Errorf("allowlist source: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if i := strings.IndexAny(line, "#;"); comments && i >= 0 {
-			line = line[:i]
-		}
-		fn(strings.Fields(line))
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	return nil
+	})
+	return out, sourceErr(err)
 }
 
-func dedup(as []netip.Addr) []netip.Addr {
-	slices.SortFunc(as, netip.Addr.Compare)
-	return slices.Compact(as)
+// sourceErr words the errors of reading a source (each of a joined error)
+// for the list's Warnings.
+func sourceErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var errs []error
+		for _, e := range j.Unwrap() {
+			errs = append(errs, sourceErr(e))
+		}
+		return errors.Join(errs...)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) && errors.Is(pe.Err, fs.ErrNotExist) {
+		return fmt.Errorf("allowlist source %s missing", pe.Path)
+	}
+	return fmt.Errorf("allowlist source: %w", err)
 }

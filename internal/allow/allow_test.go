@@ -155,32 +155,4 @@ func TestParsers(t *testing.T) {
 	if !slices.Equal(gws, want) {
 		t.Errorf("gateways %v, want %v", gws, want)
 	}
-	for _, c := range []struct {
-		in   string
-		want string
-		ok   bool
-	}{
-		{"0100007F:0016", "127.0.0.1:22", true},
-		{"B80D0120000000000000000001000000:01BB", "[2001:db8::1]:443", true},
-		{"zz:0016", "", false},
-		{"0100007F", "", false},
-		{"0100007F:FFFFF", "", false},
-		{"01007F:0016", "", false},
-	} {
-		got, ok := parseProcAddrPort(c.in)
-		if ok != c.ok || (ok && got.String() != c.want) {
-			t.Errorf("parseProcAddrPort(%q) = %v %v, want %v %v", c.in, got, ok, c.want, c.ok)
-		}
-	}
-}
-
-// TestHostAddrs runs against the real interfaces: loopback is always there.
-func TestHostAddrs(t *testing.T) {
-	as, err := hostAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.ContainsFunc(as, func(p netip.Prefix) bool { return p.Addr().IsLoopback() }) {
-		t.Errorf("no loopback address among %v", as)
-	}
 }

@@ -1,14 +1,14 @@
 // Package scan ties a conntrack reader, the host's facts (sysctls, local
-// addresses) and the aggregator into one scan of the table. It is the glue
-// that status, top, tune and the daemon share; the logic lives in
-// conntrack and snapshot.
+// addresses, read by package host) and the aggregator into one scan of the
+// table. It is the glue that status, top, tune and the daemon share; the
+// logic lives in conntrack and snapshot.
 package scan
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/host"
 	"github.com/ctguard/ctguard/internal/snapshot"
 	"github.com/ctguard/ctguard/internal/sockets"
 )
@@ -183,41 +184,34 @@ type Sysctls struct {
 // ReadSysctls reads procfs/sys/net/netfilter/nf_conntrack_* and the kernel
 // release. Missing timeouts are left out; a missing max means no conntrack.
 func ReadSysctls(procfs string) (Sysctls, error) {
-	dir := filepath.Join(procfs, "sys/net/netfilter")
+	h := host.FS{ProcRoot: procfs}
 	s := Sysctls{Timeouts: map[string]int{}}
-	read := func(name string) (int, error) {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return 0, err
-		}
-		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
-		}
-		return n, nil
-	}
-	var err error
-	if s.Max, err = read("nf_conntrack_max"); err != nil {
-		if os.IsNotExist(err) {
-			return s, fmt.Errorf("%w (no %s)", conntrack.ErrNotLoaded, filepath.Join(dir, "nf_conntrack_max"))
+	limit, err := h.ConntrackSysctl("nf_conntrack_max")
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return s, fmt.Errorf("%w (no %s)", conntrack.ErrNotLoaded, h.ConntrackSysctlPath("nf_conntrack_max"))
 		}
 		return s, err
 	}
-	s.Count, _ = read("nf_conntrack_count")
-	s.Buckets, _ = read("nf_conntrack_buckets")
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		name, ok := strings.CutPrefix(e.Name(), "nf_conntrack_")
-		if !ok || !strings.Contains(name, "timeout") {
+	s.Max = int(limit)
+	if n, err := h.ConntrackSysctl("nf_conntrack_count"); err == nil {
+		s.Count = int(n)
+	}
+	if n, err := h.ConntrackSysctl("nf_conntrack_buckets"); err == nil {
+		s.Buckets = int(n)
+	}
+	names, _ := h.ConntrackSysctlNames()
+	for _, file := range names {
+		name := strings.TrimPrefix(file, "nf_conntrack_")
+		if !strings.Contains(name, "timeout") {
 			continue
 		}
-		if n, err := read(e.Name()); err == nil {
-			s.Timeouts[name] = n
+		if n, err := h.ConntrackSysctl(file); err == nil {
+			s.Timeouts[name] = int(n)
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(procfs, "sys/kernel/osrelease")); err == nil {
-		s.Kernel = strings.TrimSpace(string(b))
-	}
+	k, _ := h.Kernel() // Release is set whenever the file is readable
+	s.Kernel = k.Release
 	return s, nil
 }
 
@@ -238,15 +232,13 @@ func (s Sysctls) SnapshotConfig(base snapshot.Config) snapshot.Config {
 
 // LocalAddrs returns the addresses of this namespace's interfaces.
 func LocalAddrs() (*snapshot.LocalSet, error) {
-	ifas, err := net.InterfaceAddrs()
+	ps, err := host.FS{}.LocalAddrs()
 	if err != nil {
-		return nil, fmt.Errorf("list local addresses: %w", err)
+		return nil, err
 	}
-	var as []netip.Addr
-	for _, a := range ifas {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			as = append(as, p.Addr())
-		}
+	as := make([]netip.Addr, len(ps))
+	for i, p := range ps {
+		as[i] = p.Addr()
 	}
 	return snapshot.NewLocalSet(as...), nil
 }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ctguard/ctguard/internal/host"
 )
 
 // The files ctguard owns. The sysctl file sorts before 99-sysctl.conf (and
@@ -91,8 +93,8 @@ func Prepare(r Roots, p Plan) (Change, error) {
 	first := func(it Item) bool { return it.Kind == "module" || it.Name == Buckets }
 	sort.SliceStable(items, func(i, j int) bool { return first(items[i]) && !first(items[j]) })
 
-	ownSysctl, _ := readSmall(r.etcPath("sysctl.d", SysctlFile))
-	ownMod, _ := readSmall(r.etcPath("modprobe.d", ModprobeFile))
+	ownSysctl, _ := host.ReadSmall(r.etcPath("sysctl.d", SysctlFile))
+	ownMod, _ := host.ReadSmall(r.etcPath("modprobe.d", ModprobeFile))
 	inOwn := map[string]bool{}
 	for _, s := range parseSysctlConf(ownSysctl) {
 		inOwn[s.Key] = true
@@ -144,7 +146,7 @@ func Prepare(r Roots, p Plan) (Change, error) {
 	}
 	sort.Strings(rels)
 	for _, rel := range rels {
-		old, err := readSmall(r.etcPath(rel))
+		old, err := host.ReadSmall(r.etcPath(rel))
 		existed := err == nil
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return Change{}, fmt.Errorf("read %s: %w", rel, err)
@@ -183,7 +185,7 @@ func (r Roots) backupPath(name ...string) string {
 }
 
 func readManifest(r Roots) (*manifest, error) {
-	data, err := readSmall(r.backupPath(manifestName))
+	data, err := host.ReadSmall(r.backupPath(manifestName))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNoBackup
 	}
@@ -316,7 +318,7 @@ func Apply(r Roots, c Change, log *slog.Logger) (Change, error) {
 		}
 		b := backupFile{Rel: f.rel}
 		if st, err := os.Stat(r.etcPath(f.rel)); err == nil {
-			data, err := readSmall(r.etcPath(f.rel))
+			data, err := host.ReadSmall(r.etcPath(f.rel))
 			if err != nil {
 				return c, fmt.Errorf("back up %s: %w", f.Path, err)
 			}
@@ -332,7 +334,7 @@ func Apply(r Roots, c Change, log *slog.Logger) (Change, error) {
 			continue
 		}
 		// Record what is live now, not what the plan saw.
-		data, err := readSmall(filepath.Join(r.root(l.root), l.rel))
+		data, err := host.ReadSmall(filepath.Join(r.root(l.root), l.rel))
 		if err != nil {
 			continue // nothing to restore; the write below reports it
 		}
@@ -373,15 +375,15 @@ func PrepareRollback(r Roots) (Change, error) {
 	var c Change
 	for i := len(m.Live) - 1; i >= 0; i-- {
 		l := m.Live[i]
-		cur, _ := readSmall(filepath.Join(r.root(l.Root), l.Rel))
+		cur, _ := host.ReadSmall(filepath.Join(r.root(l.Root), l.Rel))
 		c.Live = append(c.Live, LiveChange{Key: l.Key, Path: filepath.Join(hostRoot(l.Root), l.Rel), root: l.Root, rel: l.Rel,
 			Old: strings.TrimSpace(string(cur)), New: l.Value})
 	}
 	for _, f := range m.Files {
-		cur, err := readSmall(r.etcPath(f.Rel))
+		cur, err := host.ReadSmall(r.etcPath(f.Rel))
 		fc := FileChange{Path: "/etc/" + f.Rel, rel: f.Rel, Old: string(cur), Existed: err == nil}
 		if f.Existed {
-			orig, err := readSmall(r.backupPath(f.Backup))
+			orig, err := host.ReadSmall(r.backupPath(f.Backup))
 			if err != nil {
 				return Change{}, fmt.Errorf("tune backup of %s: %w", fc.Path, err)
 			}

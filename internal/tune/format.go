@@ -99,7 +99,7 @@ func splitLines(s string) []string {
 }
 
 // diffLines is a longest-common-subsequence line diff; the files are a few
-// lines long, so the quadratic table is fine (bounded anyway by readSmall).
+// lines long, so the quadratic table is fine (bounded anyway by host.ReadSmall).
 func diffLines(a, b []string) []string {
 	if len(a)*len(b) > 1<<22 { // not a config file: show it all
 		var out []string

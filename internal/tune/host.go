@@ -5,15 +5,15 @@
 // writes only files it owns, keeping a backup of everything it replaces.
 //
 // Every path is relative to the roots in Roots, so that the whole package,
-// --apply and --rollback included, runs on fixture trees. It must never write
-// outside <etc>/{sysctl.d,modprobe.d,modules-load.d,ctguard} and the live
-// /proc/sys and /sys/module values it recorded in its backup.
+// --apply and --rollback included, runs on fixture trees; package host reads
+// the facts under /proc and /sys. It must never write outside
+// <etc>/{sysctl.d,modprobe.d,modules-load.d,ctguard} and the live /proc/sys
+// and /sys/module values it recorded in its backup.
 package tune
 
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -21,6 +21,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ctguard/ctguard/internal/host"
 )
 
 // Roots are the directories standing in for /proc, /sys and /etc.
@@ -31,7 +33,12 @@ type Roots struct {
 }
 
 // DefaultRoots are the real host's.
-func DefaultRoots() Roots { return Roots{Procfs: "/proc", Sysfs: "/sys", Etc: "/etc"} }
+func DefaultRoots() Roots {
+	return Roots{Procfs: host.DefaultProcRoot, Sysfs: host.DefaultSysRoot, Etc: "/etc"}
+}
+
+// facts is where package host reads the facts under /proc and /sys.
+func (r Roots) facts() host.FS { return host.FS{ProcRoot: r.Procfs, SysRoot: r.Sysfs} }
 
 const (
 	keyPrefix = "net.netfilter."
@@ -70,6 +77,12 @@ type Agent struct {
 	Evidence string `json:"evidence"`
 }
 
+// Kernel is a kernel release reduced to what changes conntrack defaults.
+type Kernel = host.Kernel
+
+// Slab is the nf_conntrack line of /proc/slabinfo.
+type Slab = host.Slab
+
 // Host is what tune knows about the machine. Zero values mean "unknown".
 type Host struct {
 	Kernel   Kernel           `json:"kernel"`
@@ -98,59 +111,32 @@ type Host struct {
 }
 
 // SysctlPath is where a short sysctl name lives under the procfs root.
-func (r Roots) SysctlPath(name string) string {
-	return filepath.Join(r.Procfs, "sys", "net", "netfilter", name)
-}
+func (r Roots) SysctlPath(name string) string { return r.facts().ConntrackSysctlPath(name) }
 
 // HashsizePath is the module parameter under the sysfs root.
-func (r Roots) HashsizePath() string {
-	return filepath.Join(r.Sysfs, "module", "nf_conntrack", "parameters", "hashsize")
-}
+func (r Roots) HashsizePath() string { return r.facts().ModuleParamPath("nf_conntrack", Hashsize) }
 
 // etcPath maps a host path under /etc onto the etc root.
 func (r Roots) etcPath(rel ...string) string {
 	return filepath.Join(append([]string{r.Etc}, rel...)...)
 }
 
-// readSmall reads a file of at most 1 MiB: everything tune reads is small,
-// and a huge file is a fixture mistake or hostile, not data.
-func readSmall(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > 1<<20 {
-		return nil, fmt.Errorf("%s: larger than 1 MiB", path)
-	}
-	return data, nil
-}
-
 // ReadHost gathers the facts. Kernel version, MemTotal and nf_conntrack_max
 // are required; everything else degrades to a note.
 func ReadHost(r Roots) (*Host, error) {
+	hf := r.facts()
 	h := &Host{Sysctl: map[string]int64{}, PageSize: 4096}
-	data, err := readSmall(filepath.Join(r.Procfs, "sys", "kernel", "osrelease"))
-	if err != nil {
+	var err error
+	if h.Kernel, err = hf.Kernel(); err != nil {
 		return nil, fmt.Errorf("read kernel version: %w", err)
 	}
-	if h.Kernel, err = parseKernel(data); err != nil {
-		return nil, fmt.Errorf("read kernel version: %w", err)
-	}
-	if data, err = readSmall(filepath.Join(r.Procfs, "meminfo")); err != nil {
-		return nil, fmt.Errorf("read RAM size: %w", err)
-	}
-	if h.MemTotal, err = parseMeminfo(data); err != nil {
+	if h.MemTotal, err = hf.MemTotal(); err != nil {
 		return nil, fmt.Errorf("read RAM size: %w", err)
 	}
 
 	for _, name := range []string{Max, Buckets, Count, Established, SynSent, SynRecv, TimeWait,
 		CloseWait, FinWait, Unacked, MaxRetrans, UDP, UDPStream} {
-		v, err := readInt(r.SysctlPath(name))
+		v, err := hf.ConntrackSysctl(name)
 		switch {
 		case err == nil:
 			h.Sysctl[name] = v
@@ -168,22 +154,21 @@ func ReadHost(r Roots) (*Host, error) {
 	if st, err := os.Stat(r.SysctlPath(Buckets)); err == nil {
 		h.BucketsWritable = h.MaxWritable && st.Mode().Perm()&0o222 != 0
 	}
-	ipv4 := filepath.Join(r.Procfs, "sys", "net", "ipv4")
-	h.KeepaliveTime, _ = readInt(filepath.Join(ipv4, "tcp_keepalive_time"))
-	h.KeepaliveIntvl, _ = readInt(filepath.Join(ipv4, "tcp_keepalive_intvl"))
-	h.KeepaliveProbes, _ = readInt(filepath.Join(ipv4, "tcp_keepalive_probes"))
+	h.KeepaliveTime, _ = hf.Sysctl("net.ipv4.tcp_keepalive_time")
+	h.KeepaliveIntvl, _ = hf.Sysctl("net.ipv4.tcp_keepalive_intvl")
+	h.KeepaliveProbes, _ = hf.Sysctl("net.ipv4.tcp_keepalive_probes")
 
 	// /proc/slabinfo is root-only (0400): without it tune uses an estimate.
-	if data, err = readSmall(filepath.Join(r.Procfs, "slabinfo")); err == nil {
-		if s, err := parseSlabinfo(data); err == nil {
-			h.Slab = &s
-		} else {
-			h.Notes = append(h.Notes, err.Error())
-		}
-	} else {
-		h.Notes = append(h.Notes, fmt.Sprintf("slabinfo unreadable (%v): entry size estimated", errShort(err)))
+	var pe *fs.PathError
+	switch s, err := hf.ConntrackSlab(); {
+	case err == nil:
+		h.Slab = &s
+	case errors.As(err, &pe):
+		h.Notes = append(h.Notes, fmt.Sprintf("slabinfo unreadable (%v): entry size estimated", pe.Err))
+	default:
+		h.Notes = append(h.Notes, err.Error())
 	}
-	if v, err := readInt(r.HashsizePath()); err == nil {
+	if v, err := hf.ModuleParam("nf_conntrack", Hashsize); err == nil {
 		h.HashsizeParam = v
 	}
 
@@ -193,15 +178,13 @@ func ReadHost(r Roots) (*Host, error) {
 	}
 	h.ModprobeFiles = readConfDir(r, "modprobe.d", func(d []byte, f *ConfFile) { f.Options = parseModprobeConf(d) })
 	h.Agents = findAgents(r)
-	for _, name := range []string{"tcp", "tcp6"} {
-		if data, err := readSmall(filepath.Join(r.Procfs, "net", name)); err == nil {
-			for _, p := range parseListen(data) {
-				if !containsPort(h.ListenPorts, p) {
-					h.ListenPorts = append(h.ListenPorts, p)
-				}
-			}
+	// Errors leave the list empty: it only refines the advice.
+	_ = hf.TCPSockets(func(s host.Socket) {
+		if p := s.Local.Port(); s.State == host.TCPListen && p != 0 &&
+			!s.Local.Addr().Unmap().IsLoopback() && !containsPort(h.ListenPorts, p) {
+			h.ListenPorts = append(h.ListenPorts, p)
 		}
-	}
+	})
 	sort.Slice(h.ListenPorts, func(i, j int) bool { return h.ListenPorts[i] < h.ListenPorts[j] })
 	return h, nil
 }
@@ -223,18 +206,10 @@ func errShort(err error) string {
 	return err.Error()
 }
 
-func readInt(path string) (int64, error) {
-	data, err := readSmall(path)
-	if err != nil {
-		return 0, err
-	}
-	return parseInt(data)
-}
-
 func parseSysctlConfFile(d []byte, f *ConfFile) { f.Settings = parseSysctlConf(d) }
 
 func readConf(r Roots, rel string, parse func([]byte, *ConfFile)) (ConfFile, bool) {
-	data, err := readSmall(r.etcPath(rel))
+	data, err := host.ReadSmall(r.etcPath(rel))
 	if err != nil {
 		return ConfFile{}, false
 	}
@@ -284,7 +259,8 @@ func findAgents(r Roots) []Agent {
 		}
 		out = append(out, Agent{Name: name, Evidence: ev})
 	}
-	if ents, err := os.ReadDir(r.Procfs); err == nil {
+	hf := r.facts()
+	if ents, err := os.ReadDir(hf.Proc()); err == nil {
 		n := 0
 		for _, e := range ents {
 			if _, err := strconv.Atoi(e.Name()); err != nil {
@@ -293,7 +269,7 @@ func findAgents(r Roots) []Agent {
 			if n++; n > 100000 { // bound the walk
 				break
 			}
-			data, err := readSmall(filepath.Join(r.Procfs, e.Name(), "comm"))
+			data, err := host.ReadSmall(hf.Proc(e.Name(), "comm"))
 			if err != nil {
 				continue // processes come and go
 			}
@@ -318,33 +294,20 @@ func findAgents(r Roots) []Agent {
 	return out
 }
 
-// LocalAddrs lists the addresses of this network namespace from
-// <procfs>/net/fib_trie and <procfs>/net/if_inet6, so that fixture trees
-// carry their own. With the real /proc it reads /proc/thread-self/net, which
-// follows a thread that switched namespace (/proc/net follows the main one).
+// LocalAddrs lists the addresses of this network namespace: with the real
+// /proc the calling thread's (over rtnetlink), under a fixture procfs root
+// the tree's net/fib_trie and net/if_inet6 (see host.FS.LocalAddrs).
 func LocalAddrs(procfs string) ([]netip.Addr, error) {
-	dir := filepath.Join(procfs, "net")
-	if filepath.Clean(procfs) == "/proc" {
-		if _, err := os.Stat("/proc/thread-self/net"); err == nil {
-			dir = "/proc/thread-self/net"
-		}
+	ps, err := host.FS{ProcRoot: procfs}.LocalAddrs()
+	if err != nil {
+		return nil, err
 	}
-	var out []netip.Addr
-	var firstErr error
-	if f, err := os.Open(filepath.Join(dir, "fib_trie")); err == nil {
-		out = append(out, parseFibTrie(f)...)
-		f.Close()
-	} else {
-		firstErr = err
-	}
-	if data, err := readSmall(filepath.Join(dir, "if_inet6")); err == nil {
-		out = append(out, parseIfInet6(data)...)
-	}
-	if len(out) == 0 && firstErr != nil {
-		return nil, fmt.Errorf("local addresses: %w", firstErr)
+	out := make([]netip.Addr, len(ps))
+	for i, p := range ps {
+		out[i] = p.Addr()
 	}
 	return out, nil
 }
 
 // ReadSysctl reads one live conntrack sysctl by short name.
-func (r Roots) ReadSysctl(name string) (int64, error) { return readInt(r.SysctlPath(name)) }
+func (r Roots) ReadSysctl(name string) (int64, error) { return r.facts().ConntrackSysctl(name) }

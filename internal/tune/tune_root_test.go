@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/host"
 	"github.com/ctguard/ctguard/internal/testutil"
 )
 
@@ -24,7 +25,7 @@ nft add rule inet t out ct state new,established accept`
 
 func readLive(t *testing.T, name string) int64 {
 	t.Helper()
-	v, err := readInt(filepath.Join("/proc/sys/net/netfilter", name))
+	v, err := host.ReadInt(filepath.Join("/proc/sys/net/netfilter", name))
 	if err != nil {
 		t.Fatalf("read %s: %v", name, err)
 	}
@@ -219,7 +220,7 @@ func scanNS(t *testing.T, h *Host, port uint16) *Observation {
 	if !seen {
 		t.Fatalf("no conntrack entry for the test flow to port %d: conntrack is not tracking", port)
 	}
-	cnt, _ := readInt("/proc/sys/net/netfilter/nf_conntrack_count")
+	cnt, _ := host.ReadInt("/proc/sys/net/netfilter/nf_conntrack_count")
 	o.EndScan(int(cnt))
 	return o.Observation()
 }
