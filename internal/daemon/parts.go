@@ -140,7 +140,7 @@ func OpenParts(ctx context.Context, c config.Config, o PartsOptions) (*Parts, er
 			if conn != nil {
 				purger = conn
 				if o.DryRun {
-					purger = dryPurger{conn}
+					purger = enforce.DryPurger(conn)
 				}
 			}
 		}
