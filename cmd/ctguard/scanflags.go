@@ -63,6 +63,19 @@ func (f *scanFlags) configure() (config.Config, error) {
 	return cfg, nil
 }
 
+// setup configures and validates the scan flags and returns the control
+// socket to ask a daemon on.
+func (f *scanFlags) setup() (string, error) {
+	cfg, err := f.configure()
+	if err != nil {
+		return "", err
+	}
+	if err := f.validate(); err != nil {
+		return "", err
+	}
+	return f.socketPath(cfg), nil
+}
+
 func (f *scanFlags) validate() error {
 	switch f.reader {
 	case scan.Auto, scan.Netlink, scan.Proc:

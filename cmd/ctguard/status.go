@@ -80,14 +80,10 @@ func statusFlags(fs *pflag.FlagSet) action {
 	sample := fs.Duration("sample", 5*time.Second, "how long to sample the entry count for the growth rate, a `DURATION` (0: no rate)")
 	direct := fs.Bool("direct", false, "read the kernel even when a daemon runs (by default its last scan is shown)")
 	return func(ctx context.Context, e *env, args []string) error {
-		cfg, err := sf.configure()
+		sock, err := sf.setup()
 		if err != nil {
 			return err
 		}
-		if err := sf.validate(); err != nil {
-			return err
-		}
-		sock := sf.socketPath(cfg)
 		if *sample < 0 || *sample > time.Hour {
 			return usagef("--sample %v: want 0 to 1h", *sample)
 		}

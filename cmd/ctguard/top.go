@@ -62,14 +62,10 @@ func topFlags(fs *pflag.FlagSet) action {
 	asJSON := fs.Bool("json", false, "print one JSON object (one a line with --watch)")
 	direct := fs.Bool("direct", false, "scan the kernel even when a daemon runs (by default its last scan is shown)")
 	return func(ctx context.Context, e *env, args []string) error {
-		cfg, err := sf.configure()
+		sock, err := sf.setup()
 		if err != nil {
 			return err
 		}
-		if err := sf.validate(); err != nil {
-			return err
-		}
-		sock := sf.socketPath(cfg)
 		order, ok := map[string]snapshot.Order{"held": snapshot.ByHeld, "idle": snapshot.ByIdle, "halfopen": snapshot.ByHalfOpen}[*by]
 		if !ok {
 			return usagef("--by %q: want held, idle or halfopen", *by)
