@@ -15,7 +15,11 @@ import (
 // them (the damaged-store case: the daemon moves the file aside and starts
 // a new one).
 func TestRootElementsAndAdoption(t *testing.T) {
-	l := newLab(t)
+	forEachBackend(t, testElementsAndAdoption)
+}
+
+func testElementsAndAdoption(t *testing.T, be labBackend) {
+	l := newLabOn(t, be)
 	ctx := context.Background()
 	want := []Element{
 		{Prefix: pfx("198.51.100.7/32"), TTL: time.Hour},

@@ -27,7 +27,10 @@ import (
 type lab struct {
 	t        *testing.T
 	att, vic *testutil.NS
-	fw       *NFT
+	be       labBackend
+	fw       Firewall
+	nft      *NFT   // fw, when the backend is nftables
+	ips      *IPSet // fw, when the backend is ipset
 	ct       *conntrack.Conn
 	st       *store.Store
 	eng      *Engine
@@ -43,10 +46,47 @@ const (
 		"2001:db8::2/64 2001:db8::3/64 2001:db8::4/64 2001:db8::8000:5/64"
 )
 
+// labBackend is a firewall backend a lab runs on: nftables, or ipset with
+// one of the iptables flavours.
+type labBackend struct {
+	name    string
+	backend Backend
+	flavour IPTablesFlavour
+}
+
+var (
+	labNFT         = labBackend{"nftables", BackendNFTables, ""}
+	labIPSetLegacy = labBackend{"ipset-legacy", BackendIPSet, IPTablesLegacy}
+	labIPSetNFT    = labBackend{"ipset-nft", BackendIPSet, IPTablesNFT}
+	// labBackends are the backends the shared root tests run on.
+	labBackends = []labBackend{labNFT, labIPSetLegacy, labIPSetNFT}
+)
+
+// tools are the programs a lab on the backend runs.
+func (b labBackend) tools() []string {
+	if b.backend == BackendIPSet {
+		return []string{"ip", "nft", "ipset", b.flavour.tool(false, ""), b.flavour.tool(false, "save"),
+			b.flavour.tool(false, "restore"), b.flavour.tool(true, ""), b.flavour.tool(true, "save"), b.flavour.tool(true, "restore")}
+	}
+	return []string{"ip", "nft"}
+}
+
+// forEachBackend runs fn as a subtest per backend.
+func forEachBackend(t *testing.T, fn func(t *testing.T, b labBackend)) {
+	for _, b := range labBackends {
+		t.Run(b.name, func(t *testing.T) { fn(t, b) })
+	}
+}
+
 func newLab(t *testing.T, sshPorts ...uint16) *lab {
 	t.Helper()
-	testutil.RequireRoot(t, "ip", "nft")
-	l := &lab{t: t, att: testutil.NewNS(t), vic: testutil.NewNS(t), now: time.Now}
+	return newLabOn(t, labNFT, sshPorts...)
+}
+
+func newLabOn(t *testing.T, be labBackend, sshPorts ...uint16) *lab {
+	t.Helper()
+	testutil.RequireRoot(t, be.tools()...)
+	l := &lab{t: t, att: testutil.NewNS(t), vic: testutil.NewNS(t), now: time.Now, be: be}
 	testutil.Veth(t, l.att, "att0", attAddrs, l.vic, "vic0", vic4+"/24 "+vic6+"/64")
 	l.loadStateful()
 
@@ -55,7 +95,13 @@ func newLab(t *testing.T, sshPorts ...uint16) *lab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
-	l.fw = NewNFT(nil, NFTOptions{NetNSFd: int(h), SSHPorts: sshPorts})
+	if be.backend == BackendIPSet {
+		l.ips = NewIPSet(nil, IPSetOptions{NetNSFd: int(h), SSHPorts: sshPorts, IPTables: be.flavour})
+		l.fw = l.ips
+	} else {
+		l.nft = NewNFT(nil, NFTOptions{NetNSFd: int(h), SSHPorts: sshPorts})
+		l.fw = l.nft
+	}
 	l.vic.Do(t, func() {
 		l.ct, err = conntrack.Open()
 	})
@@ -106,11 +152,49 @@ func newLab(t *testing.T, sshPorts ...uint16) *lab {
 }
 
 // loadStateful loads the stateful rule that makes conntrack track in the
-// victim namespace (conntrack is lazy per namespace).
+// victim namespace (conntrack is lazy per namespace): with nft, or, on
+// the ipset backend, with the iptables of its flavour, as such a host has.
 func (l *lab) loadStateful() {
+	if l.be.backend == BackendIPSet {
+		for _, v6 := range []bool{false, true} {
+			l.vic.MustRun(l.t, l.be.flavour.tool(v6, ""), "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+		}
+		return
+	}
 	l.vic.Script(l.t, `nft add table inet t
 nft add chain inet t c '{ type filter hook input priority 0; }'
 nft add rule inet t c ct state established,related accept`)
+}
+
+// iptables runs the lab's iptables (or ip6tables) in the victim.
+func (l *lab) iptables(v6 bool, args ...string) string {
+	l.t.Helper()
+	return l.vic.MustRun(l.t, append([]string{l.be.flavour.tool(v6, "")}, args...)...)
+}
+
+// elements reads the backend's ban sets back, by prefix.
+func (l *lab) elements() map[netip.Prefix]Element {
+	l.t.Helper()
+	es, err := l.fw.Elements(context.Background())
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	out := map[netip.Prefix]Element{}
+	for _, e := range es {
+		out[e.Prefix] = e
+	}
+	return out
+}
+
+// listing is the backend's own view of its objects, as an operator would
+// list them (nft list table; ipset list and iptables-save).
+func (l *lab) listing() string {
+	l.t.Helper()
+	if l.be.backend == BackendIPSet {
+		return l.vic.MustRun(l.t, "ipset", "list") + l.vic.MustRun(l.t, l.be.flavour.tool(false, "save"), "-t", "raw") +
+			l.vic.MustRun(l.t, l.be.flavour.tool(true, "save"), "-t", "raw")
+	}
+	return l.vic.MustRun(l.t, "nft", "list", "table", "inet", "ctguard")
 }
 
 // listen accepts TCP connections on port in the victim and keeps them
