@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"github.com/ctguard/ctguard/internal/prefixset"
 )
 
 // flushBatchMax is where per-address filtered flushes stop paying off: each
@@ -13,28 +15,16 @@ import (
 const flushBatchMax = 8
 
 // prefixMatcher finds which of a set of prefixes holds an address, with one
-// map lookup per distinct prefix length.
+// map lookup per distinct prefix length (a prefixset.Set of their indexes).
 type prefixMatcher struct {
-	lens []int
-	idx  map[netip.Prefix]int
+	set prefixset.Set[int]
 }
 
 func newPrefixMatcher(ps []netip.Prefix) *prefixMatcher {
-	m := &prefixMatcher{idx: make(map[netip.Prefix]int, len(ps))}
-	seen := map[int]bool{}
+	m := &prefixMatcher{}
 	for i, p := range ps {
-		p = canonical(p)
-		if _, dup := m.idx[p]; !dup {
-			m.idx[p] = i
-		}
-		// Lengths are kept per family: an IPv4 /24 and an IPv6 /24 differ.
-		l := p.Bits()
-		if p.Addr().Is6() {
-			l += 1000
-		}
-		if !seen[l] {
-			seen[l] = true
-			m.lens = append(m.lens, l)
+		if _, dup := m.set.Get(p); !dup {
+			m.set.Add(p, i) // the first of duplicates gets their entries
 		}
 	}
 	return m
@@ -42,31 +32,15 @@ func newPrefixMatcher(ps []netip.Prefix) *prefixMatcher {
 
 // match returns the index of a prefix that holds a, or -1. Overlapping
 // prefixes (a /24 and an address in it) resolve to the first length listed.
+// An IPv4-mapped source is an IPv6 flow's: IPv4 prefixes never hold it.
 func (m *prefixMatcher) match(a netip.Addr) int {
-	for _, l := range m.lens {
-		bits := l
-		if l >= 1000 {
-			if !a.Is6() {
-				continue
-			}
-			bits -= 1000
-		} else if !a.Is4() {
-			continue
-		}
-		p, err := a.Prefix(bits)
-		if err != nil {
-			continue
-		}
-		if i, ok := m.idx[p]; ok {
-			return i
-		}
+	if a.Is4In6() {
+		return -1
+	}
+	if _, i, ok := m.set.Lookup(a); ok {
+		return i
 	}
 	return -1
-}
-
-func canonical(p netip.Prefix) netip.Prefix {
-	a := p.Addr().Unmap()
-	return netip.PrefixFrom(a, min(p.Bits(), a.BitLen())).Masked()
 }
 
 // PurgeSources deletes the entries of many sources at once and returns how
@@ -80,7 +54,7 @@ func (c *Conn) PurgeSources(ctx context.Context, ps []netip.Prefix) ([]int, erro
 	}
 	flushable := len(ps) <= flushBatchMax
 	for _, p := range ps {
-		if p = canonical(p); !p.Addr().Is4() || !p.IsSingleIP() {
+		if p = prefixset.Canonical(p); !p.Addr().Is4() || !p.IsSingleIP() {
 			flushable = false
 		}
 	}
@@ -141,7 +115,7 @@ func (c *Conn) dumpAndDelete(ctx context.Context, ps []netip.Prefix, keep []uint
 	m := newPrefixMatcher(ps)
 	o := DumpOptions{}
 	if len(ps) == 1 {
-		p := canonical(ps[0])
+		p := prefixset.Canonical(ps[0])
 		o.Family = familyOf(p.Addr())
 		if p.IsSingleIP() && p.Addr().Is4() {
 			o.Source = p.Addr() // filtered in the kernel: a walk, no copies

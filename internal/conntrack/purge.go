@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ctguard/ctguard/internal/prefixset"
 )
 
 // PurgeSource deletes every entry whose original source lies in p and
@@ -28,7 +30,7 @@ func (c *Conn) PurgeSource(ctx context.Context, p netip.Prefix) (int, error) {
 	if !p.IsValid() {
 		return 0, fmt.Errorf("purge: invalid prefix %v", p)
 	}
-	p = canonical(p)
+	p = prefixset.Canonical(p)
 	if p.Addr().Is4() && p.IsSingleIP() {
 		n, err := c.flushSource(ctx, p.Addr())
 		if !errors.Is(err, errFlushUnsupported) {
@@ -106,7 +108,7 @@ func (c *Conn) CountSource(ctx context.Context, p netip.Prefix) (int, error) {
 	if !p.IsValid() {
 		return 0, fmt.Errorf("count: invalid prefix %v", p)
 	}
-	p = canonical(p)
+	p = prefixset.Canonical(p)
 	o := DumpOptions{Family: familyOf(p.Addr())}
 	if p.IsSingleIP() {
 		o.Source = p.Addr()

@@ -3,18 +3,20 @@ package daemon
 import (
 	"net/netip"
 
+	"github.com/ctguard/ctguard/internal/prefixset"
 	"github.com/ctguard/ctguard/internal/store"
 )
 
 // banIndex answers the policy's questions about active bans.
 type banIndex struct {
-	all   map[netip.Prefix]bool
-	nets  []netip.Prefix
+	// bans holds every active ban with its origin (a store.Origin*
+	// string): an operator's bans are decisions about those targets only,
+	// never evidence against their neighbours, so they do not count toward
+	// prefix bans. The active index tells only an operator's bans from the
+	// rest, so every other ban is recorded as store.OriginAuto: adopted
+	// bans count as the policy's, as they always have.
+	bans  prefixset.Set[string]
 	hosts map[netip.Prefix]int // grouping prefix -> automatic single-address bans inside
-	// autoNets are the prefix bans the policy made: an operator's bans are
-	// decisions about those targets only, never evidence against their
-	// neighbours, so they do not count toward prefix bans.
-	autoNets []netip.Prefix
 
 	v4Bits, v6Bits int
 }
@@ -22,41 +24,38 @@ type banIndex struct {
 // newBanIndex indexes the active bans; v4Bits and v6Bits are the lengths
 // the snapshot groups sources by.
 func newBanIndex(active []store.Active, v4Bits, v6Bits int) *banIndex {
-	b := &banIndex{all: make(map[netip.Prefix]bool, len(active)), hosts: map[netip.Prefix]int{}, v4Bits: v4Bits, v6Bits: v6Bits}
+	b := &banIndex{hosts: map[netip.Prefix]int{}, v4Bits: v4Bits, v6Bits: v6Bits}
 	for _, a := range active {
-		b.all[a.Prefix] = true
-		if !a.Prefix.IsSingleIP() {
-			b.nets = append(b.nets, a.Prefix)
-			if !a.Manual {
-				b.autoNets = append(b.autoNets, a.Prefix)
-			}
-			continue
-		}
+		origin := store.OriginAuto
 		if a.Manual {
+			origin = store.OriginManual
+		}
+		b.bans.Add(a.Prefix, origin)
+		if !a.Prefix.IsSingleIP() || a.Manual {
 			continue
 		}
-		bits := v4Bits
-		if a.Prefix.Addr().Is6() {
-			bits = v6Bits
-		}
-		if k, err := a.Prefix.Addr().Prefix(bits); err == nil {
+		if k, err := a.Prefix.Addr().Prefix(b.groupBits(a.Prefix.Addr())); err == nil {
 			b.hosts[k]++
 		}
 	}
 	return b
 }
 
+// groupBits is the length the snapshot groups a's family by.
+func (b *banIndex) groupBits(a netip.Addr) int {
+	if a.Is6() {
+		return b.v6Bits
+	}
+	return b.v4Bits
+}
+
 // covered reports whether an active ban is p or contains it.
 func (b *banIndex) covered(p netip.Prefix) bool {
-	if b.all[p] {
+	if _, ok := b.bans.Get(p); ok {
 		return true
 	}
-	for _, n := range b.nets {
-		if n.Bits() <= p.Bits() && n.Contains(p.Addr()) {
-			return true
-		}
-	}
-	return false
+	_, _, ok := b.bans.Covering(p)
+	return ok
 }
 
 // hostsIn counts the active single-address bans inside p (a grouping
@@ -64,8 +63,8 @@ func (b *banIndex) covered(p netip.Prefix) bool {
 func (b *banIndex) hostsIn(p netip.Prefix) int { return b.hosts[p] }
 
 // groupsIn lists the grouping prefixes inside a wider prefix w that hold
-// an active ban: of an address, of the grouping prefix itself, or of a
-// prefix between the two (which counts as one).
+// an active automatic ban: of an address, of the grouping prefix itself,
+// or of a prefix between the two (which counts as one).
 func (b *banIndex) groupsIn(w netip.Prefix) []netip.Prefix {
 	seen := map[netip.Prefix]bool{}
 	for g := range b.hosts {
@@ -73,15 +72,11 @@ func (b *banIndex) groupsIn(w netip.Prefix) []netip.Prefix {
 			seen[g] = true
 		}
 	}
-	for _, n := range b.autoNets {
-		if n.Bits() <= w.Bits() || !w.Contains(n.Addr()) {
-			continue
+	for _, n := range b.bans.Inside(w) {
+		if origin, _ := b.bans.Get(n); n.IsSingleIP() || origin == store.OriginManual {
+			continue // counted in hosts if automatic
 		}
-		bits := b.v4Bits
-		if n.Addr().Is6() {
-			bits = b.v6Bits
-		}
-		if n.Bits() >= bits {
+		if bits := b.groupBits(n.Addr()); n.Bits() >= bits {
 			n, _ = n.Addr().Prefix(bits)
 		}
 		seen[n] = true

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/prefixset"
 	"github.com/ctguard/ctguard/internal/sockets"
 	"github.com/ctguard/ctguard/internal/store"
 )
@@ -326,10 +327,10 @@ func (e *Engine) rebuild(ctx context.Context, problem string) (ReconcileResult, 
 // time as TTL, and prefixes inside another active prefix left out (interval
 // sets refuse overlaps, and the outer one covers them anyway).
 func KernelElements(active []store.Active, now time.Time) []Element {
-	nets := prefixSet{}
+	var nets prefixset.Set[struct{}] // the prefix bans, for the overlap checks
 	for _, b := range active {
 		if !isHost(b.Prefix) {
-			nets.add(b.Prefix)
+			nets.Add(b.Prefix, struct{}{})
 		}
 	}
 	out := make([]Element, 0, len(active))
@@ -338,44 +339,13 @@ func KernelElements(active []store.Active, now time.Time) []Element {
 		if ttl <= 0 {
 			continue
 		}
-		if !isHost(b.Prefix) && nets.covering(b.Prefix).IsValid() {
-			continue
+		if !isHost(b.Prefix) {
+			if _, _, ok := nets.Covering(b.Prefix); ok {
+				continue
+			}
 		}
 		out = append(out, Element{Prefix: b.Prefix, TTL: ttl, Scoped: b.Scoped})
 	}
-	return out
-}
-
-// prefixSet holds active prefix bans for the overlap checks: at most one
-// lookup per prefix length, however many bans there are.
-type prefixSet map[netip.Prefix]struct{}
-
-func (s prefixSet) add(p netip.Prefix) { s[p] = struct{}{} }
-func (s prefixSet) del(p netip.Prefix) { delete(s, p) }
-
-// covering returns a prefix in s that strictly contains p.
-func (s prefixSet) covering(p netip.Prefix) netip.Prefix {
-	if len(s) == 0 {
-		return netip.Prefix{}
-	}
-	for bits := 0; bits < p.Bits(); bits++ {
-		q, _ := p.Addr().Prefix(bits)
-		if _, ok := s[q]; ok {
-			return q
-		}
-	}
-	return netip.Prefix{}
-}
-
-// inside returns the prefixes in s strictly inside p.
-func (s prefixSet) inside(p netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for q := range s {
-		if q.Bits() > p.Bits() && p.Contains(q.Addr()) {
-			out = append(out, q)
-		}
-	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
 }
 
@@ -447,12 +417,12 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	// active maps every ban in force to whether it is scoped.
 	active := make(map[netip.Prefix]bool, len(activeList)+len(reqs))
 	expires := make(map[netip.Prefix]time.Time, len(activeList))
-	nets := prefixSet{}
+	var nets prefixset.Set[struct{}] // the prefix bans in force, for the overlap checks
 	for _, b := range activeList {
 		active[b.Prefix] = b.Scoped
 		expires[b.Prefix] = b.Expires
 		if !isHost(b.Prefix) {
-			nets.add(b.Prefix)
+			nets.Add(b.Prefix, struct{}{})
 		}
 	}
 	// Outer prefixes first, so that an inner request in the same batch is
@@ -486,7 +456,7 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		if s, ok := list.Session(p); ok {
 			res.Scoped, res.Session = true, s
 		}
-		if q := nets.covering(p); q.IsValid() {
+		if q, _, ok := nets.Covering(p); ok {
 			res.CoveredBy = q
 			continue
 		}
@@ -496,11 +466,11 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		}
 		inBatch[p] = true
 		if !isHost(p) {
-			for _, q := range nets.inside(p) {
+			for _, q := range nets.Inside(p) {
 				res.Replaced = append(res.Replaced, q)
 				ch.Delete = append(ch.Delete, Element{Prefix: q, Scoped: active[q]})
 				delete(active, q)
-				nets.del(q)
+				nets.Delete(q)
 			}
 		}
 		if scoped, ok := active[p]; ok {
@@ -517,7 +487,7 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 		res.TTL = r.TTL
 		active[p] = res.Scoped
 		if !isHost(p) {
-			nets.add(p)
+			nets.Add(p, struct{}{})
 		}
 		accepted = append(accepted, i)
 	}
