@@ -381,3 +381,39 @@ func TestRootMetricsScrape(t *testing.T) {
 		}
 	}
 }
+
+// enforce.backend: ipset puts the bans in ctguard's ipsets with a drop rule
+// in the raw table before conntrack, and status says which backend and
+// why; auto picks nftables on this kernel.
+func TestRootRunIPSetBackend(t *testing.T) {
+	testutil.RequireRoot(t, "ipset", "iptables-restore", "ip6tables-restore")
+	for _, want := range []string{"ipset", "auto"} {
+		t.Run(want, func(t *testing.T) {
+			ns, c := daemonLab(t)
+			dir := t.TempDir()
+			cfg := writeConfig(t, dir, fmt.Sprintf("[enforce]\nbackend = %q\n", want))
+			log, _ := startDaemon(t, ns, "--config", cfg)
+			waitFor(t, "the bot's ban", 10*time.Second, func() bool { return strings.Contains(log.String(), "action=ban target=203.0.113.110/32") })
+			if n := count(t, c, "203.0.113.110/32"); n != 0 {
+				t.Errorf("the bot still holds %d entries", n)
+			}
+			out, err := self(ns, "status", "--socket", filepath.Join(dir, "ctguard.sock"), "--sample", "0").CombinedOutput()
+			chosen := map[string]string{"ipset": "ipset", "auto": "nftables"}[want]
+			if err != nil || !strings.Contains(string(out), "enforcing with "+chosen) || !strings.Contains(string(out), "firewall backend "+chosen+": ") {
+				t.Errorf("status with backend %s: %v\n%s", want, err, out)
+			}
+			set, _ := ns.Run("ipset", "list", "ctguard-ban4")
+			raw, _ := ns.Run("iptables-save", "-t", "raw")
+			if want == "ipset" {
+				if !strings.Contains(set, "203.0.113.110") || !strings.Contains(raw, "CTGUARD") {
+					t.Errorf("the ban is not in ctguard's ipset with its raw rule:\n%s\n%s", set, raw)
+				}
+				if tbl, _ := ns.Run("nft", "list", "table", "inet", "ctguard"); strings.Contains(tbl, "203.0.113.110") {
+					t.Errorf("ipset backend also banned in nftables:\n%s", tbl)
+				}
+			} else if tbl := ns.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); !strings.Contains(tbl, "203.0.113.110") {
+				t.Errorf("auto did not ban in nftables:\n%s", tbl)
+			}
+		})
+	}
+}

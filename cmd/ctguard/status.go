@@ -251,6 +251,9 @@ func printStatus(w io.Writer, r *statusReport) {
 	}
 	if d := r.Daemon; d != nil {
 		mode := "enforcing"
+		if d.Backend != "" {
+			mode = "enforcing with " + d.Backend
+		}
 		if d.DryRun {
 			mode = "DRY RUN (nothing enforced)"
 		}
@@ -262,6 +265,9 @@ func printStatus(w io.Writer, r *statusReport) {
 			mode, d.Pressure, d.Threshold, plural(d.ActiveBans, "ban", "bans"), total, human.Duration(time.Since(d.LastCycle)))
 		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d, cycles under pressure without a ban %d\n",
 			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors, d.Counters.PressureNoBan)
+		if d.BackendWhy != "" {
+			fmt.Fprintf(w, "           firewall backend %s: %s\n", d.Backend, d.BackendWhy)
+		}
 		if sv := d.Service; sv != nil {
 			now := "full now"
 			if !sv.Drained.IsZero() {
@@ -312,6 +318,8 @@ func joinCounts(m map[string]int, empty string) string {
 // daemonStatus is what a running daemon adds to status.
 type daemonStatus struct {
 	DryRun     bool            `json:"dry_run"`
+	Backend    string          `json:"backend,omitempty"`
+	BackendWhy string          `json:"backend_why,omitempty"`
 	Pressure   policy.Pressure `json:"pressure"`
 	Threshold  float64         `json:"threshold"`
 	LastCycle  time.Time       `json:"last_cycle"`
@@ -333,7 +341,7 @@ func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON boo
 	}
 	r := buildStatus(d.Stats, d.Snapshot, d.Samples, hostInfo{d.Buckets, d.Kernel, d.Timeouts, ""}, d.NumSources)
 	r.Config = d.Config
-	r.Daemon = &daemonStatus{DryRun: d.DryRun, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
+	r.Daemon = &daemonStatus{DryRun: d.DryRun, Backend: d.Backend, BackendWhy: d.BackendWhy, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
 		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters, Losing: d.Losing, Service: d.Service}
 	if asJSON {
 		enc := json.NewEncoder(e.stdout)

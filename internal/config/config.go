@@ -24,6 +24,7 @@ type Config struct {
 	Snapshot Snapshot      `toml:"snapshot"`
 	Policy   policy.Config `toml:"policy"`
 	Allow    Allow         `toml:"allow"`
+	Enforce  Enforce       `toml:"enforce"`
 	Metrics  Metrics       `toml:"metrics"`
 	Log      Log           `toml:"log"`
 }
@@ -72,6 +73,13 @@ type Allow struct {
 	Refresh    time.Duration `toml:"refresh"`
 }
 
+// Enforce is where bans are enforced.
+type Enforce struct {
+	// Backend is the firewall: "auto" (nftables when the kernel has what
+	// ctguard needs, else ipset + iptables), "nftables" or "ipset".
+	Backend string `toml:"backend"`
+}
+
 // Metrics is the optional Prometheus endpoint.
 type Metrics struct {
 	// Listen is host:port; empty turns the endpoint off. Anything but a
@@ -105,6 +113,7 @@ func Default() Config {
 		Snapshot: Snapshot{IdleThreshold: 60 * time.Second, V4Prefix: 24, V6Prefix: 64},
 		Policy:   policy.Default(),
 		Allow:    Allow{SSHPorts: []int{22}, ResolvConf: "/etc/resolv.conf", Refresh: 30 * time.Second},
+		Enforce:  Enforce{Backend: "auto"},
 		Log:      Log{Format: "text", Level: "info"},
 	}
 }
@@ -204,6 +213,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Allow.Refresh < time.Second {
 		errs = append(errs, fmt.Errorf("allow.refresh = %v: want >= 1s", c.Allow.Refresh))
+	}
+	switch c.Enforce.Backend {
+	case "auto", "nftables", "ipset":
+	default:
+		errs = append(errs, fmt.Errorf("enforce.backend = %q: want auto, nftables or ipset", c.Enforce.Backend))
 	}
 	if m := c.Metrics.Listen; m != "" {
 		host, port, err := net.SplitHostPort(m)

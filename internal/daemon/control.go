@@ -328,6 +328,10 @@ type StatusReply struct {
 	// Config is the configuration file the daemon runs with, or "the
 	// built-in defaults".
 	Config string `json:"config"`
+	// Backend is the firewall holding the bans (nftables, ipset; "" in a
+	// dry run) and BackendWhy the reason it was chosen.
+	Backend    string `json:"backend,omitempty"`
+	BackendWhy string `json:"backend_why,omitempty"`
 	// Losing is set while the last cycle ran under high or critical
 	// pressure and banned nothing.
 	Losing *Losing `json:"losing,omitempty"`
@@ -345,6 +349,7 @@ func (d *Daemon) Status() StatusReply {
 		Threshold: d.result.Threshold, CycleAt: d.cycleAt, Cycles: d.cycles, Counters: d.counters,
 		ActiveBans: len(active), Buckets: d.sys.Buckets, Kernel: d.sys.Kernel, Timeouts: d.sys.Timeouts,
 		Reader: d.src.ReaderName(), Losing: d.losing, Service: d.svc.state(), Config: cmp.Or(d.cfgPath, "the built-in defaults"),
+		Backend: string(d.backend), BackendWhy: d.backendWhy,
 	}
 	r.Counters.BansByReason = maps(d.counters.BansByReason)
 	if d.snap != nil {

@@ -75,6 +75,9 @@ type Daemon struct {
 	lostMute int
 	// svc watches the listeners' accept queues (the service, not the table).
 	svc service
+	// backend is the firewall in use and why it was chosen.
+	backend    enforce.Backend
+	backendWhy string
 	// notify reports to the service manager (only the loop uses it).
 	notify notifier
 	// obs is what only the metrics read: the build and the scan durations.
@@ -175,6 +178,10 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d.close = append(d.close, parts.Close)
 	d.src, d.st, d.eng = parts.Source, parts.Store, parts.Engine
+	d.backend, d.backendWhy = parts.Backend, parts.Why
+	if parts.Backend != "" {
+		d.log.Info("firewall backend", "backend", parts.Backend, "why", parts.Why)
+	}
 	if d.src.Fallback != "" {
 		d.log.Warn("netlink unavailable, reading /proc/net/nf_conntrack", "why", d.src.Fallback)
 	}

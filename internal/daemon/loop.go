@@ -112,6 +112,7 @@ func (d *Daemon) doReload() {
 			{"daemon.procfs", c.Daemon.Procfs != old.Daemon.Procfs},
 			{"daemon.sockets", c.Daemon.Sockets != old.Daemon.Sockets},
 			{"metrics", c.Metrics != old.Metrics},
+			{"enforce.backend", c.Enforce != old.Enforce},
 			{"log", c.Log != old.Log},
 		} {
 			if k.changed {
@@ -120,6 +121,7 @@ func (d *Daemon) doReload() {
 		}
 		c.Daemon.StateDir, c.Daemon.Socket, c.Daemon.Reader = old.Daemon.StateDir, old.Daemon.Socket, old.Daemon.Reader
 		c.Daemon.Procfs, c.Daemon.Sockets, c.Metrics, c.Log = old.Daemon.Procfs, old.Daemon.Sockets, old.Metrics, old.Log
+		c.Enforce = old.Enforce
 		if len(kept) > 0 {
 			d.log.Warn("reload: these settings need a restart; keeping the running values", "keys", kept)
 		}

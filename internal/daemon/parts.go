@@ -29,7 +29,11 @@ type Parts struct {
 	Engine *enforce.Engine
 	Allow  allow.Config
 	// Moved is where a damaged store was moved aside (MoveDamaged), or "".
-	Moved   string
+	Moved string
+	// Backend is the firewall in use and Why the reason it was chosen
+	// (enforce.backend; "" for a stand-in).
+	Backend enforce.Backend
+	Why     string
 	closers []func()
 }
 
@@ -117,10 +121,28 @@ func OpenParts(ctx context.Context, c config.Config, o PartsOptions) (*Parts, er
 			return fail(err)
 		}
 		p.closers = append(p.closers, func() { lock.Release() })
-		fw = enforce.NewNFT(o.Log, enforce.NFTOptions{SSHPorts: p.Allow.SSHPorts})
+		// auto probes what this kernel and host offer (throw-away objects
+		// only); a forced backend that lacks a feature is an error naming it.
+		b, why, err := enforce.ChooseBackend(c.Enforce.Backend, enforce.Probe(ctx, enforce.ProbeOptions{Want: c.Enforce.Backend}))
+		if err != nil {
+			return fail(fmt.Errorf("enforce.backend: %w", err))
+		}
+		if fw, err = enforce.NewBackend(b, o.Log, enforce.BackendOptions{SSHPorts: p.Allow.SSHPorts}); err != nil {
+			return fail(err)
+		}
+		p.Backend, p.Why = b, why
 	default:
-		// Only read (the drop counters, the sets): no claim on the table.
-		fw = enforce.NewNFT(o.Log, enforce.NFTOptions{SSHPorts: p.Allow.SSHPorts})
+		// Only read (the drop counters, the sets), without probing: no
+		// claim on the table, nothing created. auto reads nftables.
+		b := enforce.BackendNFTables
+		if c.Enforce.Backend == enforce.WantIPSet {
+			b = enforce.BackendIPSet
+		}
+		var err error
+		if fw, err = enforce.NewBackend(b, o.Log, enforce.BackendOptions{SSHPorts: p.Allow.SSHPorts}); err != nil {
+			return fail(err)
+		}
+		p.Backend, p.Why = b, "read only: enforce.backend "+c.Enforce.Backend
 	}
 	if o.Kernel {
 		if purger == nil {
