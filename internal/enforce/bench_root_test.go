@@ -296,7 +296,7 @@ func nftIn(t *testing.T, ns *testutil.NS) *NFT {
 }
 
 // setSize counts the elements of one of ctguard's sets via nft's JSON.
-func setSize(t *testing.T, ns *testutil.NS, set string) int {
+func setSize(t testing.TB, ns *testutil.NS, set string) int {
 	t.Helper()
 	out := ns.MustRun(t, "nft", "list", "set", "inet", TableName, set)
 	body, _, _ := strings.Cut(out[strings.Index(out, "elements = {")+1:], "}")

@@ -511,7 +511,7 @@ func (s *IPSet) spec(x *ipsetConn, d ipsetDef, n int) (ipsetCreateSpec, error) {
 		hs *= 2
 	}
 	return ipsetCreateSpec{Name: d.name, Type: d.typ, Family: d.family, Revision: rev,
-		Timeout: uint32(DefaultTTL / time.Second), MaxElem: s.maxElem, HashSize: hs}, nil
+		Timeout: uint32(DefaultTTL / time.Second), MaxElem: s.maxElem, HashSize: hs, BucketSize: 12}, nil
 }
 
 // Check implements Firewall: eight header-only set listings (no elements)

@@ -461,7 +461,15 @@ type ipsetCreateSpec struct {
 	Timeout    uint32 // default element timeout, seconds; 0: no timeout support
 	MaxElem    uint32
 	HashSize   uint32 // 0: the kernel's default
+	// BucketSize, when not 0, is sent as the ipset tool does for revisions
+	// that have it; the kernel then also reports the set's random hash
+	// seed (initval), which identity uses.
+	BucketSize uint8
 }
+
+// bucketSizeRevision is the first revision of each type with a bucket size
+// and initval (kernel 5.10's ipset 7.9).
+var bucketSizeRevision = map[string]uint8{"hash:ip": 5, "hash:net": 7}
 
 // create makes a set; an existing set of the name is an error
 // (errIPSetExist), never replaced.
@@ -477,6 +485,9 @@ func (x *ipsetConn) create(s ipsetCreateSpec) error {
 	}
 	if s.HashSize > 0 {
 		b = b.be32(ipsetAttrHashSize, s.HashSize)
+	}
+	if r, ok := bucketSizeRevision[s.Type]; ok && s.BucketSize > 0 && s.Revision >= r {
+		b = b.u8(ipsetAttrBucketSize, s.BucketSize)
 	}
 	b = b.end(data)
 	if _, err := x.do(ipsetCmdCreate, netlink.Acknowledge|netlink.Excl|netlink.Create, b); err != nil {

@@ -124,10 +124,19 @@ func TestRootIPSetReconcileAfterFirewallReload(t *testing.T) {
 
 		// 4. Healthy again: a fresh engine on the same store (a new CLI
 		// process) checks against the stored identity and keeps the sets;
-		// sets recreated by another Setup have a new identity.
+		// a set swapped with another, or sets recreated by another Setup,
+		// have a new identity.
 		e2 := New(Config{Store: l.st, Firewall: l.fw, Purger: l.ct, Allow: l.eng.allowC})
 		if r, err := e2.Reconcile(ctx); err != nil || r.Rebuilt {
 			t.Fatalf("fresh engine rebuilt healthy sets: %+v %v", r, err)
+		}
+		l.vic.MustRun(t, "ipset", "create", "other", "hash:ip", "timeout", "60")
+		l.vic.MustRun(t, "ipset", "swap", "other", IPSetPrefix+"ban4")
+		if r, err := e2.Reconcile(ctx); err != nil || !r.Rebuilt || !strings.Contains(r.Problem, "were replaced") {
+			t.Fatalf("reconcile after a swap from outside: %+v %v", r, err)
+		}
+		if c := l.dial("192.0.2.3", 8080, 1); len(c) != 0 {
+			t.Fatal("ban not restored after the swap")
 		}
 		other := NewIPSet(nil, IPSetOptions{NetNSFd: l.ips.netns, IPTables: be.flavour})
 		if _, err := other.Setup(ctx, nil); err != nil {
