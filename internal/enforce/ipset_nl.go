@@ -313,7 +313,7 @@ type ipsetConn struct {
 // Buffer sizes: a window of batched requests must fit the send buffer in
 // one sendmsg; the acks (CAP_ACK: a header each) are small.
 const (
-	ipsetSendBuffer = 8 << 20
+	ipsetSendBuffer = 4 << 20
 	ipsetRecvBuffer = 4 << 20
 )
 
@@ -326,9 +326,12 @@ func dialIPSet(netns int) (*ipsetConn, error) {
 	_ = c.SetOption(netlink.CapAcknowledge, true)
 	_ = c.SetWriteBuffer(ipsetSendBuffer)
 	_ = c.SetReadBuffer(ipsetRecvBuffer)
+	// 1 MiB at a time: larger windows were not faster (the kernel's
+	// inserts dominate: 100,000 in ~180 ms with windows from 64 KiB to
+	// 4 MiB) and each window is one kernel allocation.
 	window := 256 << 10
 	if wb, err := c.WriteBuffer(); err == nil && wb/2 > window {
-		window = min(wb/2, 4<<20)
+		window = min(wb/2, 1<<20)
 	}
 	return &ipsetConn{c: c, window: window}, nil
 }
