@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -415,5 +417,124 @@ func TestRootRunIPSetBackend(t *testing.T) {
 				t.Errorf("auto did not ban in nftables:\n%s", tbl)
 			}
 		})
+	}
+}
+
+// The CrowdSec link against a fake Local API in the namespace: the policy's
+// ban goes up as an alert; the LAPI's range decision is banned (purged,
+// origin crowdsec, never counted toward ctguard's own prefix bans), one on
+// an allowlisted address is refused, and a deletion at the LAPI lifts the
+// pulled ban and only it.
+func TestRootCrowdSecLink(t *testing.T) {
+	ns, c := daemonLab(t)
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var alerts []map[string]any
+	deleteNow, logins := false, 0
+	decision := func(id int, scope, value, scenario string) string {
+		return fmt.Sprintf(`{"id":%d,"origin":"cscli","type":"ban","scope":%q,"value":%q,"duration":"3h59m50s","scenario":%q}`, id, scope, value, scenario)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/watchers/login", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		logins++
+		mu.Unlock()
+		fmt.Fprintf(w, `{"code":200,"expire":%q,"token":"tok"}`, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	})
+	mux.HandleFunc("POST /v1/alerts", func(w http.ResponseWriter, r *http.Request) {
+		var got []map[string]any
+		if r.Header.Get("Authorization") != "Bearer tok" || json.NewDecoder(r.Body).Decode(&got) != nil {
+			http.Error(w, `{"message":"bad"}`, http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		alerts = append(alerts, got...)
+		mu.Unlock()
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprint(w, `["1"]`)
+	})
+	mux.HandleFunc("GET /v1/decisions/stream", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") != "key" {
+			http.Error(w, `{"message":"forbidden"}`, http.StatusForbidden)
+			return
+		}
+		mu.Lock()
+		del := deleteNow
+		mu.Unlock()
+		switch {
+		case r.URL.Query().Get("startup") == "true":
+			fmt.Fprintf(w, `{"new":[%s,%s],"deleted":null}`, decision(1, "Range", "198.51.100.0/24", "crowdsecurity/http-probing"),
+				decision(2, "Ip", "192.0.2.10", "crowdsecurity/ssh-bf"))
+		case del:
+			fmt.Fprintf(w, `{"new":null,"deleted":[%s]}`, decision(1, "Range", "198.51.100.0/24", "crowdsecurity/http-probing"))
+		default:
+			fmt.Fprint(w, `{"new":null,"deleted":null}`)
+		}
+	})
+	var ln net.Listener
+	ns.Do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:18080"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	os.WriteFile(filepath.Join(dir, "password"), []byte("secret-pw\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "key"), []byte("key\n"), 0o600)
+	cfg := writeConfig(t, dir, fmt.Sprintf(`[crowdsec]
+url = "http://127.0.0.1:18080/"
+push = true
+password_file = %q
+pull = true
+api_key_file = %q
+pull_interval = "1s"
+`, filepath.Join(dir, "password"), filepath.Join(dir, "key")))
+	log, _ := startDaemon(t, ns, "--config", cfg)
+	sock := filepath.Join(dir, "ctguard.sock")
+
+	waitFor(t, "the LAPI's range banned", 10*time.Second, func() bool {
+		set, _ := ns.Run("nft", "list", "set", "inet", "ctguard", "net4")
+		return strings.Contains(set, "198.51.100.0/24")
+	})
+	if n := count(t, c, "198.51.100.0/24"); n != 0 {
+		t.Errorf("the pulled range still holds %d entries (not purged)", n)
+	}
+	waitFor(t, "the bot's ban pushed as an alert", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, a := range alerts {
+			if a["scenario"] == "ctguard/conntrack-holder" && strings.Contains(fmt.Sprint(a["decisions"]), "203.0.113.110") {
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(log.String(), `msg="crowdsec decision refused: the allowlist covers it" prefix=192.0.2.10/32`) {
+		t.Errorf("the decision on an allowlisted local address was not refused:\n%s", log.String())
+	}
+	if strings.Contains(log.String(), "secret-pw") {
+		t.Error("the password is in the log")
+	}
+	out, err := self(ns, "why", "198.51.100.7", "--socket", sock).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "BANNED: 198.51.100.0/24 from CrowdSec's Local API (crowdsec: crowdsecurity/http-probing)") {
+		t.Errorf("why of an address in the pulled range: %v\n%s", err, out)
+	}
+	out, err = self(ns, "status", "--socket", sock, "--sample", "0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "pull: 2 decisions held") || !strings.Contains(string(out), "push: ") {
+		t.Errorf("status does not show the link: %v\n%s", err, out)
+	}
+
+	// A deletion at the LAPI lifts the pulled ban, and only it.
+	mu.Lock()
+	deleteNow = true
+	mu.Unlock()
+	waitFor(t, "the deleted decision lifted", 10*time.Second, func() bool {
+		set, _ := ns.Run("nft", "list", "set", "inet", "ctguard", "net4")
+		return !strings.Contains(set, "198.51.100.0/24")
+	})
+	if set := ns.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); !strings.Contains(set, "203.0.113.110") {
+		t.Errorf("ctguard's own ban went with the LAPI's deletion:\n%s", set)
 	}
 }

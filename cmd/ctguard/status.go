@@ -265,6 +265,9 @@ func printStatus(w io.Writer, r *statusReport) {
 			mode, d.Pressure, d.Threshold, plural(d.ActiveBans, "ban", "bans"), total, human.Duration(time.Since(d.LastCycle)))
 		fmt.Fprintf(w, "           breaker trips %d, valve runs %d (%d entries deleted), table rebuilds %d, scan errors %d, cycles under pressure without a ban %d\n",
 			d.Counters.BreakerTrips, d.Counters.ValveRuns, d.Counters.ValveDeleted, d.Counters.Rebuilds, d.Counters.ScanErrors, d.Counters.PressureNoBan)
+		if f := d.Fleet; f != nil {
+			printFleet(w, f)
+		}
 		if d.BackendWhy != "" {
 			fmt.Fprintf(w, "           firewall backend %s: %s\n", d.Backend, d.BackendWhy)
 		}
@@ -317,16 +320,17 @@ func joinCounts(m map[string]int, empty string) string {
 
 // daemonStatus is what a running daemon adds to status.
 type daemonStatus struct {
-	DryRun     bool            `json:"dry_run"`
-	Backend    string          `json:"backend,omitempty"`
-	BackendWhy string          `json:"backend_why,omitempty"`
-	Pressure   policy.Pressure `json:"pressure"`
-	Threshold  float64         `json:"threshold"`
-	LastCycle  time.Time       `json:"last_cycle"`
-	Cycles     uint64          `json:"cycles"`
-	ActiveBans int             `json:"active_bans"`
-	Counters   daemon.Counters `json:"counters"`
-	Losing     *daemon.Losing  `json:"losing,omitempty"`
+	DryRun     bool                `json:"dry_run"`
+	Backend    string              `json:"backend,omitempty"`
+	BackendWhy string              `json:"backend_why,omitempty"`
+	Fleet      *daemon.FleetStatus `json:"crowdsec,omitempty"`
+	Pressure   policy.Pressure     `json:"pressure"`
+	Threshold  float64             `json:"threshold"`
+	LastCycle  time.Time           `json:"last_cycle"`
+	Cycles     uint64              `json:"cycles"`
+	ActiveBans int                 `json:"active_bans"`
+	Counters   daemon.Counters     `json:"counters"`
+	Losing     *daemon.Losing      `json:"losing,omitempty"`
 	// Service: the listening sockets whose accept queue is full, if any.
 	Service *daemon.ServiceState `json:"service,omitempty"`
 }
@@ -341,7 +345,7 @@ func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON boo
 	}
 	r := buildStatus(d.Stats, d.Snapshot, d.Samples, hostInfo{d.Buckets, d.Kernel, d.Timeouts, ""}, d.NumSources)
 	r.Config = d.Config
-	r.Daemon = &daemonStatus{DryRun: d.DryRun, Backend: d.Backend, BackendWhy: d.BackendWhy, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
+	r.Daemon = &daemonStatus{DryRun: d.DryRun, Backend: d.Backend, BackendWhy: d.BackendWhy, Fleet: d.Fleet, Pressure: d.Pressure, Threshold: d.Threshold, LastCycle: d.CycleAt,
 		Cycles: d.Cycles, ActiveBans: d.ActiveBans, Counters: d.Counters, Losing: d.Losing, Service: d.Service}
 	if asJSON {
 		enc := json.NewEncoder(e.stdout)
@@ -350,4 +354,27 @@ func statusFromDaemon(ctx context.Context, e *env, cl *daemon.Client, asJSON boo
 	}
 	printStatus(e.stdout, r)
 	return nil
+}
+
+// printFleet shows the CrowdSec link: what went each way, and the last
+// error of a direction that is failing.
+func printFleet(w io.Writer, f *daemon.FleetStatus) {
+	if f.Link == nil {
+		fmt.Fprintf(w, "crowdsec   link not started (local defence goes on): %s\n", f.Error)
+		return
+	}
+	l := f.Link
+	failing := func(failures int, last string) string {
+		if failures == 0 {
+			return ""
+		}
+		return fmt.Sprintf(", FAILING (%d in a row: %s)", failures, last)
+	}
+	fmt.Fprintf(w, "crowdsec   %s\n", l.URL)
+	if l.Push.Enabled {
+		fmt.Fprintf(w, "           push: %d alerts sent, %d queued, %d dropped%s\n", l.Push.Sent, l.Push.Queued, l.Push.Dropped, failing(l.Push.Failures, l.Push.LastError))
+	}
+	if l.Pull.Enabled {
+		fmt.Fprintf(w, "           pull: %d decisions held on %d prefixes, %d applied, %d lifted%s\n", l.Pull.Held, l.Pull.Prefixes, l.Pull.Applied, l.Pull.Lifted, failing(l.Pull.Failures, l.Pull.LastError))
+	}
 }

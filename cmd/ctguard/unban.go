@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ctguard/ctguard/internal/human"
+	"github.com/ctguard/ctguard/internal/store"
 )
 
 func init() {
@@ -79,6 +80,9 @@ func unbanFlags(fs *pflag.FlagSet) action {
 			defer fmt.Fprintf(e.stdout, "(%s)\n", dryRunNote)
 		}
 		fmt.Fprintf(e.stdout, "%s %s (banned %d %s, first %s)\n", verb, b.Prefix, b.Count, times, human.Time(b.First))
+		if b.Origin == store.OriginCrowdSec {
+			fmt.Fprintf(e.stdout, "  it came from CrowdSec's Local API: lifted here only; it returns if the LAPI sends it again\n")
+		}
 		return nil
 	}
 }

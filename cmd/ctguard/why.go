@@ -201,6 +201,8 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 			fmt.Fprintf(w, "             an operator's ban: it never counts toward an automatic ban of its prefix\n")
 		case store.OriginAdopted:
 			fmt.Fprintf(w, "             adopted: found in the kernel at start without a store record\n")
+		case store.OriginCrowdSec:
+			fmt.Fprintf(w, "             pulled from CrowdSec's Local API: lifted when the LAPI deletes it; it never counts toward an automatic ban of its prefix\n")
 		}
 	}
 	for _, ev := range r.Events {

@@ -15,18 +15,20 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/ctguard/ctguard/internal/crowdsec"
 	"github.com/ctguard/ctguard/internal/policy"
 )
 
 // Config is the whole file.
 type Config struct {
-	Daemon   Daemon        `toml:"daemon"`
-	Snapshot Snapshot      `toml:"snapshot"`
-	Policy   policy.Config `toml:"policy"`
-	Allow    Allow         `toml:"allow"`
-	Enforce  Enforce       `toml:"enforce"`
-	Metrics  Metrics       `toml:"metrics"`
-	Log      Log           `toml:"log"`
+	Daemon   Daemon          `toml:"daemon"`
+	Snapshot Snapshot        `toml:"snapshot"`
+	Policy   policy.Config   `toml:"policy"`
+	Allow    Allow           `toml:"allow"`
+	Enforce  Enforce         `toml:"enforce"`
+	CrowdSec crowdsec.Config `toml:"crowdsec"`
+	Metrics  Metrics         `toml:"metrics"`
+	Log      Log             `toml:"log"`
 }
 
 // Daemon is how the loop runs.
@@ -114,6 +116,7 @@ func Default() Config {
 		Policy:   policy.Default(),
 		Allow:    Allow{SSHPorts: []int{22}, ResolvConf: "/etc/resolv.conf", Refresh: 30 * time.Second},
 		Enforce:  Enforce{Backend: "auto"},
+		CrowdSec: crowdsec.Default(),
 		Log:      Log{Format: "text", Level: "info"},
 	}
 }
@@ -213,6 +216,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Allow.Refresh < time.Second {
 		errs = append(errs, fmt.Errorf("allow.refresh = %v: want >= 1s", c.Allow.Refresh))
+	}
+	if err := c.CrowdSec.Validate(); err != nil {
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("crowdsec.%w", e))
+		}
 	}
 	switch c.Enforce.Backend {
 	case "auto", "nftables", "ipset":

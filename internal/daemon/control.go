@@ -332,6 +332,8 @@ type StatusReply struct {
 	// dry run) and BackendWhy the reason it was chosen.
 	Backend    string `json:"backend,omitempty"`
 	BackendWhy string `json:"backend_why,omitempty"`
+	// Fleet is the link to CrowdSec's Local API, when configured.
+	Fleet *FleetStatus `json:"crowdsec,omitempty"`
 	// Losing is set while the last cycle ran under high or critical
 	// pressure and banned nothing.
 	Losing *Losing `json:"losing,omitempty"`
@@ -349,7 +351,7 @@ func (d *Daemon) Status() StatusReply {
 		Threshold: d.result.Threshold, CycleAt: d.cycleAt, Cycles: d.cycles, Counters: d.counters,
 		ActiveBans: len(active), Buckets: d.sys.Buckets, Kernel: d.sys.Kernel, Timeouts: d.sys.Timeouts,
 		Reader: d.src.ReaderName(), Losing: d.losing, Service: d.svc.state(), Config: cmp.Or(d.cfgPath, "the built-in defaults"),
-		Backend: string(d.backend), BackendWhy: d.backendWhy,
+		Backend: string(d.backend), BackendWhy: d.backendWhy, Fleet: d.fleetStatus(),
 	}
 	r.Counters.BansByReason = maps(d.counters.BansByReason)
 	if d.snap != nil {

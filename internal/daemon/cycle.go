@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/crowdsec"
 	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/policy"
 )
@@ -212,6 +213,7 @@ func (d *Daemon) ban(ctx context.Context, now time.Time, bans []policy.Decision,
 			d.counters.BanErrors++
 		default:
 			d.counters.BansByReason[b.Reason]++
+			d.pushed(reqs[i], crowdsec.FromPolicy(b, now))
 			d.counters.SocketsClosed += uint64(r.Ban.SocketsClosed)
 			verb := "closed"
 			if d.dryRun {

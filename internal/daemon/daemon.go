@@ -21,6 +21,7 @@ import (
 	"github.com/ctguard/ctguard/internal/allow"
 	"github.com/ctguard/ctguard/internal/config"
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/crowdsec"
 	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/forecast"
 	"github.com/ctguard/ctguard/internal/metrics"
@@ -75,6 +76,10 @@ type Daemon struct {
 	lostMute int
 	// svc watches the listeners' accept queues (the service, not the table).
 	svc service
+	// fleet is the link to CrowdSec's Local API (nil when off or not
+	// started; fleetErr says why not).
+	fleet    *crowdsec.Client
+	fleetErr string
 	// backend is the firewall in use and why it was chosen.
 	backend    enforce.Backend
 	backendWhy string

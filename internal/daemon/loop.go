@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/ctguard/ctguard/internal/config"
@@ -20,6 +21,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("ctguard running", "dry_run", d.dryRun, "restored_bans", res.Restored, "took", res.Took.Round(time.Millisecond),
 		"reader", d.src.ReaderName(), "max", d.sys.Max, "established_timeout", d.agg.Config().EstablishedTimeout)
 	defer d.stopping()
+	d.startFleet(ctx)
 	var lastScan, lastPoll time.Time
 	lastCount := -1
 	for {
@@ -113,6 +115,7 @@ func (d *Daemon) doReload() {
 			{"daemon.sockets", c.Daemon.Sockets != old.Daemon.Sockets},
 			{"metrics", c.Metrics != old.Metrics},
 			{"enforce.backend", c.Enforce != old.Enforce},
+			{"crowdsec", !reflect.DeepEqual(c.CrowdSec, old.CrowdSec)},
 			{"log", c.Log != old.Log},
 		} {
 			if k.changed {
@@ -121,7 +124,7 @@ func (d *Daemon) doReload() {
 		}
 		c.Daemon.StateDir, c.Daemon.Socket, c.Daemon.Reader = old.Daemon.StateDir, old.Daemon.Socket, old.Daemon.Reader
 		c.Daemon.Procfs, c.Daemon.Sockets, c.Metrics, c.Log = old.Daemon.Procfs, old.Daemon.Sockets, old.Metrics, old.Log
-		c.Enforce = old.Enforce
+		c.Enforce, c.CrowdSec = old.Enforce, old.CrowdSec
 		if len(kept) > 0 {
 			d.log.Warn("reload: these settings need a restart; keeping the running values", "keys", kept)
 		}

@@ -251,6 +251,8 @@ func verdict(r *WhyReply, now time.Time) string {
 				who = "by an operator"
 			case store.OriginAdopted:
 				who = "adopted from the kernel"
+			case store.OriginCrowdSec:
+				who = "from CrowdSec's Local API"
 			}
 			return fmt.Sprintf("%s: %s %s (%s), for %s more", banned, b.Prefix, who, b.Reason, human.Duration(b.Expires.Sub(now)))
 		}

@@ -102,9 +102,11 @@ type Ban struct {
 
 // Origins of a ban.
 const (
-	OriginAuto    = "auto"
-	OriginManual  = "manual"
-	OriginAdopted = "adopted"
+	OriginAuto   = "auto"
+	OriginManual = "manual"
+	// OriginCrowdSec: a ban decision pulled from CrowdSec's Local API.
+	OriginCrowdSec = "crowdsec"
+	OriginAdopted  = "adopted"
 )
 
 // Active reports whether the ban is in force at now.
@@ -616,8 +618,8 @@ func putBan(tx *bolt.Tx, rec Ban) error {
 	if rec.Scoped {
 		v[8] |= indexScoped
 	}
-	if rec.Origin == OriginManual {
-		v[8] |= indexManual
+	if rec.Origin == OriginManual || rec.Origin == OriginCrowdSec {
+		v[8] |= indexManual // not the policy's: never evidence against neighbours
 	}
 	if !rec.Ended.IsZero() {
 		v[8] |= indexEnded
@@ -657,7 +659,7 @@ type Active struct {
 	Prefix  netip.Prefix
 	Expires time.Time
 	Scoped  bool // leaves the SSH ports open
-	Manual  bool // an operator's ban: never counted toward automatic prefix bans
+	Manual  bool // an operator's or a pulled ban: never counted toward automatic prefix bans
 }
 
 // ActiveIndex returns the bans in force at now from the index, without
