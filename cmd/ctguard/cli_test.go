@@ -121,6 +121,12 @@ func TestConfigCheckAndShow(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `poll = "500ms"`) || !strings.Contains(out, `interval = ["30s", "5s", "2s", "1s"]`) || !strings.Contains(out, "[policy.weights]") {
 		t.Errorf("show: exit %d\n%s", code, out)
 	}
+	secret := filepath.Join(dir, "secret.toml")
+	os.WriteFile(secret, []byte("[crowdsec]\npassword = \"hunter2\"\napi_key = \"k3y\"\n"), 0o644)
+	if out, _, code := runCLI(t, "config", "show", secret); code != 0 || strings.Contains(out, "hunter2") || strings.Contains(out, "k3y") ||
+		!strings.Contains(out, `password = "[redacted]"`) {
+		t.Errorf("config show does not redact the secrets: exit %d\n%s", code, out)
+	}
 	if _, errs, code := runCLI(t, "config", "frob"); code != 2 || !strings.Contains(errs, `unknown command "frob": want check or show`) {
 		t.Errorf("config frob: exit %d %q", code, errs)
 	}
