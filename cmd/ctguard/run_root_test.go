@@ -538,3 +538,47 @@ pull_interval = "1s"
 		t.Errorf("ctguard's own ban went with the LAPI's deletion:\n%s", set)
 	}
 }
+
+// enforce.export_set: every ban also goes into the host's own ipset (with
+// its timeout) and leaves it when lifted; a set without timeout support is
+// refused with an error in the log, and the daemon bans all the same.
+func TestRootExportSet(t *testing.T) {
+	testutil.RequireRoot(t, "ipset")
+	ns, _ := daemonLab(t)
+	dir := t.TempDir()
+	ns.MustRun(t, "ipset", "create", "blacklist1", "hash:net", "timeout", "0")
+	ns.MustRun(t, "ipset", "add", "blacklist1", "192.0.2.99") // the host's own entry: left alone
+	cfg := writeConfig(t, dir, "[enforce]\nexport_set = \"blacklist1\"\n")
+	log, _ := startDaemon(t, ns, "--config", cfg)
+	waitFor(t, "the bot's ban exported", 10*time.Second, func() bool {
+		out, _ := ns.Run("ipset", "list", "blacklist1")
+		return strings.Contains(out, "203.0.113.110 timeout ")
+	})
+	sock := filepath.Join(dir, "ctguard.sock")
+	if out, err := self(ns, "unban", "203.0.113.110", "--socket", sock).CombinedOutput(); err != nil {
+		t.Fatalf("unban: %v\n%s", err, out)
+	}
+	out := ns.MustRun(t, "ipset", "list", "blacklist1")
+	if strings.Contains(out, "203.0.113.110") || !strings.Contains(out, "192.0.2.99") {
+		t.Errorf("after the unban the export set holds:\n%s", out)
+	}
+	if !strings.Contains(log.String(), `msg="exporting bans" set=blacklist1`) {
+		t.Errorf("the log does not say it exports:\n%s", log.String())
+	}
+}
+
+func TestRootExportSetWithoutTimeouts(t *testing.T) {
+	testutil.RequireRoot(t, "ipset")
+	ns, _ := daemonLab(t)
+	dir := t.TempDir()
+	ns.MustRun(t, "ipset", "create", "blacklist1", "hash:ip")
+	cfg := writeConfig(t, dir, "[enforce]\nexport_set = \"blacklist1\"\n")
+	log, _ := startDaemon(t, ns, "--config", cfg)
+	waitFor(t, "the bot's ban", 10*time.Second, func() bool { return strings.Contains(log.String(), "action=ban target=203.0.113.110/32") })
+	if !strings.Contains(log.String(), "enforce.export_set: the set has no timeout support") {
+		t.Errorf("no error about the set without timeouts:\n%s", log.String())
+	}
+	if out := ns.MustRun(t, "ipset", "list", "blacklist1"); strings.Contains(out, "203.0.113.110") {
+		t.Errorf("exported into a set without timeouts:\n%s", out)
+	}
+}

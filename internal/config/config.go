@@ -80,6 +80,10 @@ type Enforce struct {
 	// Backend is the firewall: "auto" (nftables when the kernel has what
 	// ctguard needs, else ipset + iptables), "nftables" or "ipset".
 	Backend string `toml:"backend"`
+	// ExportSet names an existing ipset (with timeout support) that the
+	// host's own firewall uses; every ban is added to it too. "" exports
+	// nothing.
+	ExportSet string `toml:"export_set"`
 }
 
 // Metrics is the optional Prometheus endpoint.
@@ -226,6 +230,9 @@ func (c *Config) Validate() error {
 	case "auto", "nftables", "ipset":
 	default:
 		errs = append(errs, fmt.Errorf("enforce.backend = %q: want auto, nftables or ipset", c.Enforce.Backend))
+	}
+	if n := len(c.Enforce.ExportSet); n > 31 || strings.ContainsAny(c.Enforce.ExportSet, " \t\n") {
+		errs = append(errs, fmt.Errorf("enforce.export_set = %q: want an ipset name (1 to 31 characters, no spaces)", c.Enforce.ExportSet))
 	}
 	if m := c.Metrics.Listen; m != "" {
 		host, port, err := net.SplitHostPort(m)

@@ -131,6 +131,9 @@ func OpenParts(ctx context.Context, c config.Config, o PartsOptions) (*Parts, er
 			return fail(err)
 		}
 		p.Backend, p.Why = b, why
+		if name := c.Enforce.ExportSet; name != "" {
+			fw = exportTo(ctx, fw, name, o.Log)
+		}
 	default:
 		// Only read (the drop counters, the sets), without probing: no
 		// claim on the table, nothing created. auto reads nftables.
@@ -211,4 +214,23 @@ func AllowConfig(c config.Config, interfaces func() ([]netip.Prefix, error), ses
 	}
 	return allow.Config{ProcRoot: c.Daemon.Procfs, ResolvConf: c.Allow.ResolvConf, SSHPorts: ports,
 		Static: static, InterfaceAddrs: interfaces, SSHPeers: sessions}
+}
+
+// exportTo mirrors fw's bans into the host's ipset name
+// (enforce.export_set); a set that is missing or cannot end its entries by
+// itself is logged, and fw is used alone: local defence first.
+func exportTo(ctx context.Context, fw enforce.Firewall, name string, log *slog.Logger) enforce.Firewall {
+	x, err := enforce.OpenExportSet(ctx, name, enforce.ExportOptions{})
+	if err != nil {
+		log.Error("enforce.export_set: nothing is exported", "set", name, "err", err)
+		return fw
+	}
+	info := x.Info()
+	if !info.Timeouts {
+		log.Error("enforce.export_set: the set has no timeout support, so its entries would outlive their bans; nothing is exported (recreate it with: ipset create NAME TYPE timeout 0)",
+			"set", name, "type", info.Type)
+		return fw
+	}
+	log.Info("exporting bans", "set", name, "type", info.Type, "family", info.Family, "prefixes", info.Prefixes)
+	return enforce.Exporting(fw, x, log)
 }
