@@ -582,3 +582,120 @@ func TestRootExportSetWithoutTimeouts(t *testing.T) {
 		t.Errorf("exported into a set without timeouts:\n%s", out)
 	}
 }
+
+// lapi is a real CrowdSec Local API (Debian's crowdsec package) run in a
+// test's namespace from a copy of the installed config with its own
+// database and credentials; cscli talks to it with that copy.
+type lapi struct {
+	ns  *testutil.NS
+	cfg string
+}
+
+func startLAPI(t *testing.T, ns *testutil.NS, dir string) *lapi {
+	t.Helper()
+	testutil.RequireRoot(t, "crowdsec", "cscli")
+	b, err := os.ReadFile("/etc/crowdsec/config.yaml")
+	if err != nil {
+		if testutil.InCI() {
+			t.Fatalf("crowdsec is installed without its config: %v", err)
+		}
+		t.Skipf("no /etc/crowdsec/config.yaml: %v", err)
+	}
+	repl := []struct{ re, to string }{
+		{`(?m)^(\s*db_path:).*$`, "$1 " + filepath.Join(dir, "crowdsec.db")},
+		{`(?m)^(\s*data_dir:).*$`, "$1 " + dir + "/"},
+		{`(?m)^(\s*credentials_path:) /etc/crowdsec/local_api_credentials.yaml$`, "$1 " + filepath.Join(dir, "admin.yaml")},
+		{`(?m)^(\s*log_media:).*$`, "$1 stdout"},
+		{`(?m)^(\s*daemonize:).*$`, "$1 false"},
+		{`(?m)^(\s*listen_uri:).*$`, "$1 127.0.0.1:8080"},
+	}
+	text := string(b)
+	for _, r := range repl {
+		text = regexp.MustCompile(r.re).ReplaceAllString(text, r.to)
+	}
+	l := &lapi{ns: ns, cfg: filepath.Join(dir, "config.yaml")}
+	os.WriteFile(l.cfg, []byte(text), 0o600)
+	l.cscli(t, "machines", "add", "admin", "--auto", "-f", filepath.Join(dir, "admin.yaml"))
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "crowdsec", "-c", l.cfg, "-no-cs", "-no-capi")
+	var log syncBuf
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("LAPI log:\n%s", lastLines(log.String(), 40))
+		}
+	})
+	waitFor(t, "the LAPI to listen", 15*time.Second, func() bool { return strings.Contains(log.String(), "Local API listening") })
+	return l
+}
+
+func (l *lapi) cscli(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", l.ns.Name, "cscli", "-c", l.cfg}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cscli %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// With Debian's real crowdsec 1.4.6 LAPI: ctguard's ban arrives there as a
+// decision; a range added with cscli (v4 and v6) is enforced as a range and
+// lifted when deleted; a decision on the host's own address is refused.
+func TestRootCrowdSecRealLAPI(t *testing.T) {
+	ns, c := daemonLab(t)
+	dir := t.TempDir()
+	l := startLAPI(t, ns, dir)
+	l.cscli(t, "machines", "add", "ctguard", "--password", "ctguard-test-password", "-f", filepath.Join(dir, "machine.yaml"))
+	l.cscli(t, "bouncers", "add", "ctguard-bouncer", "--key", "ctguard-test-key")
+	os.Chmod(filepath.Join(dir, "machine.yaml"), 0o600)
+	os.WriteFile(filepath.Join(dir, "key"), []byte("ctguard-test-key\n"), 0o600)
+	cfg := writeConfig(t, dir, fmt.Sprintf("[crowdsec]\nurl = \"http://127.0.0.1:8080/\"\npush = true\npassword_file = %q\npull = true\napi_key_file = %q\npull_interval = \"1s\"\n",
+		filepath.Join(dir, "machine.yaml"), filepath.Join(dir, "key")))
+	log, _ := startDaemon(t, ns, "--config", cfg)
+
+	waitFor(t, "ctguard's ban as a decision at the LAPI", 15*time.Second, func() bool {
+		out := l.cscli(t, "decisions", "list", "-o", "json")
+		return strings.Contains(out, "203.0.113.110") && strings.Contains(out, "ctguard/conntrack-holder")
+	})
+	l.cscli(t, "decisions", "add", "--range", "198.51.100.0/24", "--duration", "1h", "--reason", "test range")
+	l.cscli(t, "decisions", "add", "--range", "2001:db8:77::/48", "--duration", "1h", "--reason", "test range v6")
+	added := time.Now()
+	waitFor(t, "the LAPI's v4 and v6 ranges enforced", 10*time.Second, func() bool {
+		v4, _ := ns.Run("nft", "list", "set", "inet", "ctguard", "net4")
+		v6, _ := ns.Run("nft", "list", "set", "inet", "ctguard", "net6")
+		return strings.Contains(v4, "198.51.100.0/24") && strings.Contains(v6, "2001:db8:77::/48")
+	})
+	t.Logf("cscli decisions add to enforcement: %v (pull_interval 1s)", time.Since(added).Round(10*time.Millisecond))
+	if d := time.Since(added); d > 3*time.Second {
+		t.Errorf("enforced %v after cscli decisions add, want within the pull interval plus a second or so", d)
+	}
+	if n := count(t, c, "198.51.100.0/24"); n != 0 {
+		t.Errorf("the pulled range still holds %d entries", n)
+	}
+	l.cscli(t, "decisions", "add", "--ip", "192.0.2.10", "--duration", "1h", "--reason", "own address")
+	waitFor(t, "the decision on the host's own address refused", 10*time.Second, func() bool {
+		return strings.Contains(log.String(), `msg="crowdsec decision refused: the allowlist covers it" prefix=192.0.2.10/32`)
+	})
+	l.cscli(t, "decisions", "delete", "--range", "198.51.100.0/24")
+	waitFor(t, "the deleted range lifted", 10*time.Second, func() bool {
+		v4, _ := ns.Run("nft", "list", "set", "inet", "ctguard", "net4")
+		return !strings.Contains(v4, "198.51.100.0/24")
+	})
+	if set := ns.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); !strings.Contains(set, "203.0.113.110") {
+		t.Errorf("ctguard's own ban is gone:\n%s", set)
+	}
+	if strings.Contains(log.String(), "ctguard-test-password") || strings.Contains(log.String(), "ctguard-test-key") {
+		t.Error("a credential is in ctguard's log")
+	}
+}
