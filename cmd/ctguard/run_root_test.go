@@ -587,8 +587,39 @@ func TestRootExportSetWithoutTimeouts(t *testing.T) {
 // test's namespace from a copy of the installed config with its own
 // database and credentials; cscli talks to it with that copy.
 type lapi struct {
-	ns  *testutil.NS
-	cfg string
+	ns   *testutil.NS
+	cfg  string
+	stop func() // stops the running LAPI
+}
+
+// start runs the LAPI until stop or the test's end.
+func (l *lapi) start(t *testing.T) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", l.ns.Name, "crowdsec", "-c", l.cfg, "-no-cs", "-no-capi")
+	var log syncBuf
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	l.stop = func() {
+		once.Do(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+			if t.Failed() {
+				t.Logf("LAPI log:\n%s", lastLines(log.String(), 40))
+			}
+		})
+	}
+	t.Cleanup(l.stop)
+	waitFor(t, "the LAPI to listen", 15*time.Second, func() bool { return strings.Contains(log.String(), "Local API listening") })
 }
 
 func startLAPI(t *testing.T, ns *testutil.NS, dir string) *lapi {
@@ -616,27 +647,7 @@ func startLAPI(t *testing.T, ns *testutil.NS, dir string) *lapi {
 	l := &lapi{ns: ns, cfg: filepath.Join(dir, "config.yaml")}
 	os.WriteFile(l.cfg, []byte(text), 0o600)
 	l.cscli(t, "machines", "add", "admin", "--auto", "-f", filepath.Join(dir, "admin.yaml"))
-	cmd := exec.Command("ip", "netns", "exec", ns.Name, "crowdsec", "-c", l.cfg, "-no-cs", "-no-capi")
-	var log syncBuf
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("LAPI log:\n%s", lastLines(log.String(), 40))
-		}
-	})
-	waitFor(t, "the LAPI to listen", 15*time.Second, func() bool { return strings.Contains(log.String(), "Local API listening") })
+	l.start(t)
 	return l
 }
 
@@ -695,6 +706,31 @@ func TestRootCrowdSecRealLAPI(t *testing.T) {
 	if set := ns.MustRun(t, "nft", "list", "set", "inet", "ctguard", "ban4"); !strings.Contains(set, "203.0.113.110") {
 		t.Errorf("ctguard's own ban is gone:\n%s", set)
 	}
+
+	// The LAPI goes away: local defence goes on, the alert waits in the
+	// queue and reaches the LAPI once it is back.
+	l.stop()
+	dst := netip.MustParseAddr("192.0.2.10")
+	src := netip.MustParseAddr("203.0.113.120")
+	var es []conntrack.Entry
+	for i := range 150 {
+		p := uint16(30000 + i)
+		es = append(es, conntrack.Entry{Proto: conntrack.ProtoTCP, Orig: conntrack.Tuple{Src: src, Dst: dst, SrcPort: p, DstPort: 443},
+			Reply:  conntrack.Tuple{Src: dst, Dst: src, SrcPort: 443, DstPort: p},
+			Status: conntrack.StatusConfirmed | conntrack.StatusSeenReply | conntrack.StatusAssured, Timeout: 431000,
+			TCPState: conntrack.TCPEstablished, HasTCPState: true})
+	}
+	if n, err := c.Create(context.Background(), es); err != nil || n != len(es) {
+		t.Fatalf("create: %d %v", n, err)
+	}
+	waitFor(t, "a local ban while the LAPI is down", 15*time.Second, func() bool {
+		set, _ := ns.Run("nft", "list", "set", "inet", "ctguard", "ban4")
+		return strings.Contains(set, "203.0.113.120")
+	})
+	l.start(t)
+	waitFor(t, "the queued alert at the LAPI once it is back", 60*time.Second, func() bool {
+		return strings.Contains(l.cscli(t, "decisions", "list", "-o", "json"), "203.0.113.120")
+	})
 	if strings.Contains(log.String(), "ctguard-test-password") || strings.Contains(log.String(), "ctguard-test-key") {
 		t.Error("a credential is in ctguard's log")
 	}
