@@ -95,6 +95,20 @@ func startDaemon(t *testing.T, ns *testutil.NS, args ...string) (*syncBuf, *exec
 	return startLogged(t, self(ns, append([]string{"run"}, args...)...))
 }
 
+// stopProcess ends a process the test started: SIGTERM, then SIGKILL
+// after 5 s.
+func stopProcess(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
 // startLogged starts cmd with its output in a log that a failing test
 // prints, and stops it (SIGTERM, then SIGKILL after 5 s) at the end.
 func startLogged(t *testing.T, cmd *exec.Cmd) (*syncBuf, *exec.Cmd) {
@@ -104,15 +118,7 @@ func startLogged(t *testing.T, cmd *exec.Cmd) (*syncBuf, *exec.Cmd) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		stopProcess(cmd)
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", log.String())
 		}
@@ -604,15 +610,7 @@ func (l *lapi) start(t *testing.T) {
 	var once sync.Once
 	l.stop = func() {
 		once.Do(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				cmd.Process.Kill()
-				<-done
-			}
+			stopProcess(cmd)
 			if t.Failed() {
 				t.Logf("LAPI log:\n%s", lastLines(log.String(), 40))
 			}

@@ -17,6 +17,7 @@ import (
 // scanFlags are the flags of every command that reads the table.
 type scanFlags struct {
 	cfgFlags
+	from     string // the configuration read: its file, or the built-in defaults
 	reader   string
 	procfs   string
 	v4Bits   int
@@ -38,10 +39,11 @@ func (f *scanFlags) register(fs *pflag.FlagSet) {
 // configure loads the configuration and takes from it every scan setting
 // not given as a flag; it returns the configuration.
 func (f *scanFlags) configure() (config.Config, error) {
-	cfg, _, err := f.load()
+	cfg, from, err := f.load()
 	if err != nil {
 		return cfg, err
 	}
+	f.from = from
 	if !f.changed("reader") {
 		f.reader = cfg.Daemon.Reader
 	}

@@ -133,7 +133,7 @@ func statusFlags(fs *pflag.FlagSet) action {
 			return err
 		}
 		r := buildStatus(st, snap, samples, hostInfo{s.sys.Buckets, s.sys.Kernel, s.sys.Timeouts, s.src.Fallback}, len(snap.Sources))
-		_, r.Config, _ = sf.load()
+		r.Config = sf.from
 		if *asJSON {
 			enc := json.NewEncoder(e.stdout)
 			enc.SetIndent("", "  ")
