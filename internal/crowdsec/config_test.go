@@ -221,9 +221,12 @@ func TestTLSWithCAFile(t *testing.T) {
 	f := newFakeLAPI(t)
 	f.startOnce.Do(f.srv.StartTLS)
 	cfg := f.config(t, true, false)
+	// A TLS handshake under -race on a loaded machine can take over the
+	// fake's usual 1 s: a timeout here would hide the certificate error.
+	cfg.Timeout = 10 * time.Second
 	c := startClient(t, cfg, Options{})
 	c.Push(testAlert("192.0.2.1/32", time.Hour))
-	eventually(t, 5*time.Second, "a certificate error", func() bool { return c.Status().Push.Failures >= 1 })
+	eventually(t, 15*time.Second, "a certificate error", func() bool { return c.Status().Push.Failures >= 1 })
 	if e := c.Status().Push.LastError; !strings.Contains(e, "certificate") {
 		t.Errorf("without the CA: %q", e)
 	}
@@ -233,7 +236,7 @@ func TestTLSWithCAFile(t *testing.T) {
 	cfg.CAFile = ca
 	c = startClient(t, cfg, Options{})
 	c.Push(testAlert("192.0.2.2/32", time.Hour))
-	eventually(t, 5*time.Second, "delivery over TLS", func() bool { return len(f.sentAlerts()) == 1 })
+	eventually(t, 15*time.Second, "delivery over TLS", func() bool { return len(f.sentAlerts()) == 1 })
 
 	writeFile(t, ca, "not a certificate", 0o644)
 	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
