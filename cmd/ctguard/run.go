@@ -17,6 +17,7 @@ import (
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/journal"
 	"github.com/ctguard/ctguard/internal/metrics"
+	"github.com/ctguard/ctguard/internal/priority"
 	"github.com/ctguard/ctguard/internal/sdnotify"
 )
 
@@ -64,6 +65,7 @@ func runFlags(fs *pflag.FlagSet) action {
 			debug.SetMemoryLimit(defaultMemoryLimit)
 		}
 		log.Info("configuration", "from", from)
+		raisePriority(log, cfg.Daemon.Nice)
 		// systemd (Type=notify): READY=1 after the first cycle, WATCHDOG=1
 		// from the loop, STATUS=, STOPPING=1; nothing outside systemd.
 		notify, err := sdnotify.FromEnv()
@@ -114,6 +116,22 @@ func runFlags(fs *pflag.FlagSet) action {
 			log.Info("ctguard stopped; bans stay in the kernel until they expire")
 		}
 		return err
+	}
+}
+
+// raisePriority puts the daemon ahead of the service it guards (package
+// priority says why). Without CAP_SYS_NICE it warns and goes on: the
+// systemd unit sets Nice= itself, having dropped that capability.
+func raisePriority(log *slog.Logger, nice int) {
+	res, err := priority.Raise(nice)
+	switch {
+	case err != nil:
+		log.Warn("cannot raise the CPU priority: scans will slow down when the service keeps the CPUs busy (set Nice= in the unit, or run with CAP_SYS_NICE)",
+			"nice", nice, "current", res.Before, "err", err)
+	case res.Threads > 0:
+		log.Info("cpu priority raised", "nice", res.After, "was", res.Before)
+	default:
+		log.Info("cpu priority", "nice", res.Before, "wanted", nice)
 	}
 }
 

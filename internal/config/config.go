@@ -17,6 +17,7 @@ import (
 
 	"github.com/ctguard/ctguard/internal/crowdsec"
 	"github.com/ctguard/ctguard/internal/policy"
+	"github.com/ctguard/ctguard/internal/priority"
 )
 
 // Config is the whole file.
@@ -57,6 +58,9 @@ type Daemon struct {
 	// WatchListeners reads the listening sockets' accept queues at every
 	// poll; while one is full, scans run at the critical interval.
 	WatchListeners bool `toml:"watch_listeners"`
+	// Nice is the CPU priority `run` raises itself to at start (-20 to
+	// 19, lower runs first); a priority already higher is kept.
+	Nice int `toml:"nice"`
 }
 
 // Snapshot is how entries are classified and grouped.
@@ -100,6 +104,11 @@ type Log struct {
 	Level  string `toml:"level"`  // debug, info, warn, error
 }
 
+// DefaultNice is the daemon's CPU priority: ahead of the service it
+// guards, whose load under attack would otherwise slow the scans (see
+// package priority), and behind the kernel's own threads at -20.
+const DefaultNice = -10
+
 // Default is the built-in configuration.
 func Default() Config {
 	return Config{
@@ -115,6 +124,7 @@ func Default() Config {
 			ValveMaxDelete: 50000,
 			CloseSockets:   true,
 			WatchListeners: true,
+			Nice:           DefaultNice,
 		},
 		Snapshot: Snapshot{IdleThreshold: 60 * time.Second, V4Prefix: 24, V6Prefix: 64},
 		Policy:   policy.Default(),
@@ -191,6 +201,9 @@ func (c *Config) Validate() error {
 	}
 	if d.StateDir == "" || d.Socket == "" || d.Procfs == "" {
 		errs = append(errs, fmt.Errorf("daemon.state_dir, daemon.socket and daemon.procfs must not be empty"))
+	}
+	if d.Nice < priority.Min || d.Nice > priority.Max {
+		errs = append(errs, fmt.Errorf("daemon.nice = %d: want %d to %d", d.Nice, priority.Min, priority.Max))
 	}
 	if d.ValveMaxDelete < 0 {
 		errs = append(errs, fmt.Errorf("daemon.valve_max_delete = %d: want >= 0", d.ValveMaxDelete))
