@@ -404,7 +404,6 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	defer e.mu.Unlock()
 	now := e.now()
 	t0 := time.Now()
-	results := make([]BanResult, len(reqs))
 	list, err := e.Allowlist()
 	if err != nil {
 		return nil, fmt.Errorf("ban: allowlist: %w", err)
@@ -414,85 +413,21 @@ func (e *Engine) BanMany(ctx context.Context, reqs []BanRequest) ([]BanResult, e
 	if err != nil {
 		return nil, err
 	}
-	// active maps every ban in force to whether it is scoped.
-	active := make(map[netip.Prefix]bool, len(activeList)+len(reqs))
-	expires := make(map[netip.Prefix]time.Time, len(activeList))
-	var nets prefixset.Set[struct{}] // the prefix bans in force, for the overlap checks
-	for _, b := range activeList {
-		active[b.Prefix] = b.Scoped
-		expires[b.Prefix] = b.Expires
-		if !isHost(b.Prefix) {
-			nets.Add(b.Prefix, struct{}{})
-		}
+	plan := planBans(reqs, list, activeList, now)
+	if len(plan.Change.Add) == 0 {
+		return plan.Results, nil
 	}
-	// Outer prefixes first, so that an inner request in the same batch is
-	// seen as covered.
-	order := make([]int, len(reqs))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int { return reqs[a].Prefix.Bits() - reqs[b].Prefix.Bits() })
+	return e.commitBans(ctx, reqs, plan, list, now, t0, tAllow)
+}
 
-	var ch Change
-	var accepted []int
-	inBatch := map[netip.Prefix]bool{}
-	for _, i := range order {
-		r := &reqs[i]
-		res := &results[i]
-		p := r.Prefix
-		res.Prefix = p
-		switch {
-		case !p.IsValid() || p.Masked() != p || p.Addr().Is4In6() || p.Addr().Zone() != "":
-			res.Err = fmt.Errorf("ban %s: %w: not a canonical address or prefix", p, ErrBadTarget)
-			continue
-		case CheckTTL(r.TTL) != nil:
-			res.Err = fmt.Errorf("ban %s: %w: %s %v", p, ErrBadTTL, r.TTL, CheckTTL(r.TTL))
-			continue
-		}
-		if hit, ok := list.Check(p); ok {
-			res.Err = &allow.Refusal{Target: p, Entry: hit}
-			continue
-		}
-		if s, ok := list.Session(p); ok {
-			res.Scoped, res.Session = true, s
-		}
-		if q, _, ok := nets.Covering(p); ok {
-			res.CoveredBy = q
-			continue
-		}
-		if inBatch[p] {
-			res.CoveredBy = p // the same prefix earlier in this batch
-			continue
-		}
-		inBatch[p] = true
-		if !isHost(p) {
-			for _, q := range nets.Inside(p) {
-				res.Replaced = append(res.Replaced, q)
-				ch.Delete = append(ch.Delete, Element{Prefix: q, Scoped: active[q]})
-				delete(active, q)
-				nets.Delete(q)
-			}
-		}
-		if scoped, ok := active[p]; ok {
-			// Delete and re-add in the same batch: older kernels keep the
-			// old timeout when an element is merely re-added (and the
-			// scope may have changed).
-			res.Refreshed = true
-			ch.Delete = append(ch.Delete, Element{Prefix: p, Scoped: scoped})
-			if left := expires[p].Sub(now); !r.ExactTTL && left > r.TTL {
-				r.TTL = left.Round(time.Second) // a repeat ban never shortens one
-			}
-		}
-		ch.Add = append(ch.Add, Element{Prefix: p, TTL: r.TTL, Scoped: res.Scoped})
-		res.TTL = r.TTL
-		active[p] = res.Scoped
-		if !isHost(p) {
-			nets.Add(p, struct{}{})
-		}
-		accepted = append(accepted, i)
-	}
-	if len(ch.Add) == 0 {
-		return results, nil
+// commitBans carries out a plan: the kernel change, the store records, the
+// socket closing and the purge of each accepted ban, and their outcomes
+// in the store and the log. t0 and tAllow time the batch.
+func (e *Engine) commitBans(ctx context.Context, reqs []BanRequest, plan banPlan, list *allow.List, now, t0 time.Time, tAllow time.Duration) ([]BanResult, error) {
+	results, ch, accepted := plan.Results, plan.Change, plan.Accepted
+	reqs = slices.Clone(reqs)
+	for _, i := range accepted {
+		reqs[i].TTL = plan.TTL[i]
 	}
 	if err := e.apply(ctx, ch); err != nil {
 		err = fmt.Errorf("ban: kernel change: %w", err)
