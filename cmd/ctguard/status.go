@@ -35,25 +35,27 @@ type statusReport struct {
 	envelope
 	// Config is the configuration in use: the daemon's, or the one this
 	// command read.
-	Config        string          `json:"config"`
-	Count         uint32          `json:"count"`
-	Max           uint32          `json:"max"`
-	FillRatio     float64         `json:"fill_ratio"`
-	Buckets       int             `json:"buckets"`
-	Kernel        string          `json:"kernel"`
-	RatePerMin    *float64        `json:"rate_per_min"`
-	SampleSeconds float64         `json:"sample_seconds"`
-	ETASeconds    *float64        `json:"eta_seconds"`
-	ETA           *string         `json:"eta"`
-	States        map[string]int  `json:"states"`
-	Protocols     map[string]int  `json:"protocols"`
-	Classes       map[string]int  `json:"classes"`
-	Assured       int             `json:"assured"`
-	Inbound       int             `json:"inbound"`
-	Outbound      int             `json:"outbound"`
-	Forwarded     int             `json:"forwarded"`
-	Sources       int             `json:"sources"`
-	Orphans       *int            `json:"orphans"` // null when sockets could not be listed
+	Config        string         `json:"config"`
+	Count         uint32         `json:"count"`
+	Max           uint32         `json:"max"`
+	FillRatio     float64        `json:"fill_ratio"`
+	Buckets       int            `json:"buckets"`
+	Kernel        string         `json:"kernel"`
+	RatePerMin    *float64       `json:"rate_per_min"`
+	SampleSeconds float64        `json:"sample_seconds"`
+	ETASeconds    *float64       `json:"eta_seconds"`
+	ETA           *string        `json:"eta"`
+	States        map[string]int `json:"states"`
+	Protocols     map[string]int `json:"protocols"`
+	Classes       map[string]int `json:"classes"`
+	Assured       int            `json:"assured"`
+	Inbound       int            `json:"inbound"`
+	Outbound      int            `json:"outbound"`
+	Forwarded     int            `json:"forwarded"`
+	Sources       int            `json:"sources"`
+	Orphans       *int           `json:"orphans"` // null when sockets could not be listed
+	// Services are where the inbound entries go, most first (at most 5).
+	Services      []*serviceJSON  `json:"services"`
 	IdleHistogram []histBucket    `json:"idle_histogram"`
 	KernelStats   conntrack.Stats `json:"kernel_counters"`
 	Scan          scanCost        `json:"scan"`
@@ -152,6 +154,9 @@ type hostInfo struct {
 	fallback string
 }
 
+// statusServices is how many services status lists.
+const statusServices = 5
+
 func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast.Sample, h hostInfo, sources int) *statusReport {
 	r := &statusReport{
 		envelope: newEnvelope("status"),
@@ -164,6 +169,12 @@ func buildStatus(st conntrack.Stats, snap *snapshot.Snapshot, samples []forecast
 	if snap.Sockets {
 		o := snap.Orphans
 		r.Orphans = &o
+	}
+	r.Services = []*serviceJSON{}
+	for _, svc := range snap.TopServices(statusServices) {
+		j := toServiceJSON(svc, false)
+		j.Entries = svc.Entries
+		r.Services = append(r.Services, j)
 	}
 	if st.Max > 0 {
 		r.FillRatio = math.Round(float64(st.Count)/float64(st.Max)*1e6) / 1e6
@@ -228,6 +239,13 @@ func printStatus(w io.Writer, r *statusReport) {
 	fmt.Fprintf(w, "classes    %s (assured %d)\n", strings.Join(cl, "  "), r.Assured)
 	fmt.Fprintf(w, "sources    %s from %s; %d outbound, %d forwarded\n", plural(r.Inbound, "inbound entry", "inbound entries"),
 		plural(r.Sources, "source", "sources"), r.Outbound, r.Forwarded)
+	if len(r.Services) > 0 {
+		parts := make([]string, len(r.Services))
+		for i, svc := range r.Services {
+			parts[i] = fmt.Sprintf("%s %d", svc, svc.Entries)
+		}
+		fmt.Fprintf(w, "services   %s\n", strings.Join(parts, ", "))
+	}
 	if r.Orphans != nil {
 		fmt.Fprintf(w, "orphans    %d inbound ESTABLISHED entries have no socket behind them, or one whose client never sent a byte\n", *r.Orphans)
 	}

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/daemon"
 	"github.com/ctguard/ctguard/internal/human"
 	"github.com/ctguard/ctguard/internal/snapshot"
@@ -50,6 +53,59 @@ type topRow struct {
 	MaxIdleSeconds uint32  `json:"max_idle_seconds"`
 	Orphan         uint32  `json:"orphan"`
 	Members        *uint32 `json:"members,omitempty"`
+	// Service is where its entries go (absent when they are spread over
+	// several with none ahead).
+	Service *serviceJSON `json:"service,omitempty"`
+}
+
+// serviceJSON is a service of this host as scripts read it.
+type serviceJSON struct {
+	Protocol string `json:"protocol"`
+	Address  string `json:"address"`
+	Port     uint16 `json:"port,omitempty"`
+	// DNATTarget is where the host forwards the connections (Docker's
+	// published ports, a Kubernetes NodePort): address:port.
+	DNATTarget string `json:"dnat_target,omitempty"`
+	// Others: some of the holder's entries go to other services.
+	Others bool `json:"others"`
+	// Entries counts every inbound entry to it (status only).
+	Entries int `json:"entries,omitempty"`
+}
+
+func toServiceJSON(svc snapshot.Service, others bool) *serviceJSON {
+	j := &serviceJSON{Protocol: conntrack.ProtoName(svc.Proto), Address: svc.Addr.String(), Port: svc.Port, Others: others}
+	if svc.Target.IsValid() {
+		j.DNATTarget = svc.Target.String()
+	}
+	return j
+}
+
+// String is how text output names the service: "tcp 198.51.100.2:443",
+// with " -> 10.0.0.2:80" when the host forwards it.
+func (j *serviceJSON) String() string {
+	d := j.Address
+	if j.Port != 0 {
+		d = net.JoinHostPort(j.Address, strconv.Itoa(int(j.Port)))
+	}
+	s := j.Protocol + " " + d
+	if j.DNATTarget != "" {
+		s += " -> " + j.DNATTarget
+	}
+	return s
+}
+
+// serviceText is a holder's service for the text output: "-" when none.
+func serviceText(snap *snapshot.Snapshot, h *snapshot.Holder) string {
+	svc, others, ok := snap.ServiceOf(h)
+	switch {
+	case !ok && others:
+		return "(several)"
+	case !ok:
+		return "-"
+	case others:
+		return svc.String() + " (+others)"
+	}
+	return svc.String()
 }
 
 func topFlags(fs *pflag.FlagSet) action {
@@ -127,6 +183,9 @@ func topFlags(fs *pflag.FlagSet) action {
 			rows := make([]topRow, len(hs))
 			for i, h := range hs {
 				rows[i] = toRow(h, *prefix)
+				if svc, others, ok := snap.ServiceOf(&h); ok {
+					rows[i].Service = toServiceJSON(svc, others)
+				}
 			}
 			if *asJSON {
 				out := topJSON{envelope: newEnvelope("top"), By: *by, Prefix: *prefix, Total: total, Rows: rows}
@@ -151,7 +210,7 @@ func topFlags(fs *pflag.FlagSet) action {
 						fmt.Fprintf(e.stdout, "--- %s\n", time.Now().UTC().Format(time.RFC3339))
 					}
 				}
-				printTop(e.stdout, snap, total, rows, *prefix, *by)
+				printTop(e.stdout, snap, total, hs, rows, *prefix, *by)
 			}
 			if *watch == 0 {
 				return nil
@@ -181,7 +240,7 @@ func toRow(h snapshot.Holder, prefix bool) topRow {
 	return r
 }
 
-func printTop(w io.Writer, snap *snapshot.Snapshot, n int, rows []topRow, prefix bool, by string) {
+func printTop(w io.Writer, snap *snapshot.Snapshot, n int, hs []snapshot.Holder, rows []topRow, prefix bool, by string) {
 	what := "sources"
 	if prefix {
 		what = "prefixes"
@@ -190,12 +249,14 @@ func printTop(w io.Writer, snap *snapshot.Snapshot, n int, rows []topRow, prefix
 		human.Time(snap.Time), snap.Total, snap.Inbound, n, what, snap.Outbound, len(rows), by,
 		float64(snap.Duration.Microseconds())/1000, snap.Reader)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	head := "SOURCE\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tORPHAN\tOLDEST IDLE\t"
+	// The service is the last, unterminated cell: left-aligned after the
+	// right-aligned numbers.
+	head := "SOURCE\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tORPHAN\tOLDEST IDLE\t  SERVICE"
 	if prefix {
-		head = "PREFIX\tMEMBERS\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tORPHAN\tOLDEST IDLE\t"
+		head = "PREFIX\tMEMBERS\tENTRIES\tIDLE\tACTIVE\tSTALLED\tHALF-OPEN\tCLOSING\tOTHER\tORPHAN\tOLDEST IDLE\t  SERVICE"
 	}
 	fmt.Fprintln(tw, head)
-	for _, r := range rows {
+	for i, r := range rows {
 		oldest := "-"
 		if r.MaxIdleSeconds > 0 {
 			oldest = human.Duration(time.Duration(r.MaxIdleSeconds) * time.Second)
@@ -208,7 +269,8 @@ func printTop(w io.Writer, snap *snapshot.Snapshot, n int, rows []topRow, prefix
 		if snap.Sockets {
 			orphan = fmt.Sprint(r.Orphan)
 		}
-		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", lead, r.Entries, r.Idle, r.Active, r.Stalled, r.HalfOpen, r.Closing, r.Other, orphan, oldest)
+		fmt.Fprintf(tw, "%s%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t  %s\n", lead, r.Entries, r.Idle, r.Active, r.Stalled, r.HalfOpen, r.Closing, r.Other, orphan, oldest,
+			serviceText(snap, &hs[i]))
 	}
 	tw.Flush()
 	if len(rows) == 0 {

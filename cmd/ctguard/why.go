@@ -153,6 +153,13 @@ func printWhy(w io.Writer, r *daemon.WhyReply) {
 			fmt.Fprintf(w, ", %s", plural(int(h.Members), "source", "sources"))
 		}
 		fmt.Fprintln(w)
+		if h.Service != nil {
+			others := ""
+			if h.ServiceOthers {
+				others = " (and others)"
+			}
+			fmt.Fprintf(w, "%-12s its entries go to %s%s\n", "", h.Service, others)
+		}
 		if g := h.Growth; g.Window > 0 {
 			fmt.Fprintf(w, "%-12s gained %d ESTABLISHED entries in %s, %.0f%% of the %d it holds\n", "",
 				g.Gain, human.Duration(g.Window), 100*g.Young(), g.Held)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/allow"
+	"github.com/ctguard/ctguard/internal/conntrack"
 	"github.com/ctguard/ctguard/internal/policy"
 	"github.com/ctguard/ctguard/internal/snapshot"
 	"github.com/ctguard/ctguard/internal/store"
@@ -51,6 +52,36 @@ func TestExplainOffline(t *testing.T) {
 		r := ExplainOffline(o, p)
 		if !r.Offline || !strings.HasPrefix(r.Verdict, want) {
 			t.Errorf("%s: offline %v, verdict %q\nwant prefix %q", target, r.Offline, r.Verdict, want)
+		}
+	}
+}
+
+// why names the service a source's entries go to, with the DNAT target.
+func TestExplainService(t *testing.T) {
+	now := time.Now()
+	a := snapshot.NewAggregator(snapshot.Config{Local: snapshot.NewLocalSet(netip.MustParseAddr("198.51.100.2"))})
+	for i := range 40 {
+		e := conntrack.Entry{Proto: conntrack.ProtoTCP, TCPState: conntrack.TCPEstablished,
+			Status: conntrack.StatusAssured | conntrack.StatusSeenReply, Timeout: 400000,
+			Orig: conntrack.Tuple{Src: netip.MustParseAddr("203.0.113.110"), Dst: netip.MustParseAddr("198.51.100.2"),
+				SrcPort: uint16(20000 + i), DstPort: 443},
+			Reply: conntrack.Tuple{Src: netip.MustParseAddr("198.51.100.18"), Dst: netip.MustParseAddr("203.0.113.110"),
+				SrcPort: 8443, DstPort: uint16(20000 + i)}}
+		a.Add(&e)
+	}
+	snap := a.Snapshot()
+	snap.Time = now
+	list, err := allow.Load(allow.Config{ProcRoot: t.TempDir(), ResolvConf: "/nonexistent",
+		InterfaceAddrs: func() ([]netip.Prefix, error) { return nil, nil },
+		SSHPeers:       func([]uint16) ([]netip.AddrPort, error) { return nil, nil }}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ExplainOffline(Offline{Snapshot: snap, Count: 40, Max: 262144, Policy: policy.Default(), Allowed: list},
+		netip.MustParsePrefix("203.0.113.110/32"))
+	for name, h := range map[string]*Holding{"source": r.Source, "prefix": r.Prefix} {
+		if h == nil || h.Service == nil || h.Service.String() != "tcp 198.51.100.2:443 -> 198.51.100.18:8443" || h.ServiceOthers {
+			t.Errorf("%s: %+v", name, h)
 		}
 	}
 }

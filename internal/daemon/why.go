@@ -49,6 +49,22 @@ type Holding struct {
 	// Growth is what it gained since the scan the growth rule compared
 	// with (zero window: no such scan yet).
 	Growth policy.Growth `json:"growth"`
+	// Service is where its entries go: this host's address and port and,
+	// when the host forwards them (DNAT), the target. Nil when they are
+	// spread over several with none ahead; ServiceOthers: some go
+	// elsewhere.
+	Service       *snapshot.Service `json:"service,omitempty"`
+	ServiceOthers bool              `json:"service_others,omitempty"`
+}
+
+// withService sets h's service from the snapshot's holder.
+func (h *Holding) withService(snap *snapshot.Snapshot, from *snapshot.Holder) *Holding {
+	svc, others, ok := snap.ServiceOf(from)
+	if ok {
+		h.Service = &svc
+	}
+	h.ServiceOthers = others
+	return h
 }
 
 // Why gathers the evidence, thresholds, allowlist hits and ban history of a.
@@ -113,7 +129,7 @@ func explain(x explainIn, now time.Time) WhyReply {
 		if p.IsSingleIP() {
 			for i := range snap.Sources {
 				if h := &snap.Sources[i]; h.Key.Addr() == a {
-					r.Source = &Holding{Key: h.Key, Counts: h.Counts, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
+					r.Source = (&Holding{Key: h.Key, Counts: h.Counts, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}).withService(snap, h)
 					break
 				}
 			}
@@ -123,7 +139,7 @@ func explain(x explainIn, now time.Time) WhyReply {
 			h := &snap.Prefixes[i]
 			switch {
 			case h.Key.Bits() <= p.Bits() && h.Key.Contains(a):
-				r.Prefix = &Holding{Key: h.Key, Counts: h.Counts, Members: h.Members, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}
+				r.Prefix = (&Holding{Key: h.Key, Counts: h.Counts, Members: h.Members, Score: cfg.Score(&h.Counts), Growth: in.GrowthOf(h)}).withService(snap, h)
 			case h.Key.Bits() > p.Bits() && p.Contains(h.Key.Addr()):
 				// A CIDR wider than the grouping: the sum of what is inside.
 				if sum == nil {

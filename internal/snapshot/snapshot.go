@@ -277,6 +277,8 @@ type Holder struct {
 	Counts
 	// Members is the number of distinct sources (prefixes only).
 	Members uint32
+	// Service is where its entries go (read it with Snapshot.ServiceOf).
+	Service ServiceRef `json:"service"`
 }
 
 // IdleBucketBounds are the upper bounds (seconds, exclusive) of the idle
@@ -308,6 +310,9 @@ type Snapshot struct {
 
 	Sources  []Holder // sorted by entries, descending
 	Prefixes []Holder
+	// Services are the destinations of the inbound entries (at most
+	// MaxServices), in the order first seen; see ServiceOf, TopServices.
+	Services []Service
 	// NumSources and NumPrefixes count every holder seen, listed or not
 	// (Config.KeepMin).
 	NumSources, NumPrefixes int
@@ -321,11 +326,16 @@ type Aggregator struct {
 	snap Snapshot
 	// Keyed by the 16-byte form: hashing it is cheaper than netip values.
 	// Prefix keys are the masked address (the length is fixed per family).
-	src   map[[16]byte]int32
-	pfx   map[[16]byte]int32 // prefix -> index into pfxs, or -(source index+1) while it has one source
-	srcs  []source
-	pfxs  []Holder
-	socks *sockets.Set
+	src  map[[16]byte]int32
+	pfx  map[[16]byte]int32 // prefix -> index into pfxs, or -(source index+1) while it has one source
+	srcs []source
+	pfxs []Holder
+	// svcIdx maps a service to its index+1 in snap.Services.
+	svcIdx map[serviceKey]uint32
+	// svcLast is the service looked up last (svcLastID: its id, 0: none).
+	svcLast   serviceKey
+	svcLastID uint32
+	socks     *sockets.Set
 	// listedAt is when the sockets were listed; orphanMin is the idle time
 	// (seconds) an entry needs before it can be judged an orphan: the
 	// configured minimum, or the time since the listing when a slow scan
@@ -350,6 +360,7 @@ type source struct {
 	// prefix has no other source (its counts are this source's).
 	pfx int32
 	Counts
+	svc ServiceRef
 }
 
 func (r *source) key() netip.Prefix {
@@ -371,7 +382,8 @@ func (a *Aggregator) SetSockets(s *sockets.Set) {
 
 // NewAggregator returns an aggregator for cfg (zero fields take defaults).
 func NewAggregator(cfg Config) *Aggregator {
-	a := &Aggregator{cfg: cfg.WithDefaults(), src: map[[16]byte]int32{}, pfx: map[[16]byte]int32{}, Now: time.Now}
+	a := &Aggregator{cfg: cfg.WithDefaults(), src: map[[16]byte]int32{}, pfx: map[[16]byte]int32{},
+		svcIdx: map[serviceKey]uint32{}, Now: time.Now}
 	a.Reset()
 	return a
 }
@@ -389,8 +401,11 @@ func (a *Aggregator) SetLocal(l *LocalSet) {
 func (a *Aggregator) Reset() {
 	clear(a.src)
 	clear(a.pfx)
+	clear(a.svcIdx)
+	a.svcLastID = 0
 	a.srcs, a.pfxs = a.srcs[:0], a.pfxs[:0]
-	a.snap = Snapshot{Config: a.cfg}
+	// The services' backing array is reused (Snapshot copies it).
+	a.snap = Snapshot{Config: a.cfg, Services: a.snap.Services[:0]}
 }
 
 // Add folds one entry in.
@@ -442,8 +457,10 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 		orphan = !a.socks.Has(sockets.KeyOf(src, e.Orig.SrcPort, e.Reply.SrcPort))
 		servedIdle = !orphan && cl == Idle
 	}
+	svc := a.serviceID(e)
 	r := &a.srcs[i]
 	r.add(cl, assured, idle)
+	r.svc.vote(svc)
 	if orphan {
 		r.addOrphan(cl)
 	}
@@ -455,6 +472,7 @@ func (a *Aggregator) Add(e *conntrack.Entry) {
 	}
 	h := &a.pfxs[r.pfx]
 	h.add(cl, assured, idle)
+	h.Service.vote(svc)
 	if orphan {
 		h.addOrphan(cl)
 	}
@@ -481,7 +499,7 @@ func (a *Aggregator) newSource(src netip.Addr, k [16]byte) int32 {
 		first := -j - 1
 		j = int32(len(a.pfxs))
 		a.pfx[pk] = j
-		a.pfxs = append(a.pfxs, Holder{Key: p, Counts: a.srcs[first].Counts})
+		a.pfxs = append(a.pfxs, Holder{Key: p, Counts: a.srcs[first].Counts, Service: a.srcs[first].svc})
 		a.srcs[first].pfx = j
 		a.srcs[i].pfx = j
 	default:
@@ -511,6 +529,7 @@ func (a *Aggregator) prefixOf(src netip.Addr) netip.Prefix {
 func (a *Aggregator) Snapshot() *Snapshot {
 	s := a.snap
 	s.Sockets = a.socks != nil
+	s.Services = slices.Clone(s.Services)
 	for _, h := range a.srcs {
 		s.Orphans += int(h.Orphan)
 	}
@@ -529,9 +548,9 @@ func (a *Aggregator) Snapshot() *Snapshot {
 			continue
 		}
 		key := r.key()
-		srcs = append(srcs, Holder{Key: key, Counts: r.Counts})
+		srcs = append(srcs, Holder{Key: key, Counts: r.Counts, Service: r.svc})
 		if r.pfx < 0 {
-			singles = append(singles, Holder{Key: a.prefixOf(key.Addr()), Counts: r.Counts, Members: 1})
+			singles = append(singles, Holder{Key: a.prefixOf(key.Addr()), Counts: r.Counts, Members: 1, Service: r.svc})
 		}
 	}
 	for _, hs := range [][]Holder{a.pfxs, singles} {
