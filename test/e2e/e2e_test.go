@@ -11,6 +11,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -138,17 +139,46 @@ func runScenario(t *testing.T, name, defense string) lab.Summary {
 // runScenarioWith runs a scenario changed by mod (nil: as defined).
 func runScenarioWith(t *testing.T, name, defense string, mod func(*lab.Scenario)) lab.Summary {
 	t.Helper()
+	s, _ := runSpec(t, name, defense, spec{mod: mod})
+	return s
+}
+
+// spec changes a run: the scenario (mod), and what to look at in the
+// victim right after the attack stops (during; dir is the defense's
+// private directory, "" without one).
+type spec struct {
+	mod    func(*lab.Scenario)
+	during func(ctx context.Context, tp *topo.Topology, dir string) error
+}
+
+// runSpec runs a scenario under a defense and returns its summary and the
+// defense's whole log.
+func runSpec(t *testing.T, name, defense string, sp spec) (lab.Summary, string) {
+	t.Helper()
 	sc, err := lab.Find(name, !full())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mod != nil {
-		mod(&sc)
+	if sp.mod != nil {
+		sp.mod(&sc)
 	}
 	_, ctguardBin := build(t)
 	def, err := lab.NewDefense(context.Background(), defense, sc, ctguardBin)
+	if errors.Is(err, lab.ErrUnavailable) && !testutil.InCI() && defense == "ctguard-ipset" {
+		t.Skip(err) // no legacy iptables tools here
+	}
 	if err != nil {
 		t.Fatal(err)
+	}
+	dir := ""
+	if prep := def.Prepare; prep != nil {
+		// The runner calls Prepare before the attack and During after it,
+		// on the same goroutine.
+		def.Prepare = func(d string) ([]string, error) { dir = d; return prep(d) }
+	}
+	opt := lab.Options{LabBin: labBin(t), Log: logger(t)}
+	if sp.during != nil {
+		opt.During = func(ctx context.Context, tp *topo.Topology) error { return sp.during(ctx, tp, dir) }
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), sc.Total()+90*time.Second)
 	defer cancel()
@@ -160,19 +190,21 @@ func runScenarioWith(t *testing.T, name, defense string, mod func(*lab.Scenario)
 			t.Logf("%s's log (last 20,000 bytes):\n%s", defense, defLog.Tail(20000))
 		}
 	})
-	res, err := lab.Run(ctx, sc, def, lab.Options{LabBin: labBin(t), Log: logger(t), DefenseLog: &defLog})
+	opt.DefenseLog = &defLog
+	started := time.Now()
+	res, err := lab.Run(ctx, sc, def, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := res.Summary
-	t.Log(s.Line())
+	t.Logf("%s (run %.0fs)", s.Line(), time.Since(started).Seconds())
 	if !s.Tracked {
 		t.Fatal("conntrack held no entries: the victim's stateful ruleset did not switch tracking on")
 	}
 	if s.Probes < int(sc.Total()/(250*time.Millisecond))/2 {
 		t.Fatalf("only %d probes in %s: the probe generator did not run", s.Probes, sc.Total())
 	}
-	return s
+	return s, defLog.Tail(1 << 30)
 }
 
 func rate(ok, n int) float64 { return lab.ProbeRate(ok, n) }
@@ -679,4 +711,82 @@ func TestApacheBotsCtguard(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ctguard on its ipset + iptables backend, on a victim whose firewall is
+// iptables-legacy (no nftables ruleset at all), with the legacy tools
+// first on ctguard's PATH as on such a host: the same guarantees as on
+// nftables (TestCtguardDefaults), and status says which backend is in use.
+// bots-v4 exercises hash:ip, bots-v6 the IPv6 sets and ip6tables.
+func TestSilentBotsIPSetBackend(t *testing.T) {
+	needLab(t)
+	_, ctguardBin := build(t)
+	for _, name := range []string{"bots-v4", "bots-v6"} {
+		t.Run(name, func(t *testing.T) {
+			var status, ruleset, raw4, raw6 string
+			during := func(ctx context.Context, tp *topo.Topology, dir string) error {
+				var err error
+				status, err = tp.Output(ctx, topo.Victim, append([]string{"env"}, append(lab.LegacyPATH(dir),
+					ctguardBin, "status", "--socket", filepath.Join(dir, "ctguard.sock"), "--sample", "0")...)...)
+				if err != nil {
+					return err
+				}
+				if ruleset, err = tp.Output(ctx, topo.Victim, "nft", "list", "ruleset"); err != nil {
+					return err
+				}
+				if raw4, err = tp.Output(ctx, topo.Victim, "iptables-legacy-save", "-c", "-t", "raw"); err != nil {
+					return err
+				}
+				raw6, err = tp.Output(ctx, topo.Victim, "ip6tables-legacy-save", "-c", "-t", "raw")
+				return err
+			}
+			s, log := runSpec(t, name, "ctguard-ipset", spec{during: during})
+			if s.FullFor > 3*time.Second {
+				t.Errorf("table full for %s under ctguard on ipset (first full after %s)", s.FullFor, s.FullAfter)
+			}
+			if r := rate(s.ProbesOK, s.Probes); r < 95 {
+				t.Errorf("%.1f%% of probes ok under ctguard on ipset, want >= 95%%", r)
+			}
+			if s.AttackBans == 0 || s.FalseBans != 0 {
+				t.Errorf("ctguard on ipset banned %d attack ranges and %d legit ones %v", s.AttackBans, s.FalseBans, s.FalseBanList)
+			}
+			if !strings.Contains(status, "enforcing with ipset") || !strings.Contains(status, "firewall backend ipset: ") {
+				t.Errorf("ctguard status does not say the ipset backend is in use:\n%s", status)
+			}
+			if !strings.Contains(log, "backend=ipset") {
+				t.Errorf("ctguard's log does not name the ipset backend")
+			}
+			if strings.TrimSpace(ruleset) != "" {
+				t.Errorf("the victim has an nftables ruleset, want none:\n%s", ruleset)
+			}
+			for fam, raw := range map[string]string{"iptables": raw4, "ip6tables": raw6} {
+				if !strings.Contains(raw, "-A PREROUTING -m comment --comment ctguard -j CTGUARD") {
+					t.Errorf("%s-legacy raw table has no jump to ctguard's chain:\n%s", fam, raw)
+				}
+			}
+			// The bans drop the live bots' packets in the legacy raw table.
+			raw := map[string]string{"bots-v4": raw4, "bots-v6": raw6}[name]
+			if n := setDrops(raw); n == 0 {
+				t.Errorf("ctguard's set rules dropped no packet of the live bots:\n%s", raw)
+			} else {
+				t.Logf("ctguard's set rules in the legacy raw table dropped %d packets", n)
+			}
+			t.Logf("ctguard status:\n%s", status)
+		})
+	}
+}
+
+// setDrops sums the packet counters of the rules that drop members of
+// ctguard's ipsets, in `iptables-save -c` output.
+func setDrops(save string) uint64 {
+	var n uint64
+	for _, l := range strings.Split(save, "\n") {
+		if !strings.HasPrefix(l, "[") || !strings.Contains(l, "--match-set ctguard-") || !strings.HasSuffix(l, "-j DROP") {
+			continue
+		}
+		pk, _, _ := strings.Cut(strings.TrimPrefix(l, "["), ":")
+		v, _ := strconv.ParseUint(pk, 10, 64)
+		n += v
+	}
+	return n
 }

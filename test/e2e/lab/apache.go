@@ -100,7 +100,7 @@ func prepareApache(ctx context.Context, dir string) (string, error) {
 // startApache runs Apache in the victim in the foreground and waits until
 // it listens. Its children are killed by pid when the run stops.
 func (r *run) startApache(ctx context.Context, cfg string) error {
-	h, err := r.startNative(ctx, Proc{Name: "apache2", Role: topo.Victim, Args: []string{"-D", "FOREGROUND", "-f", cfg}}, ApacheBin, nil)
+	h, err := r.startNative(ctx, Proc{Name: "apache2", Role: topo.Victim, Args: []string{"-D", "FOREGROUND", "-f", cfg}}, ApacheBin, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/test/e2e/baseline"
 	"github.com/ctguard/ctguard/test/e2e/topo"
 )
@@ -36,6 +38,13 @@ type Defense struct {
 	// Ruleset, if set, is loaded into the victim (nft -f) before traffic
 	// starts: a defense that is only kernel rules.
 	Ruleset string
+	// Firewall is the victim's stateful firewall for this defense (""
+	// is the lab's nftables ruleset).
+	Firewall topo.Firewall
+	// Env, if set, gets the directory Prepare got and returns extra
+	// environment variables for a Native Proc (ctguard-ipset: a PATH that
+	// finds the legacy iptables tools under their plain names).
+	Env func(dir string) []string
 }
 
 // MeterLimit is the per-source limit of the "meter" defense: the
@@ -69,12 +78,42 @@ var DefenseNames = []string{"none", "baseline", "meter", "ctguard"}
 // defaults.
 var ApacheDefenses = []string{"none", "ctguard-noclose", "ctguard-nowatch", "ctguard"}
 
+// OptionalDefenses run only when asked for by name (ctglab results
+// --defenses), under any scenario but the Apache variants: ctguard-ipset,
+// ctguard on its ipset + iptables backend on a victim whose firewall is
+// iptables-legacy.
+var OptionalDefenses = []string{"ctguard-ipset"}
+
 // DefensesFor is the defenses sc runs under.
 func DefensesFor(sc Scenario) []string {
 	if sc.Apache {
 		return ApacheDefenses
 	}
 	return DefenseNames
+}
+
+// DefensesAsked is the defenses sc runs under when the user asked for
+// some by name: those of DefensesFor(sc) asked for, then the optional
+// ones asked for that apply to sc. No names asked is DefensesFor(sc).
+func DefensesAsked(sc Scenario, asked []string) []string {
+	if len(asked) == 0 {
+		return DefensesFor(sc)
+	}
+	var out []string
+	for _, d := range DefensesFor(sc) {
+		if slices.Contains(asked, d) {
+			out = append(out, d)
+		}
+	}
+	if sc.Apache {
+		return out
+	}
+	for _, d := range OptionalDefenses {
+		if slices.Contains(asked, d) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // NewDefense returns the named defense for a scenario. "ctguard" needs a
@@ -117,8 +156,99 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 			Note:     note,
 			Prepare:  func(dir string) ([]string, error) { return ctguardConfig(dir, extra) },
 		}, nil
+	case "ctguard-ipset":
+		return ctguardIPSet(ctx, ctguardBin)
 	}
-	return Defense{}, fmt.Errorf("unknown defense %q (have %v, %v)", name, DefenseNames, ApacheDefenses[1:3])
+	return Defense{}, fmt.Errorf("unknown defense %q (have %v, %v, %v)", name, DefenseNames, ApacheDefenses[1:3], OptionalDefenses)
+}
+
+// ctguardIPSet is ctguard run with enforce.backend = "ipset" on a victim
+// whose firewall is iptables-legacy. ctguard calls the iptables tools by
+// their plain names (iptables-restore, ip6tables-save, ...), which on
+// Debian 12 are the nft flavour: like an operator of a legacy host, the
+// lab puts the legacy tools first on ctguard's PATH under those names
+// (symlinks in a private directory; the host's alternatives stay as they
+// are).
+func ctguardIPSet(ctx context.Context, ctguardBin string) (Defense, error) {
+	const name = "ctguard-ipset"
+	if err := ctguardAvailable(ctx, ctguardBin); err != nil {
+		return Defense{Name: name}, err
+	}
+	bin, err := filepath.Abs(ctguardBin)
+	if err != nil {
+		return Defense{Name: name}, err
+	}
+	tools, err := legacyTools()
+	if err != nil {
+		return Defense{Name: name}, err
+	}
+	return Defense{
+		Name:     name,
+		Proc:     &Proc{Name: "ctguard", Role: topo.Victim, Args: []string{"run"}},
+		Bin:      bin,
+		IPSets:   CtguardIPSets(),
+		Native:   true,
+		Firewall: topo.FirewallIPTablesLegacy,
+		Note:     "ctguard run, built-in defaults but enforce.backend = \"ipset\"; the victim's firewall is iptables-legacy",
+		Prepare: func(dir string) ([]string, error) {
+			if err := linkTools(filepath.Join(dir, "bin"), tools); err != nil {
+				return nil, err
+			}
+			return ctguardConfig(dir, "", "[enforce]\nbackend = \"ipset\"\n")
+		},
+		Env: LegacyPATH,
+	}, nil
+}
+
+// CtguardIPSets are the names of ctguard's ipsets (enforce.IPSet): full
+// and scoped bans of addresses and prefixes, IPv4 and IPv6.
+func CtguardIPSets() []string {
+	var out []string
+	for _, scoped := range []string{"", enforce.IPSetScopedSuffix} {
+		for _, kind := range []string{"ban4", "net4", "ban6", "net6"} {
+			out = append(out, enforce.IPSetPrefix+kind+scoped)
+		}
+	}
+	return out
+}
+
+// legacyToolNames maps the names ctguard calls to the legacy programs.
+var legacyToolNames = map[string]string{
+	"iptables": "iptables-legacy", "iptables-restore": "iptables-legacy-restore", "iptables-save": "iptables-legacy-save",
+	"ip6tables": "ip6tables-legacy", "ip6tables-restore": "ip6tables-legacy-restore", "ip6tables-save": "ip6tables-legacy-save",
+}
+
+// legacyTools finds the legacy iptables programs (Debian: package
+// iptables), keyed by the plain name they stand in for.
+func legacyTools() (map[string]string, error) {
+	out := map[string]string{}
+	for plain, legacy := range legacyToolNames {
+		p, err := exec.LookPath(legacy)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v (install iptables)", ErrUnavailable, legacy, err)
+		}
+		out[plain] = p
+	}
+	return out, nil
+}
+
+// linkTools makes dir hold a symlink per plain name to its legacy program.
+func linkTools(dir string, tools map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("legacy iptables tools: %w", err)
+	}
+	for plain, target := range tools {
+		if err := os.Symlink(target, filepath.Join(dir, plain)); err != nil {
+			return fmt.Errorf("legacy iptables tools: %w", err)
+		}
+	}
+	return nil
+}
+
+// LegacyPATH is the PATH that finds, under their plain names, the legacy
+// iptables tools Prepare linked into dir/bin, then the usual programs.
+func LegacyPATH(dir string) []string {
+	return []string{"PATH=" + filepath.Join(dir, "bin") + string(os.PathListSeparator) + os.Getenv("PATH")}
 }
 
 // ctguardVariants are the ctguard defenses: the defaults, and the Apache
@@ -129,14 +259,22 @@ var ctguardVariants = map[string]struct{ note, extra string }{
 	"ctguard-nowatch": {"ctguard run, built-in defaults but daemon.watch_listeners = false", "watch_listeners = false\n"},
 }
 
+// CtguardConfigFile is the name of the config a ctguard defense's Prepare
+// writes in its directory.
+const CtguardConfigFile = "ctguard.toml"
+
 // ctguardConfig writes a config that changes only where the daemon keeps
 // its state and control socket, plus extra [daemon] keys (the Apache
-// comparisons turn one feature off); everything else stays at the defaults.
-func ctguardConfig(dir, extra string) ([]string, error) {
-	path := filepath.Join(dir, "ctguard.toml")
+// comparisons turn one feature off) and extra sections (the ipset
+// backend); everything else stays at the defaults.
+func ctguardConfig(dir, extra string, sections ...string) ([]string, error) {
+	path := filepath.Join(dir, CtguardConfigFile)
 	// Debug logging: one line per cycle in the run's log (it changes no decision).
 	cfg := fmt.Sprintf("[daemon]\nstate_dir = %q\nsocket = %q\n%s\n[log]\nlevel = \"debug\"\n",
 		filepath.Join(dir, "state"), filepath.Join(dir, "ctguard.sock"), extra)
+	for _, s := range sections {
+		cfg += "\n" + s
+	}
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("ctguard config: %w", err)
 	}

@@ -11,10 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/test/e2e/topo"
 	"github.com/ctguard/ctguard/test/e2e/wire"
 )
@@ -113,7 +115,7 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	t := topo.New(opt.StateDir, opt.Log)
+	t := topo.New(opt.StateDir, opt.Log, topo.Options{Firewall: def.Firewall})
 	r := &run{opt: opt, topo: t, ready: map[string]bool{}, rec: Records{Progress: map[string]*wire.Progress{}}}
 	res := &Result{Scenario: sc, Defense: def}
 	defer func() {
@@ -330,6 +332,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 // startDefense starts the defense and waits until it is ready.
 func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration) error {
 	p := *def.Proc
+	var env []string
 	if def.Prepare != nil {
 		dir, err := os.MkdirTemp("", "ctglab-"+def.Name+"-")
 		if err != nil {
@@ -341,6 +344,9 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 			return err
 		}
 		p.Args = append(append([]string(nil), p.Args...), extra...)
+		if def.Env != nil {
+			env = def.Env(dir)
+		}
 	}
 	if !def.Native {
 		if _, err := r.start(ctx, p, def.Bin, total+2*time.Second); err != nil {
@@ -348,14 +354,14 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 		}
 		return r.waitReady(ctx, p.Name, 10*time.Second)
 	}
-	h, err := r.startNative(ctx, p, def.Bin, r.opt.DefenseLog)
+	h, err := r.startNative(ctx, p, def.Bin, env, r.opt.DefenseLog)
 	if err != nil {
 		return err
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		args := append([]string{"nft", "list", "table"}, strings.Fields(def.NFTTable)...)
-		if _, err := r.topo.Output(ctx, topo.Victim, args...); err == nil {
+		err := r.defenseReady(ctx, def)
+		if err == nil {
 			return nil
 		}
 		select {
@@ -365,7 +371,7 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: table %s not there after 15 s: %s", p.Name, def.NFTTable, h.stderr.String())
+			return fmt.Errorf("%s not ready after 15 s: %v: %s", p.Name, err, h.stderr.String())
 		}
 		if err := sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
@@ -373,11 +379,48 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 	}
 }
 
+// defenseReady says whether a native defense has its firewall objects in
+// the victim: its nftables table, or (ipset backend) its ipsets and the
+// CTGUARD chain in the raw table of iptables and ip6tables.
+func (r *run) defenseReady(ctx context.Context, def Defense) error {
+	if def.NFTTable != "" {
+		args := append([]string{"nft", "list", "table"}, strings.Fields(def.NFTTable)...)
+		_, err := r.topo.Output(ctx, topo.Victim, args...)
+		return err
+	}
+	names, err := r.topo.Output(ctx, topo.Victim, "ipset", "list", "-n")
+	if err != nil {
+		return err
+	}
+	have := strings.Fields(names)
+	for _, s := range def.IPSets {
+		if !slices.Contains(have, s) {
+			return fmt.Errorf("ipset %s missing", s)
+		}
+	}
+	if def.Firewall != topo.FirewallIPTablesLegacy {
+		return nil
+	}
+	for _, save := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+		out, err := r.topo.Output(ctx, topo.Victim, save, "-t", "raw")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "\n:"+enforce.IPTablesChain+" ") {
+			return fmt.Errorf("%s: no chain %s in the raw table", save, enforce.IPTablesChain)
+		}
+	}
+	return nil
+}
+
 // startNative runs a program that is not a lab role (ctguard, sshd): no
 // --duration, its output is kept as a log tail (and copied to log if set);
 // the runner stops it.
-func (r *run) startNative(ctx context.Context, p Proc, bin string, log io.Writer) (*proc, error) {
+func (r *run) startNative(ctx context.Context, p Proc, bin string, env []string, log io.Writer) (*proc, error) {
 	cmd := r.topo.Command(ctx, p.Role, append([]string{bin}, p.Args...)...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...) // later entries win
+	}
 	h := &proc{p: p, cmd: cmd, done: make(chan error, 1), stderr: &tail{}}
 	var w io.Writer = h.stderr
 	if log != nil {

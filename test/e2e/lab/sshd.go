@@ -84,7 +84,7 @@ func prepareSSHD(ctx context.Context, dir string) (string, error) {
 // pid when the run stops: a session whose client vanished would otherwise
 // outlive the run.
 func (r *run) startSSHD(ctx context.Context, cfg string) error {
-	h, err := r.startNative(ctx, Proc{Name: "sshd", Role: topo.Victim, Args: []string{"-D", "-e", "-f", cfg}}, SSHDBin, nil)
+	h, err := r.startNative(ctx, Proc{Name: "sshd", Role: topo.Victim, Args: []string{"-D", "-e", "-f", cfg}}, SSHDBin, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/csv"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -378,5 +380,72 @@ func TestCtguardVariantConfigs(t *testing.T) {
 		if c.Daemon.CloseSockets != want.CloseSockets || c.Daemon.WatchListeners != want.WatchListeners || c.Daemon.Interval != want.Interval {
 			t.Errorf("%s: close_sockets %v, watch_listeners %v, intervals %v", name, c.Daemon.CloseSockets, c.Daemon.WatchListeners, c.Daemon.Interval)
 		}
+	}
+}
+
+// TestDefensesAsked: ctguard-ipset runs only when named, and never under
+// the Apache variants; naming nothing keeps every scenario's own set.
+func TestDefensesAsked(t *testing.T) {
+	bots, err := Find("bots-v4", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apache, err := Find("apache-bots-v4", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		sc    Scenario
+		asked []string
+		want  string
+	}{
+		{bots, nil, "none baseline meter ctguard"},
+		{bots, []string{"ctguard-ipset"}, "ctguard-ipset"},
+		{bots, []string{"ctguard-ipset", "none"}, "none ctguard-ipset"},
+		{apache, []string{"ctguard-ipset"}, ""},
+		{apache, nil, "none ctguard-noclose ctguard-nowatch ctguard"},
+	} {
+		if got := strings.Join(DefensesAsked(c.sc, c.asked), " "); got != c.want {
+			t.Errorf("%s asked %v: got %q, want %q", c.sc.Name, c.asked, got, c.want)
+		}
+	}
+}
+
+// TestCtguardIPSetPrepare: the ipset defense's config asks for the ipset
+// backend and keeps the defaults, and its PATH finds the legacy iptables
+// tools under the names ctguard calls.
+func TestCtguardIPSetPrepare(t *testing.T) {
+	tools := map[string]string{}
+	for plain, legacy := range legacyToolNames {
+		tools[plain] = "/usr/sbin/" + legacy
+	}
+	dir := t.TempDir()
+	if err := linkTools(filepath.Join(dir, "bin"), tools); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"iptables-restore", "ip6tables-save"} {
+		got, err := os.Readlink(filepath.Join(dir, "bin", name))
+		if want := "/usr/sbin/" + legacyToolNames[name]; err != nil || got != want {
+			t.Errorf("%s -> %q (%v), want %s", name, got, err, want)
+		}
+	}
+	env := LegacyPATH(dir)
+	if len(env) != 1 || !strings.HasPrefix(env[0], "PATH="+filepath.Join(dir, "bin")+":") {
+		t.Errorf("env %v: want the tools' directory first on PATH", env)
+	}
+	args, err := ctguardConfig(dir, "", "[enforce]\nbackend = \"ipset\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(args[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Enforce.Backend != "ipset" || c.Daemon.Interval != config.Default().Daemon.Interval || !c.Daemon.CloseSockets {
+		t.Errorf("backend %q, intervals %v, close_sockets %v: want ipset and the defaults", c.Enforce.Backend, c.Daemon.Interval, c.Daemon.CloseSockets)
+	}
+	want := "ctguard-ban4 ctguard-net4 ctguard-ban6 ctguard-net6 ctguard-ban4-but-ssh ctguard-net4-but-ssh ctguard-ban6-but-ssh ctguard-net6-but-ssh"
+	if got := strings.Join(CtguardIPSets(), " "); got != want {
+		t.Errorf("ctguard's ipsets %s, want %s", got, want)
 	}
 }

@@ -236,14 +236,25 @@ func readStates(ctx context.Context, procfs string, attack []netip.Prefix) (Coun
 var scopedSets = map[string]bool{enforce.SetBan4Scoped: true, enforce.SetBan6Scoped: true,
 	enforce.SetNet4Scoped: true, enforce.SetNet6Scoped: true}
 
+// scopedIPSet says whether an ipset holds ctguard's scoped bans (its
+// ipset backend's twins of scopedSets).
+func scopedIPSet(name string) bool {
+	return strings.HasPrefix(name, enforce.IPSetPrefix) && strings.HasSuffix(name, enforce.IPSetScopedSuffix)
+}
+
 // readBans returns every ban, and separately the scoped ones.
 func readBans(ctx context.Context, cfg Config) (bans, scoped []string, err error) {
 	if len(cfg.IPSets) > 0 {
-		b, err := readIPSets(ctx, cfg.IPSets)
+		bySet, err := readIPSets(ctx, cfg.IPSets)
 		if err != nil {
 			return nil, nil, err
 		}
-		bans = append(bans, b...)
+		for set, b := range bySet {
+			bans = append(bans, b...)
+			if scopedIPSet(set) {
+				scoped = append(scoped, b...)
+			}
+		}
 	}
 	if cfg.NFTTable != "" {
 		bySet, err := readNFTTable(ctx, cfg.NFTTable)
@@ -262,10 +273,10 @@ func readBans(ctx context.Context, cfg Config) (bans, scoped []string, err error
 	return bans, scoped, nil
 }
 
-func readIPSets(ctx context.Context, sets []string) ([]string, error) {
+func readIPSets(ctx context.Context, sets []string) (map[string][]string, error) {
 	out, err := exec.CommandContext(ctx, "ipset", "save").Output()
 	if err != nil {
 		return nil, fmt.Errorf("ipset save: %w", err)
 	}
-	return ParseIPSetSave(bytes.NewReader(out), sets...)
+	return ParseIPSetSaveBySet(bytes.NewReader(out), sets...)
 }

@@ -176,31 +176,62 @@ func CountStates(r io.Reader, attack []netip.Prefix) (Counts, error) {
 	return out, sc.Err()
 }
 
-// ParseIPSetSave returns the addresses in `ipset save` output for the given
-// sets ("add SET ADDR ..." lines), sorted.
+// ParseIPSetSave returns the addresses and prefixes in `ipset save`
+// output for the given sets ("add SET MEMBER [timeout N] ..." lines),
+// sorted. Prefixes (hash:net members) are masked to their network.
 func ParseIPSetSave(r io.Reader, sets ...string) ([]string, error) {
+	bySet, err := ParseIPSetSaveBySet(r, sets...)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range bySet {
+		out = append(out, m...)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// ParseIPSetSaveBySet is ParseIPSetSave per set name.
+func ParseIPSetSaveBySet(r io.Reader, sets ...string) (map[string][]string, error) {
 	want := map[string]bool{}
 	for _, s := range sets {
 		want[s] = true
 	}
-	var out []string
+	out := map[string][]string{}
 	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 1<<20)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) < 3 || f[0] != "add" || !want[f[1]] {
 			continue
 		}
-		a, err := netip.ParseAddr(f[2])
+		m, err := ipsetMember(f[2])
 		if err != nil {
-			p, perr := netip.ParsePrefix(f[2])
-			if perr != nil {
-				return nil, fmt.Errorf("ipset save: %q: %w", f[2], err)
-			}
-			out = append(out, p.String())
-			continue
+			return nil, fmt.Errorf("ipset save: set %s: %w", f[1], err)
 		}
-		out = append(out, a.String())
+		out[f[1]] = append(out[f[1]], m)
 	}
-	sort.Strings(out)
+	for _, m := range out {
+		sort.Strings(m)
+	}
 	return out, sc.Err()
+}
+
+// ipsetMember canonicalizes a hash:ip or hash:net member: an address, or
+// a prefix (a host prefix prints as its address, as ctguard's nftables
+// sets do).
+func ipsetMember(s string) (string, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.Unmap().String(), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return "", fmt.Errorf("member %q: not an address or prefix", s)
+	}
+	p = p.Masked()
+	if p.IsSingleIP() {
+		return p.Addr().String(), nil
+	}
+	return p.String(), nil
 }

@@ -1,7 +1,7 @@
 // Package topo builds and tears down the attack lab's network namespaces:
 // a victim, a router, an attacker and a legit-clients namespace, joined by
 // veth pairs through the router, with AnyIP client ranges and the victim's
-// stateful nftables ruleset.
+// stateful firewall (nftables, or iptables-legacy).
 //
 // It must never touch the root namespace: every command runs with
 // `ip -n NS` or `ip netns exec NS`, and only namespaces whose names carry
@@ -114,12 +114,53 @@ table inet lab {
 `, BotV4, SlowV4, BotV6)
 }
 
+// victimIPTables is VictimRuleset for iptables-restore (iptables and
+// ip6tables alike, but for ICMP): the same policy, in the filter table.
+func victimIPTables(v6 bool) string {
+	icmp := "-p icmp"
+	if v6 {
+		icmp = "-p ipv6-icmp"
+	}
+	return `*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -m conntrack --ctstate INVALID -j DROP
+-A INPUT -i lo -j ACCEPT
+-A INPUT ` + icmp + ` -j ACCEPT
+-A INPUT -p tcp -m multiport --dports 22,80,443 -j ACCEPT
+-A INPUT -p udp --dport 443 -j ACCEPT
+COMMIT
+`
+}
+
+// Firewall is the victim's stateful firewall.
+type Firewall string
+
+// The victim's firewalls.
+const (
+	// FirewallNFT is VictimRuleset, loaded with nft (the default).
+	FirewallNFT Firewall = "nftables"
+	// FirewallIPTablesLegacy is the same policy through iptables-legacy and
+	// ip6tables-legacy (the x_tables kernel interface), as on a host that
+	// never moved to nftables: the victim then has no nftables ruleset.
+	FirewallIPTablesLegacy Firewall = "iptables-legacy"
+)
+
+// Options change the topology from its default.
+type Options struct {
+	// Firewall is the victim's firewall; "" is FirewallNFT.
+	Firewall Firewall
+}
+
 var seq atomic.Int64
 
 // Topology is one lab instance.
 type Topology struct {
 	ID     string            // unique per run: "<pid>-<n>"
 	NS     map[string]string // role -> namespace name
+	Opt    Options           // how it differs from the default
 	record string            // state file listing the namespaces
 	log    *slog.Logger
 
@@ -131,14 +172,19 @@ type Topology struct {
 const DefaultStateDir = "/run/ctglab"
 
 // New names a topology; nothing is created until Setup.
-func New(stateDir string, log *slog.Logger) *Topology {
+func New(stateDir string, log *slog.Logger, opt Options) *Topology {
 	id := fmt.Sprintf("%d-%d", os.Getpid(), seq.Add(1))
-	t := &Topology{ID: id, NS: map[string]string{}, log: log,
+	t := &Topology{ID: id, NS: map[string]string{}, Opt: opt, log: log,
 		record: filepath.Join(stateDir, id+".ns")}
-	for _, r := range []string{Victim, Router, Attacker, Legit} {
+	for _, r := range t.roles() {
 		t.NS[r] = NamePrefix + id + "-" + r
 	}
 	return t
+}
+
+// roles are the namespaces of this topology.
+func (t *Topology) roles() []string {
+	return []string{Victim, Router, Attacker, Legit}
 }
 
 // Setup creates the namespaces, links, routes, sysctls and rulesets. On
@@ -147,7 +193,7 @@ func (t *Topology) Setup(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(t.record), 0o755); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	for _, r := range []string{Victim, Router, Attacker, Legit} {
+	for _, r := range t.roles() {
 		name := t.NS[r]
 		if err := t.recordNS(name); err != nil {
 			return err
@@ -232,22 +278,47 @@ func (t *Topology) Setup(ctx context.Context) error {
 		Legit:    {"net/ipv4/ip_local_port_range=1024 65535", "net/ipv6/ip_nonlocal_bind=1"},
 	}
 	for role, kvs := range sysctls {
-		var sb strings.Builder
-		for _, kv := range kvs {
-			k, v, _ := strings.Cut(kv, "=")
-			fmt.Fprintf(&sb, "echo '%s' > /proc/sys/%s\n", v, k)
-		}
-		if err := t.Run(ctx, role, nil, "sh", "-ec", sb.String()); err != nil {
+		if err := t.sysctl(ctx, role, kvs); err != nil {
 			return err
 		}
 	}
-	if err := t.Run(ctx, Victim, strings.NewReader(VictimRuleset), "nft", "-f", "-"); err != nil {
+	if err := t.victimFirewall(ctx); err != nil {
 		return err
 	}
 	if err := t.Run(ctx, Attacker, strings.NewReader(attackerRuleset()), "nft", "-f", "-"); err != nil {
 		return err
 	}
 	return t.waitPaths(ctx)
+}
+
+func (t *Topology) sysctl(ctx context.Context, role string, kvs []string) error {
+	var sb strings.Builder
+	for _, kv := range kvs {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&sb, "echo '%s' > /proc/sys/%s\n", v, k)
+	}
+	return t.Run(ctx, role, nil, "sh", "-ec", sb.String())
+}
+
+// victimFirewall loads the victim's stateful firewall in its flavour: an
+// iptables-legacy victim has no nftables ruleset at all.
+func (t *Topology) victimFirewall(ctx context.Context) error {
+	switch t.Opt.Firewall {
+	case "", FirewallNFT:
+		return t.Run(ctx, Victim, strings.NewReader(VictimRuleset), "nft", "-f", "-")
+	case FirewallIPTablesLegacy:
+		for _, v6 := range []bool{false, true} {
+			prog := "iptables-legacy-restore"
+			if v6 {
+				prog = "ip6tables-legacy-restore"
+			}
+			if err := t.Run(ctx, Victim, strings.NewReader(victimIPTables(v6)), prog); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("topology: unknown victim firewall %q", t.Opt.Firewall)
 }
 
 // waitPaths pings the victim from the attacker and legit namespaces over

@@ -33,7 +33,7 @@ func TestCleanupIgnoresForeignNames(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	a, b := New(t.TempDir(), nil), New(t.TempDir(), nil)
+	a, b := New(t.TempDir(), nil, Options{}), New(t.TempDir(), nil, Options{Firewall: FirewallIPTablesLegacy})
 	for _, r := range []string{Victim, Router, Attacker, Legit} {
 		if a.NS[r] == b.NS[r] || len(a.NS[r]) == 0 || a.NS[r][:len(NamePrefix)] != NamePrefix {
 			t.Fatalf("names %q / %q", a.NS[r], b.NS[r])

@@ -78,11 +78,19 @@ func runResults(ctx context.Context, e *env, args []string) error {
 	md := fs.String("md", "test/e2e/RESULTS.md", "results table to write")
 	short := fs.Bool("short", false, "short (CI) versions")
 	only := fs.String("scenarios", "", "comma-separated subset (default: all)")
-	defs := fs.String("defenses", "", "comma-separated subset of "+strings.Join(lab.DefenseNames, ", ")+" (default: all)")
+	defs := fs.String("defenses", "", "comma-separated subset of "+strings.Join(lab.DefenseNames, ", ")+
+		" (Apache variants: "+strings.Join(lab.ApacheDefenses[1:3], ", ")+"), or "+strings.Join(lab.OptionalDefenses, ", ")+
+		", which runs only when named (default: every scenario's own set)")
 	ctg := fs.String("ctguard", "bin/ctguard", "ctguard binary")
 	step := fs.Int("csv-step", 4, "keep every n-th 250 ms sample in the CSVs (4: one per second)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	for _, d := range strings.Split(*defs, ",") {
+		known := slices.Contains(lab.DefenseNames, d) || slices.Contains(lab.ApacheDefenses, d) || slices.Contains(lab.OptionalDefenses, d)
+		if d != "" && !known {
+			return usagef("--defenses: unknown defense %q", d)
+		}
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(*only, ",") {
@@ -97,10 +105,11 @@ func runResults(ctx context.Context, e *env, args []string) error {
 			continue
 		}
 		var runs []*lab.Result
-		for _, d := range lab.DefensesFor(sc) {
-			if *defs != "" && !slices.Contains(strings.Split(*defs, ","), d) {
-				continue
-			}
+		var asked []string
+		if *defs != "" {
+			asked = strings.Split(*defs, ",")
+		}
+		for _, d := range lab.DefensesAsked(sc, asked) {
 			s, res, err := runOne(ctx, e, sc.Name, d, *ctg, *out, *short, *step)
 			if err != nil {
 				return err
@@ -199,7 +208,9 @@ func runPlot(ctx context.Context, e *env, args []string) error {
 	}
 	c := lab.Chart(nil)
 	c.Title, c.Subtitle, c.AttackTo = "ctguard lab: "+sc.Name, sc.Desc, sc.AttackFor.Seconds()
-	for _, d := range lab.DefenseNames {
+	// Every defense that may have run it: the scenario's own and the
+	// optional ones (ctguard-ipset).
+	for _, d := range append(slices.Clone(lab.DefensesFor(sc)), lab.OptionalDefenses...) {
 		f, err := os.Open(filepath.Join(*dir, fmt.Sprintf("%s-%s.csv", sc.Name, d)))
 		if err != nil {
 			continue

@@ -113,7 +113,7 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 func runRun(ctx context.Context, e *env, args []string) error {
 	fs := newFlags("run", e)
 	name := fs.String("scenario", "bots-v4", "scenario (see ctglab list)")
-	defense := fs.String("defense", "none", "none, baseline, meter, ctguard, ctguard-noclose or ctguard-nowatch")
+	defense := fs.String("defense", "none", "none, baseline, meter, ctguard, ctguard-noclose, ctguard-nowatch or ctguard-ipset")
 	short := fs.Bool("short", false, "short (CI) version")
 	out := fs.String("out", "out/lab", "directory for the CSV")
 	step := fs.Int("csv-step", 1, "keep every n-th sample in the CSV")
