@@ -573,19 +573,47 @@ func TestRootExportSet(t *testing.T) {
 	}
 }
 
+// A set without timeout support (the incident's hash:ip blacklist1):
+// ctguard exports into it and removes each ban itself when it ends; after a
+// restart it removes what it had left there for a ban that ended while it
+// was stopped, and never the host's own elements.
 func TestRootExportSetWithoutTimeouts(t *testing.T) {
 	testutil.RequireRoot(t, "ipset")
 	ns, _ := daemonLab(t)
 	dir := t.TempDir()
+	sock := filepath.Join(dir, "ctguard.sock")
 	ns.MustRun(t, "ipset", "create", "blacklist1", "hash:ip")
+	ns.MustRun(t, "ipset", "add", "blacklist1", "192.0.2.99") // the host's own
 	cfg := writeConfig(t, dir, "[enforce]\nexport_set = \"blacklist1\"\n")
-	log, _ := startDaemon(t, ns, "--config", cfg)
-	waitFor(t, "the bot's ban", 10*time.Second, func() bool { return strings.Contains(log.String(), "action=ban target=203.0.113.110/32") })
-	if !strings.Contains(log.String(), "enforce.export_set: the set has no timeout support") {
-		t.Errorf("no error about the set without timeouts:\n%s", log.String())
+	log, daemon := startDaemon(t, ns, "--config", cfg)
+	set := func() string { out, _ := ns.Run("ipset", "list", "blacklist1"); return out }
+	waitFor(t, "the bot's ban exported", 10*time.Second, func() bool { return strings.Contains(set(), "203.0.113.110") })
+	if !strings.Contains(log.String(), "ends=\"removed by ctguard") {
+		t.Errorf("the log does not say ctguard ends the exported bans:\n%s", log.String())
 	}
-	if out := ns.MustRun(t, "ipset", "list", "blacklist1"); strings.Contains(out, "203.0.113.110") {
-		t.Errorf("exported into a set without timeouts:\n%s", out)
+	// A manual ban and its lift: in, then out.
+	for _, args := range [][]string{{"ban", "198.51.100.77", "--ttl", "10m"}, {"unban", "198.51.100.77"}} {
+		if out, err := self(ns, append(args, "--socket", sock)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		if in := strings.Contains(set(), "198.51.100.77"); in != (args[0] == "ban") {
+			t.Fatalf("after %v the set holds:\n%s", args, set())
+		}
+	}
+	stopProcess(daemon)
+	// While stopped: 198.51.100.77 is back in the set as if a crash had
+	// left it there after its ban ended; 198.51.100.78 is the host's own.
+	ns.MustRun(t, "ipset", "add", "blacklist1", "198.51.100.77")
+	ns.MustRun(t, "ipset", "add", "blacklist1", "198.51.100.78")
+	log2, _ := startDaemon(t, ns, "--config", cfg)
+	waitFor(t, "the leftover removed at start", 10*time.Second, func() bool {
+		return strings.Contains(log2.String(), "removed bans that ended while ctguard was stopped")
+	})
+	out := set()
+	for a, want := range map[string]bool{"198.51.100.77": false, "198.51.100.78": true, "192.0.2.99": true, "203.0.113.110": true} {
+		if strings.Contains(out, a) != want {
+			t.Errorf("after the restart %s in the set: %v, want %v\n%s", a, !want, want, out)
+		}
 	}
 }
 

@@ -132,7 +132,7 @@ func OpenParts(ctx context.Context, c config.Config, o PartsOptions) (*Parts, er
 		}
 		p.Backend, p.Why = b, why
 		if name := c.Enforce.ExportSet; name != "" {
-			fw = exportTo(ctx, fw, name, o.Log)
+			fw = exportTo(ctx, fw, name, st, o.Log)
 		}
 	default:
 		// Only read (the drop counters, the sets), without probing: no
@@ -217,20 +217,24 @@ func AllowConfig(c config.Config, interfaces func() ([]netip.Prefix, error), ses
 }
 
 // exportTo mirrors fw's bans into the host's ipset name
-// (enforce.export_set); a set that is missing or cannot end its entries by
-// itself is logged, and fw is used alone: local defence first.
-func exportTo(ctx context.Context, fw enforce.Firewall, name string, log *slog.Logger) enforce.Firewall {
+// (enforce.export_set); a set that is missing or unusable is logged, and fw
+// is used alone: local defence first. st's records tell, in a set without
+// timeouts or comments, ctguard's leftovers from the host's own elements.
+func exportTo(ctx context.Context, fw enforce.Firewall, name string, st *store.Store, log *slog.Logger) enforce.Firewall {
 	x, err := enforce.OpenExportSet(ctx, name, enforce.ExportOptions{})
 	if err != nil {
 		log.Error("enforce.export_set: nothing is exported", "set", name, "err", err)
 		return fw
 	}
 	info := x.Info()
+	ends := "by the set's own timeouts"
 	if !info.Timeouts {
-		log.Error("enforce.export_set: the set has no timeout support, so its entries would outlive their bans; nothing is exported (recreate it with: ipset create NAME TYPE timeout 0)",
-			"set", name, "type", info.Type)
-		return fw
+		ends = "removed by ctguard (the set has no timeouts): at each check, and at start for bans that ended while it was stopped"
 	}
-	log.Info("exporting bans", "set", name, "type", info.Type, "family", info.Family, "prefixes", info.Prefixes)
-	return enforce.Exporting(fw, x, log)
+	log.Info("exporting bans", "set", name, "type", info.Type, "family", info.Family, "prefixes", info.Prefixes, "comments", info.Comments, "ends", ends)
+	known := func(p netip.Prefix) bool {
+		_, err := st.GetBan(p)
+		return err == nil
+	}
+	return enforce.Exporting(fw, x, log, enforce.ExportingOptions{Known: known})
 }
