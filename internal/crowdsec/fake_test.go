@@ -47,6 +47,9 @@ type fakeLAPI struct {
 
 	// alertFail, when set, answers an alerts post (before validation).
 	alertFail func(n int) (status int, delay time.Duration)
+	// refuse, when set, makes the whole post a 422 when it says so of any
+	// alert in it (a LAPI that will never take that alert).
+	refuse func(alert map[string]json.RawMessage) bool
 	// loginMessage replaces the message of a failed login.
 	loginMessage string
 
@@ -183,6 +186,10 @@ func (f *fakeLAPI) postAlerts(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i, a := range alerts {
+		if f.refuse != nil && f.refuse(a) {
+			writeJSON(w, 422, map[string]any{"message": fmt.Sprintf("alert %d refused", i)})
+			return
+		}
 		if err := validateAlert(a); err != nil {
 			f.problems = append(f.problems, fmt.Sprintf("alert %d: %v", i, err))
 			writeJSON(w, 400, map[string]any{"message": err.Error()})

@@ -130,62 +130,167 @@ func (p *pusher) requeue(batch []queued) {
 	p.queue = append(batch[:len(batch):len(batch)], p.queue...)
 }
 
+// FlushTimeout bounds how long a stopping daemon tries to send the alerts
+// still queued (they live in memory only): a LAPI that is down costs the
+// shutdown this much, never more.
+const FlushTimeout = 3 * time.Second
+
 func (p *pusher) run(ctx context.Context) {
+	defer p.flush()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.wake:
 		}
-		for {
-			batch := p.take()
-			if len(batch) == 0 {
-				break
+		if !p.drain(ctx) {
+			return
+		}
+	}
+}
+
+// drain sends the queue until it is empty; false when ctx ended.
+func (p *pusher) drain(ctx context.Context) bool {
+	for {
+		batch := p.take()
+		if len(batch) == 0 {
+			return true
+		}
+		err := p.send(ctx, batch)
+		if ctx.Err() != nil {
+			p.requeue(batch)
+			return false
+		}
+		var se *StatusError
+		switch {
+		case err == nil:
+			p.sent(batch)
+		case errors.As(err, &se) && (se.Code == http.StatusBadRequest || se.Code == http.StatusUnprocessableEntity):
+			// The LAPI will never take what it refused as malformed, so
+			// retrying the batch would block the queue; one bad alert must
+			// not cost the others either: each is sent alone once.
+			if len(batch) == 1 {
+				p.rejected(batch, err)
+				continue
 			}
-			err := p.send(ctx, batch)
-			if ctx.Err() != nil {
-				p.requeue(batch)
-				return
+			p.c.log.Warn("LAPI refused a batch of alerts; sending them one by one", "count", len(batch), "err", p.c.redact(err.Error()))
+			if !p.sendEach(ctx, batch) {
+				return false
 			}
-			var se *StatusError
-			switch {
-			case err == nil:
-				p.mu.Lock()
-				p.inflight = 0
-				p.st.Sent += uint64(len(batch))
-				p.st.LastSuccess = p.c.now()
-				recovered := p.st.Failures
-				p.st.Failures = 0
-				p.mu.Unlock()
-				if recovered > 0 {
-					p.c.log.Info("LAPI takes alerts again", "after_failures", recovered, "sent", len(batch))
-				} else {
-					p.c.log.Debug("alerts sent", "count", len(batch))
-				}
-			case errors.As(err, &se) && (se.Code == http.StatusBadRequest || se.Code == http.StatusUnprocessableEntity):
-				// The LAPI will never take these: retrying would block the queue.
-				msg := p.c.redact(err.Error())
-				p.mu.Lock()
-				p.inflight = 0
-				p.st.Rejected += uint64(len(batch))
-				p.setError(msg)
-				p.mu.Unlock()
-				p.c.log.Error("LAPI refused alerts", "count", len(batch), "err", msg)
-			default:
-				p.requeue(batch)
-				msg := p.c.redact(err.Error())
-				p.mu.Lock()
-				p.st.Failures++
-				n := p.st.Failures
-				p.setError(msg)
-				p.mu.Unlock()
-				wait := p.c.backoff(n, 0)
-				p.c.log.Warn("alerts not sent, retrying", "err", msg, "failures", n, "retry_in", wait.Round(time.Millisecond))
-				if !sleep(ctx, wait) {
-					return
-				}
+		default:
+			if !p.failed(ctx, batch, err) {
+				return false
 			}
 		}
+	}
+}
+
+// sendEach sends each alert of a refused batch alone: those the LAPI takes
+// count as sent, those it refuses again as rejected. A failure of another
+// kind puts the rest back and backs off; false when ctx ended.
+func (p *pusher) sendEach(ctx context.Context, batch []queued) bool {
+	for i, q := range batch {
+		one := []queued{q}
+		p.mu.Lock()
+		p.inflight = len(batch) - i
+		p.mu.Unlock()
+		err := p.send(ctx, one)
+		if ctx.Err() != nil {
+			p.requeue(batch[i:])
+			return false
+		}
+		var se *StatusError
+		switch {
+		case err == nil:
+			p.sent(one)
+		case errors.As(err, &se) && (se.Code == http.StatusBadRequest || se.Code == http.StatusUnprocessableEntity):
+			p.rejected(one, err)
+		default:
+			return p.failed(ctx, batch[i:], err)
+		}
+	}
+	return true
+}
+
+// sent counts a batch the LAPI took.
+func (p *pusher) sent(batch []queued) {
+	p.mu.Lock()
+	p.inflight = 0
+	p.st.Sent += uint64(len(batch))
+	p.st.LastSuccess = p.c.now()
+	recovered := p.st.Failures
+	p.st.Failures = 0
+	p.mu.Unlock()
+	if recovered > 0 {
+		p.c.log.Info("LAPI takes alerts again", "after_failures", recovered, "sent", len(batch))
+	} else {
+		p.c.log.Debug("alerts sent", "count", len(batch))
+	}
+}
+
+// rejected counts alerts the LAPI refused as malformed.
+func (p *pusher) rejected(batch []queued, err error) {
+	msg := p.c.redact(err.Error())
+	p.mu.Lock()
+	p.inflight = 0
+	p.st.Rejected += uint64(len(batch))
+	p.setError(msg)
+	p.mu.Unlock()
+	p.c.log.Error("LAPI refused alerts", "count", len(batch), "err", msg)
+}
+
+// failed puts a batch back after a failure that may pass (the LAPI down,
+// slow, or overloaded) and waits before the next try; false when ctx
+// ended meanwhile.
+func (p *pusher) failed(ctx context.Context, batch []queued, err error) bool {
+	p.requeue(batch)
+	msg := p.c.redact(err.Error())
+	p.mu.Lock()
+	p.st.Failures++
+	n := p.st.Failures
+	p.setError(msg)
+	p.mu.Unlock()
+	wait := p.c.backoff(n, 0)
+	p.c.log.Warn("alerts not sent, retrying", "err", msg, "failures", n, "retry_in", wait.Round(time.Millisecond))
+	return sleep(ctx, wait)
+}
+
+// flush tries once, within FlushTimeout, to send what is still queued
+// when the loop stops (the daemon is stopping): alerts are kept in memory
+// only. What cannot be sent in time is counted as dropped and logged.
+func (p *pusher) flush() {
+	p.mu.Lock()
+	n := len(p.queue)
+	p.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), FlushTimeout)
+	defer cancel()
+	for {
+		batch := p.take()
+		if len(batch) == 0 {
+			p.c.log.Info("alerts sent before stopping", "count", n)
+			return
+		}
+		err := p.send(ctx, batch)
+		if err == nil {
+			p.sent(batch)
+			continue
+		}
+		var se *StatusError
+		if errors.As(err, &se) && (se.Code == http.StatusBadRequest || se.Code == http.StatusUnprocessableEntity) {
+			p.rejected(batch, err)
+			continue
+		}
+		p.requeue(batch)
+		p.mu.Lock()
+		lost := len(p.queue)
+		p.st.Dropped += uint64(lost)
+		p.queue = nil
+		p.mu.Unlock()
+		p.c.log.Warn("alerts not sent before stopping: lost (they are kept in memory only)", "count", lost, "err", p.c.redact(err.Error()))
+		return
 	}
 }
 

@@ -439,3 +439,111 @@ func TestFailingLoginHidesCredentials(t *testing.T) {
 		t.Errorf("logs do not show the scrubbed message: %s", logs.String())
 	}
 }
+
+// One alert the LAPI refuses must not cost the others of its batch: the
+// batch is sent again one alert at a time.
+func TestPushRefusedBatchSentOneByOne(t *testing.T) {
+	f := newFakeLAPI(t)
+	f.alertFail = func(n int) (int, time.Duration) {
+		if n == 1 {
+			return 503, 0 // the alerts queue up meanwhile
+		}
+		return 0, 0
+	}
+	f.refuse = func(a map[string]json.RawMessage) bool {
+		var src map[string]string
+		_ = json.Unmarshal(a["source"], &src)
+		return src["value"] == "192.0.2.66"
+	}
+	c := startClient(t, f.config(t, true, false), Options{BatchSize: 10, RetryMin: 200 * time.Millisecond, RetryMax: 200 * time.Millisecond})
+	c.Push(testAlert("192.0.2.65/32", time.Hour))
+	eventually(t, 5*time.Second, "a failure", func() bool { return c.Status().Push.Failures == 1 })
+	c.Push(testAlert("192.0.2.66/32", time.Hour))
+	c.Push(testAlert("192.0.2.67/32", time.Hour))
+	eventually(t, 5*time.Second, "the batch settled", func() bool {
+		s := c.Status().Push
+		return s.Sent+s.Rejected == 3
+	})
+	if st := c.Status().Push; st.Sent != 2 || st.Rejected != 1 || st.Queued != 0 {
+		t.Errorf("status %+v: want 2 sent, 1 rejected", st)
+	}
+	got := map[string]bool{}
+	for _, a := range f.sentAlerts() {
+		got[field[map[string]string](t, a, "source")["value"]] = true
+	}
+	if !got["192.0.2.65"] || !got["192.0.2.67"] || got["192.0.2.66"] {
+		t.Errorf("delivered %v", got)
+	}
+}
+
+// runClient runs a Client and returns a stop that cancels it and reports
+// how long Run took to return.
+func runClient(t *testing.T, cfg Config, opts Options) (*Client, func() time.Duration) {
+	t.Helper()
+	c, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx)
+	}()
+	stop := func() time.Duration {
+		start := time.Now()
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(FlushTimeout + 5*time.Second):
+			t.Fatal("Run did not return")
+		}
+		return time.Since(start)
+	}
+	t.Cleanup(func() { cancel(); <-done })
+	return c, stop
+}
+
+// A stopping daemon sends the alerts still queued (waiting out a retry)
+// before the link ends: they live in memory only.
+func TestPushFlushesAtStop(t *testing.T) {
+	f := newFakeLAPI(t)
+	f.alertFail = func(n int) (int, time.Duration) {
+		if n == 1 {
+			return 503, 0
+		}
+		return 0, 0
+	}
+	c, stop := runClient(t, f.config(t, true, false), Options{RetryMin: time.Minute, RetryMax: time.Minute})
+	c.Push(testAlert("192.0.2.70/32", time.Hour))
+	eventually(t, 5*time.Second, "a failure", func() bool { return c.Status().Push.Failures == 1 })
+	c.Push(testAlert("192.0.2.71/32", time.Hour))
+	if took := stop(); took > FlushTimeout {
+		t.Errorf("stopping took %v", took)
+	}
+	if n := len(f.sentAlerts()); n != 2 {
+		t.Errorf("%d alerts reached the LAPI at stop, want 2", n)
+	}
+	if st := c.Status().Push; st.Sent != 2 || st.Queued != 0 {
+		t.Errorf("status %+v", st)
+	}
+}
+
+// With the LAPI down at stop, the flush gives up within FlushTimeout and
+// counts what it lost.
+func TestPushFlushGivesUp(t *testing.T) {
+	f := newFakeLAPI(t)
+	f.alertFail = func(int) (int, time.Duration) { return 0, time.Minute } // hangs
+	cfg := f.config(t, true, false)
+	cfg.Timeout = time.Minute
+	c, stop := runClient(t, cfg, Options{})
+	c.Push(testAlert("192.0.2.72/32", time.Hour))
+	eventually(t, 5*time.Second, "the post in flight", func() bool { return c.Status().Push.Queued == 1 })
+	took := stop()
+	if took < FlushTimeout-time.Second || took > FlushTimeout+2*time.Second {
+		t.Errorf("stopping took %v, want about FlushTimeout (%v)", took, FlushTimeout)
+	}
+	if st := c.Status().Push; st.Dropped != 1 || st.Sent != 0 || st.Queued != 0 {
+		t.Errorf("status %+v: want the alert counted as dropped", st)
+	}
+}

@@ -80,6 +80,8 @@ type Daemon struct {
 	// started; fleetErr says why not).
 	fleet    *crowdsec.Client
 	fleetErr string
+	// fleetDone is closed when the link has stopped (and flushed).
+	fleetDone chan struct{}
 	// backend is the firewall in use and why it was chosen.
 	backend    enforce.Backend
 	backendWhy string

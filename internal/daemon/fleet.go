@@ -40,7 +40,25 @@ func (d *Daemon) startFleet(ctx context.Context) {
 	d.fleet = c
 	d.mu.Unlock()
 	d.log.Info("crowdsec link", "push", cfg.Push, "pull", cfg.Pull)
-	go c.Run(ctx)
+	done := make(chan struct{})
+	d.fleetDone = done
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+}
+
+// stopFleet waits for the link to end after ctx: the push side sends what
+// is still queued, within crowdsec.FlushTimeout.
+func (d *Daemon) stopFleet() {
+	if d.fleetDone == nil {
+		return
+	}
+	select {
+	case <-d.fleetDone:
+	case <-time.After(crowdsec.FlushTimeout + time.Second):
+		d.log.Warn("crowdsec link did not stop in time")
+	}
 }
 
 // pushed sends a ban the policy made to the LAPI (push on); it never

@@ -20,8 +20,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("ctguard running", "dry_run", d.dryRun, "restored_bans", res.Restored, "took", res.Took.Round(time.Millisecond),
 		"reader", d.src.ReaderName(), "max", d.sys.Max, "established_timeout", d.agg.Config().EstablishedTimeout)
-	defer d.stopping()
 	d.startFleet(ctx)
+	defer func() {
+		d.stopping()
+		d.stopFleet() // the alerts still queued go out first
+	}()
 	var lastScan, lastPoll time.Time
 	lastCount := -1
 	for {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/internal/conntrack"
+	"github.com/ctguard/ctguard/internal/crowdsec"
 	"github.com/ctguard/ctguard/internal/enforce"
 	"github.com/ctguard/ctguard/internal/forecast"
 	"github.com/ctguard/ctguard/internal/metrics"
@@ -109,7 +110,35 @@ func (d *Daemon) MetricsState() metrics.State {
 		s.ScanEntries = float64(d.snap.Total)
 		s.Orphans = float64(d.snap.Orphans)
 	}
+	if d.fleet != nil {
+		s.CrowdSec = fleetMetrics(d.fleet.Status(), d.cfg.CrowdSec.Push, d.cfg.CrowdSec.Pull)
+	}
 	return s
+}
+
+// fleetMetrics turns the CrowdSec link's status into its metrics.
+func fleetMetrics(st crowdsec.Status, push, pull bool) *metrics.CrowdSec {
+	unix := func(t time.Time) float64 {
+		if t.IsZero() {
+			return 0
+		}
+		return float64(t.UnixNano()) / 1e9
+	}
+	m := &metrics.CrowdSec{Push: push, Pull: pull, Failures: map[string]float64{}, LastSuccess: map[string]float64{}}
+	if push {
+		p := st.Push
+		m.Alerts = map[string]float64{"sent": float64(p.Sent), "rejected": float64(p.Rejected), "dropped": float64(p.Dropped),
+			"expired": float64(p.Expired), "invalid": float64(p.Invalid)}
+		m.Queued = float64(p.Queued)
+		m.Failures["push"], m.LastSuccess["push"] = float64(p.Failures), unix(p.LastSuccess)
+	}
+	if pull {
+		p := st.Pull
+		m.Held = float64(p.Held)
+		m.Decisions = map[string]float64{"received": float64(p.Received), "applied": float64(p.Applied), "lifted": float64(p.Lifted)}
+		m.Failures["pull"], m.LastSuccess["pull"] = float64(p.Failures), unix(p.LastSuccess)
+	}
+	return m
 }
 
 // ServeMetrics serves /metrics on addr until ctx ends.

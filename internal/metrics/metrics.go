@@ -114,6 +114,27 @@ type State struct {
 	TableRebuilds float64
 	ScanErrors    float64
 	DryRun        bool
+	// CrowdSec is the link to CrowdSec's Local API; nil when it is off
+	// (its series are left out).
+	CrowdSec *CrowdSec
+}
+
+// CrowdSec is the state of the link to CrowdSec's Local API.
+type CrowdSec struct {
+	// Push and Pull say which directions are on.
+	Push, Pull bool
+	// Alerts counts pushed alerts by outcome: sent, rejected, dropped,
+	// expired, invalid.
+	Alerts map[string]float64
+	Queued float64
+	// Held pulled decisions; Decisions counts them by event: received,
+	// applied, lifted.
+	Held      float64
+	Decisions map[string]float64
+	// Failures in a row and the Unix time of the last success (0: none
+	// yet), by direction (push, pull).
+	Failures    map[string]float64
+	LastSuccess map[string]float64
 }
 
 type collector struct {
@@ -181,6 +202,20 @@ func New(build BuildInfo, read func() State) (*prometheus.Registry, error) {
 		"rebuilds":      desc("table_rebuilds_total", "Times ctguard's nftables table had to be rebuilt."),
 		"scan_errors":   desc("scan_errors_total", "Failed scans."),
 		"dry_run":       desc("dry_run", "1 when running in dry-run mode (no kernel changes)."),
+		"cs_alerts": desc("crowdsec_alerts_total",
+			"Alerts (one per ban ctguard decided) pushed to CrowdSec's Local API, by outcome: sent, rejected (refused as malformed), dropped (queue full, or still queued at stop), expired (the ban ended before the LAPI took it), invalid.",
+			"outcome"),
+		"cs_queued": desc("crowdsec_alerts_queued", "Alerts waiting for CrowdSec's Local API (in memory, bounded by crowdsec.queue_size)."),
+		"cs_held":   desc("crowdsec_decisions_held", "Decisions pulled from CrowdSec's Local API and enforced now."),
+		"cs_decisions": desc("crowdsec_decisions_total",
+			"Decisions pulled from CrowdSec's Local API, by event: received (in the stream), applied (handed to the firewall as new bans), lifted (deleted at the LAPI).",
+			"event"),
+		"cs_failures": desc("crowdsec_failures",
+			"Failed requests to CrowdSec's Local API since the last success, by direction (push, pull): above 0 the link is down or refused.",
+			"direction"),
+		"cs_last_success": desc("crowdsec_last_success_timestamp_seconds",
+			"Unix time of the last successful request to CrowdSec's Local API by direction (push, pull); 0 before the first.",
+			"direction"),
 	}}
 	r := prometheus.NewRegistry()
 	for _, col := range []prometheus.Collector{
@@ -277,6 +312,26 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		dr = 1
 	}
 	g("dry_run", dr)
+	if cs := s.CrowdSec; cs != nil {
+		if cs.Push {
+			for k, v := range cs.Alerts {
+				ctr("cs_alerts", v, k)
+			}
+			g("cs_queued", cs.Queued)
+		}
+		if cs.Pull {
+			g("cs_held", cs.Held)
+			for k, v := range cs.Decisions {
+				ctr("cs_decisions", v, k)
+			}
+		}
+		for k, v := range cs.Failures {
+			g("cs_failures", v, k)
+		}
+		for k, v := range cs.LastSuccess {
+			g("cs_last_success", v, k)
+		}
+	}
 }
 
 // Handler serves the registry.

@@ -24,7 +24,13 @@ func fullState() State {
 		},
 		Drop: 5, Pressure: 2, Scans: 3, LastScanUnix: 1.7e9, ScanSeconds: 0.04, ScanEntries: 1000,
 		BreakerTrips: 1, ValveRuns: 1, ValveDeleted: 100, PressureNoBan: 4, SocketsClosed: 9, ListenFull: 1, Orphans: 12,
-		TableRebuilds: 1, ScanErrors: 1}
+		TableRebuilds: 1, ScanErrors: 1,
+		CrowdSec: &CrowdSec{Push: true, Pull: true,
+			Alerts:    map[string]float64{"sent": 7, "rejected": 1, "dropped": 0, "expired": 0, "invalid": 0},
+			Queued:    2,
+			Held:      40,
+			Decisions: map[string]float64{"received": 45, "applied": 41, "lifted": 1},
+			Failures:  map[string]float64{"push": 3, "pull": 0}, LastSuccess: map[string]float64{"push": 1.7e9, "pull": 1.7e9}}}
 	for _, v := range []float64{0.0008, 0.04, 0.04, 3} {
 		s.ScanDurations.Observe(v)
 	}
@@ -74,6 +80,9 @@ func TestScrape(t *testing.T) {
 		`ctguard_scan_duration_seconds_bucket{le="+Inf"} 4`, "ctguard_scan_duration_seconds_count 4",
 		"ctguard_scans_total 3", "ctguard_last_scan_timestamp_seconds 1.7e+09", "ctguard_last_scan_duration_seconds 0.04",
 		"go_goroutines ", "process_start_time_seconds ",
+		`ctguard_crowdsec_alerts_total{outcome="sent"} 7`, "ctguard_crowdsec_alerts_queued 2", "ctguard_crowdsec_decisions_held 40",
+		`ctguard_crowdsec_decisions_total{event="applied"} 41`, `ctguard_crowdsec_failures{direction="push"} 3`,
+		`ctguard_crowdsec_last_success_timestamp_seconds{direction="pull"} 1.7e+09`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q", want)
@@ -93,10 +102,10 @@ func TestScrape(t *testing.T) {
 func TestScrapeLeavesOutUnknowns(t *testing.T) {
 	body := scrape(t, func() State {
 		s := fullState()
-		s.GrowthPerSec, s.SecondsToFull, s.BanDrops = math.NaN(), Inf, nil
+		s.GrowthPerSec, s.SecondsToFull, s.BanDrops, s.CrowdSec = math.NaN(), Inf, nil, nil
 		return s
 	})
-	for _, gone := range []string{"ctguard_conntrack_seconds_to_full ", "ctguard_conntrack_growth_per_second ",
+	for _, gone := range []string{"ctguard_conntrack_seconds_to_full ", "ctguard_conntrack_growth_per_second ", "ctguard_crowdsec_",
 		"ctguard_banned_packets_dropped_total{", "NaN", "+Inf\n"} {
 		if strings.Contains(body, gone) {
 			t.Errorf("scrape has %q", gone)
