@@ -11,6 +11,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -149,6 +150,8 @@ func runScenarioWith(t *testing.T, name, defense string, mod func(*lab.Scenario)
 type spec struct {
 	mod    func(*lab.Scenario)
 	during func(ctx context.Context, tp *topo.Topology, dir string) error
+	// inAttack starts with the attack (lab.Options.InAttack).
+	inAttack func(ctx context.Context, tp *topo.Topology) error
 }
 
 // runSpec runs a scenario under a defense and returns its summary and the
@@ -180,6 +183,7 @@ func runSpec(t *testing.T, name, defense string, sp spec) (lab.Summary, string) 
 	if sp.during != nil {
 		opt.During = func(ctx context.Context, tp *topo.Topology) error { return sp.during(ctx, tp, dir) }
 	}
+	opt.InAttack = sp.inAttack
 	ctx, cancel := context.WithTimeout(context.Background(), sc.Total()+90*time.Second)
 	defer cancel()
 	// ctguard's own log is shown when the test fails: its decisions (or
@@ -773,6 +777,129 @@ func TestSilentBotsIPSetBackend(t *testing.T) {
 			}
 			t.Logf("ctguard status:\n%s", status)
 		})
+	}
+}
+
+// A service published from a container: the victim DNATs its :443 to a
+// namespace behind it (like Docker's -p 443:443), so the bots' entries are
+// in the victim's table with the victim's :443 as original destination and
+// the container's :443 as reply source, and no socket of the victim's own
+// behind them. Undefended the bots fill the table; under ctguard, run in
+// the victim, they are stopped, the crowd and the NAT gateways are never
+// banned and every probe answers. ctguard top, run in the victim during
+// the attack, names the published service.
+func TestContainerPublishedPort(t *testing.T) {
+	needLab(t)
+	_, ctguardBin := build(t)
+	t.Run("none", func(t *testing.T) {
+		var top string
+		var dnated int
+		sp := spec{
+			inAttack: topDuringAttack(ctguardBin, &top),
+			during: func(ctx context.Context, tp *topo.Topology, _ string) error {
+				// The bots' ESTABLISHED entries: to the victim, answered by the container.
+				out, err := tp.Output(ctx, topo.Victim, "conntrack", "-L", "-p", "tcp", "--state", "ESTABLISHED",
+					"--orig-dst", topo.VictimV4.String(), "--dport", "443", "--reply-src", topo.ContainerV4.String())
+				dnated = countLines(out, "src=198.18.")
+				return err
+			},
+		}
+		s, _ := runSpec(t, "container", "none", sp)
+		t.Logf("ctguard top -n 5 during the attack:\n%s", top)
+		t.Logf("%d bot entries to %s:443 answered by the container's %s:443", dnated, topo.VictimV4, topo.ContainerV4)
+		needFull(t, s)
+		if r := rate(s.ProbesFullOK, s.ProbesFull); s.ProbesFull < 8 || r > 20 {
+			t.Errorf("probes while full: %d/%d ok, want many probes and <= 20%% ok", s.ProbesFullOK, s.ProbesFull)
+		}
+		if dnated < 100000 {
+			t.Errorf("%d bot entries DNAT'ed to the container, want the full table's", dnated)
+		}
+		checkTop(t, top, true)
+	})
+	t.Run("ctguard", func(t *testing.T) {
+		var top string
+		s, _ := runSpec(t, "container", "ctguard", spec{inAttack: topDuringAttack(ctguardBin, &top)})
+		t.Logf("ctguard top -n 5 during the attack:\n%s", top)
+		// As TestCtguardDefaults: a moment full on a loaded CI machine is
+		// tolerated, a lasting one is not.
+		if s.FullFor > 3*time.Second {
+			t.Errorf("table full for %s under ctguard (first full after %s)", s.FullFor, s.FullAfter)
+		}
+		if s.ProbesOK != s.Probes {
+			t.Errorf("%d of %d probes failed under ctguard, want none; first failures %v", s.Probes-s.ProbesOK, s.Probes, s.ProbeFailures)
+		}
+		if s.AttackBans == 0 {
+			t.Error("ctguard banned none of the bots")
+		}
+		if s.FalseBans != 0 {
+			t.Errorf("ctguard banned legit sources %v", s.FalseBanList)
+		}
+		checkTop(t, top, false)
+	})
+}
+
+// topDuringAttack runs `ctguard top -n 5 --json --direct` in the victim 3 s
+// into the attack (--direct: it scans the victim's table itself, whether
+// or not a daemon runs) and keeps its output in out.
+func topDuringAttack(ctguardBin string, out *string) func(ctx context.Context, tp *topo.Topology) error {
+	return func(ctx context.Context, tp *topo.Topology) error {
+		if err := sleepCtx(ctx, 3*time.Second); err != nil {
+			return err
+		}
+		var err error
+		*out, err = tp.Output(ctx, topo.Victim, ctguardBin, "top", "-n", "5", "--json", "--direct")
+		return err
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// checkTop checks ctguard top's rows: there are some, the first is a bot
+// when botsFirst, and every row names the service its entries go to
+// (`service` in top --json): tcp to the victim's published :443, DNAT'ed to
+// the container's :443 (IPv4 or IPv6 as the source).
+func checkTop(t *testing.T, out string, botsFirst bool) {
+	t.Helper()
+	type service struct {
+		Protocol   string `json:"protocol"`
+		Address    string `json:"address"`
+		Port       uint16 `json:"port"`
+		DNATTarget string `json:"dnat_target"`
+	}
+	var top struct {
+		Rows []struct {
+			Source  string   `json:"source"`
+			Entries int      `json:"entries"`
+			Service *service `json:"service"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal([]byte(out), &top); err != nil {
+		t.Errorf("ctguard top --json: %v", err)
+		return
+	}
+	if len(top.Rows) == 0 {
+		t.Error("ctguard top showed no rows during the attack")
+		return
+	}
+	if a, err := netip.ParseAddr(top.Rows[0].Source); botsFirst && (err != nil || !topo.BotV4.Contains(a)) {
+		t.Errorf("ctguard top's first row is %q, want a bot of %s", top.Rows[0].Source, topo.BotV4)
+	}
+	for _, r := range top.Rows {
+		want := service{Protocol: "tcp", Address: topo.VictimV4.String(), Port: topo.PublishedPort,
+			DNATTarget: netip.AddrPortFrom(topo.ContainerV4, topo.PublishedPort).String()}
+		if a, err := netip.ParseAddr(r.Source); err == nil && a.Is6() {
+			want.Address, want.DNATTarget = topo.VictimV6.String(), netip.AddrPortFrom(topo.ContainerV6, topo.PublishedPort).String()
+		}
+		if r.Service == nil || *r.Service != want {
+			t.Errorf("ctguard top row %s (%d entries): service %+v, want %+v", r.Source, r.Entries, r.Service, want)
+		}
 	}
 }
 

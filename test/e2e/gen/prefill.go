@@ -30,7 +30,20 @@ type PrefillConfig struct {
 	Dst       netip.AddrPort
 	Duration  time.Duration
 	Forwarded bool
+	// ReplySrc, if valid, makes the entries DNAT'ed ones: the reply comes
+	// from this address and port (a container behind the victim) instead
+	// of from Dst, as the kernel records a connection to a published port.
+	ReplySrc netip.AddrPort
+	// Idle makes the entries look silent for that long already (their
+	// timeout that much under the established timeout), as the first bots'
+	// entries of an attack that has been running for a while are. Zero:
+	// fresh, as the other short scenarios inject them.
+	Idle time.Duration
 }
+
+// establishedTimeout is the kernel's default nf_conntrack_tcp_timeout_established
+// (five days), which the lab's namespaces keep.
+const establishedTimeout = 432000
 
 // checkForwarded fails if an end of the entries is a local address.
 func checkForwarded(cfg *PrefillConfig) error {
@@ -63,6 +76,12 @@ func Prefill(ctx context.Context, cfg PrefillConfig, w *wire.Writer) error {
 	if _, err := cfg.Sources.Addr(cfg.N - 1); err != nil {
 		return fmt.Errorf("prefill: %w", err)
 	}
+	if cfg.ReplySrc.IsValid() && (cfg.Forwarded || cfg.ReplySrc.Addr().Unmap().Is4() != cfg.Dst.Addr().Unmap().Is4()) {
+		return fmt.Errorf("prefill: reply source %s: want the destination's family, and no --forwarded", cfg.ReplySrc)
+	}
+	if cfg.Idle < 0 || cfg.Idle >= establishedTimeout*time.Second {
+		return fmt.Errorf("prefill: idle %s: want 0 up to five days", cfg.Idle)
+	}
 	if cfg.Forwarded {
 		if err := checkForwarded(&cfg); err != nil {
 			return err
@@ -84,7 +103,11 @@ func Prefill(ctx context.Context, cfg PrefillConfig, w *wire.Writer) error {
 		batch = batch[:0]
 		return err
 	}
-	dst := cfg.Dst.Addr()
+	dst, reply := cfg.Dst.Addr(), cfg.Dst
+	timeout := uint32(establishedTimeout-1) - uint32(cfg.Idle/time.Second)
+	if cfg.ReplySrc.IsValid() {
+		reply = cfg.ReplySrc
+	}
 	for i := 0; i < cfg.N; i++ {
 		src, _ := cfg.Sources.Addr(i)
 		for j := 0; j < cfg.PerSource; j++ {
@@ -92,11 +115,11 @@ func Prefill(ctx context.Context, cfg PrefillConfig, w *wire.Writer) error {
 			batch = append(batch, conntrack.Entry{
 				Proto:       conntrack.ProtoTCP,
 				Orig:        conntrack.Tuple{Src: src, Dst: dst, SrcPort: sport, DstPort: cfg.Dst.Port()},
-				Reply:       conntrack.Tuple{Src: dst, Dst: src, SrcPort: cfg.Dst.Port(), DstPort: sport},
+				Reply:       conntrack.Tuple{Src: reply.Addr(), Dst: src, SrcPort: reply.Port(), DstPort: sport},
 				TCPState:    conntrack.TCPEstablished,
 				HasTCPState: true,
 				Status:      conntrack.StatusConfirmed | conntrack.StatusSeenReply | conntrack.StatusAssured,
-				Timeout:     431999,
+				Timeout:     timeout,
 			})
 			if len(batch) == chunk {
 				if err := flush(); err != nil {

@@ -32,6 +32,10 @@ type Options struct {
 	// During, if set, runs in the victim's steady state right after the
 	// attack stops (tests compare ss and conntrack there).
 	During func(ctx context.Context, t *topo.Topology) error
+	// InAttack, if set, starts with the attack on its own goroutine (it
+	// sleeps as long as it likes, then looks at the victim); the run
+	// waits for it when the attack ends and fails with its error.
+	InAttack func(ctx context.Context, t *topo.Topology) error
 	// DefenseLog, if set, receives the whole log of a native defense
 	// (ctguard's decisions), not just the tail kept for errors.
 	DefenseLog io.Writer
@@ -115,7 +119,7 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	t := topo.New(opt.StateDir, opt.Log, topo.Options{Firewall: def.Firewall})
+	t := topo.New(opt.StateDir, opt.Log, topo.Options{Firewall: def.Firewall, Container: sc.Container})
 	r := &run{opt: opt, topo: t, ready: map[string]bool{}, rec: Records{Progress: map[string]*wire.Progress{}}}
 	res := &Result{Scenario: sc, Defense: def}
 	defer func() {
@@ -186,7 +190,8 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		r.apacheLog = filepath.Join(dir, "error.log")
 	}
 	srvArgs := append([]string{"server"}, sc.ServerArgs...)
-	if _, err := r.start(runCtx, Proc{Name: "server", Role: topo.Victim, Args: srvArgs}, "", total+30*time.Second); err != nil {
+	// With a container, the service runs there, behind the victim's DNAT.
+	if _, err := r.start(runCtx, Proc{Name: "server", Role: t.ServerRole(), Args: srvArgs}, "", total+30*time.Second); err != nil {
 		return nil, err
 	}
 	if err := r.waitReady(runCtx, "server", 10*time.Second); err != nil {
@@ -258,6 +263,11 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		}
 		attack = append(attack, h)
 	}
+	var inAttack chan error
+	if opt.InAttack != nil {
+		inAttack = make(chan error, 1)
+		go func() { inAttack <- opt.InAttack(runCtx, t) }()
+	}
 	if err := sleep(runCtx, sc.AttackFor); err != nil {
 		return nil, err
 	}
@@ -272,6 +282,11 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 		}
 	}
 	res.AttackEnd = time.Now()
+	if inAttack != nil {
+		if err := <-inAttack; err != nil {
+			return nil, fmt.Errorf("in attack: %w", err)
+		}
+	}
 	if opt.During != nil {
 		if err := opt.During(runCtx, t); err != nil {
 			return nil, fmt.Errorf("during: %w", err)

@@ -7,6 +7,7 @@ package lab
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,6 +67,11 @@ type Scenario struct {
 	// the victim on ApachePort next to the lab server; the probes are then
 	// HTTP requests to it. See ApacheVariant.
 	Apache bool
+	// Container runs the lab server in a container namespace behind the
+	// victim, which DNATs its :443 there (topo.Options.Container); every
+	// client still connects to the victim's address, and the victim's
+	// table holds the entries.
+	Container bool
 }
 
 // Total is the scenario's wall-clock length.
@@ -93,6 +99,17 @@ func prefillProc(src, layout string, nets, n, per int, dst string) *Proc {
 		args = append(args, "--nets", itoa(nets))
 	}
 	return &Proc{Name: "prefill", Role: topo.Victim, Args: args}
+}
+
+// dnatPrefill makes a prefill's entries DNAT'ed to the container, as the
+// kernel records the live bots' connections to the published port, and
+// five minutes silent, as an attack's first entries are when it has been
+// running for a while. Fresh ones would look active: behind a DNAT no
+// socket of the victim's own says a connection was never served, so only
+// their silence tells them from a busy client's.
+func dnatPrefill(p *Proc) *Proc {
+	p.Args = append(p.Args, "--reply-src", netip.AddrPortFrom(topo.ContainerV4, topo.PublishedPort).String(), "--idle", "5m")
+	return p
 }
 
 // keepAliveProc is the keep-alive bots' command line.
@@ -264,6 +281,15 @@ func Scenarios(short bool) []Scenario {
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
 			Attack:  []Proc{botProc("low-and-slow", topo.SlowV4.String(), "spread24", 60, 14400, 28, 2000, 15000, victim443v4)},
 			Prefill: prefill(prefillProc("198.19.64.0/18", "spread24", 60, 8220, 28, victim443v4)),
+		},
+		{
+			Name: "container",
+			Desc: "silent established bots (as bots-v4: 1500 rotating IPv4 sources x 300 connections, 64 active, up to 30k conn/s) against a published port: " +
+				"the victim DNATs its :443 to a container namespace behind it (like Docker's -p 443:443), where the server runs; the probes, crowd and NAT gateways use the published port too",
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 5 * time.Second,
+			Attack:    []Proc{botProc("bots", topo.BotV4.String(), "seq", 0, 1500, 300, 64, 30000, victim443v4)},
+			Prefill:   prefill(dnatPrefill(prefillProc("198.18.64.0/18", "seq", 0, 767, 300, victim443v4))),
+			Container: true,
 		},
 	}
 }

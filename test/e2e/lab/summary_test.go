@@ -449,3 +449,23 @@ func TestCtguardIPSetPrepare(t *testing.T) {
 		t.Errorf("ctguard's ipsets %s, want %s", got, want)
 	}
 }
+
+// TestContainerScenario: the container scenario publishes the server from
+// the container, and its short version's prefilled entries are DNAT'ed
+// there as the live bots' are, and already silent for a while.
+func TestContainerScenario(t *testing.T) {
+	sc, err := Find("container", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sc.Container || sc.Prefill == nil {
+		t.Fatalf("container %v, prefill %v", sc.Container, sc.Prefill)
+	}
+	args := strings.Join(sc.Prefill.Args, " ")
+	if !strings.Contains(args, "--reply-src 198.51.100.18:443") || !strings.Contains(args, "--dst 198.51.100.2:443") || !strings.Contains(args, "--idle 5m") {
+		t.Errorf("prefill %s: want entries to the victim's :443 answered by the container's, silent for a while", args)
+	}
+	if full, _ := Find("container", false); full.Prefill != nil || !full.Container {
+		t.Errorf("full-length container scenario: prefill %v, container %v", full.Prefill, full.Container)
+	}
+}

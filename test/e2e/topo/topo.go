@@ -1,7 +1,9 @@
 // Package topo builds and tears down the attack lab's network namespaces:
 // a victim, a router, an attacker and a legit-clients namespace, joined by
 // veth pairs through the router, with AnyIP client ranges and the victim's
-// stateful firewall (nftables, or iptables-legacy).
+// stateful firewall (nftables, or iptables-legacy). Optionally a fifth
+// namespace, a container behind the victim, serves the victim's port 443
+// through a DNAT rule in the victim, as Docker publishes a port.
 //
 // It must never touch the root namespace: every command runs with
 // `ip -n NS` or `ip netns exec NS`, and only namespaces whose names carry
@@ -20,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +40,8 @@ const (
 	Router   = "router"
 	Attacker = "attacker"
 	Legit    = "legit"
+	// Container is the optional namespace behind the victim (Options.Container).
+	Container = "container"
 )
 
 // Address plan. Attack and legit ranges never share a /24 (or a /64).
@@ -74,7 +79,19 @@ var (
 	SSHNetV4   = netip.MustParsePrefix("198.18.7.0/24")
 	SSHTrickX  = netip.MustParseAddr("198.18.7.10")
 	OperatorV4 = netip.MustParseAddr("198.18.7.200")
+
+	// The container behind the victim (Options.Container): a veth link of
+	// its own, the victim's side the container's default route. The
+	// victim's :443 is DNAT'ed to ContainerV4/V6:443.
+	ContainerGWV4 = netip.MustParseAddr("198.51.100.17")
+	ContainerV4   = netip.MustParseAddr("198.51.100.18")
+	ContainerGWV6 = netip.MustParseAddr("2001:db8:ff:4::1")
+	ContainerV6   = netip.MustParseAddr("2001:db8:ff:4::2")
 )
+
+// PublishedPort is the victim's port that the container option DNATs to
+// the same port of the container, like Docker's -p 443:443.
+const PublishedPort = 443
 
 // AttackRanges and LegitRanges classify banned addresses.
 var (
@@ -152,6 +169,11 @@ const (
 type Options struct {
 	// Firewall is the victim's firewall; "" is FirewallNFT.
 	Firewall Firewall
+	// Container adds the Container namespace behind the victim and DNATs
+	// the victim's PublishedPort (TCP, IPv4 and IPv6) to it, with the
+	// victim forwarding: a service published from a container. The lab
+	// server then runs in the container.
+	Container bool
 }
 
 var seq atomic.Int64
@@ -184,7 +206,20 @@ func New(stateDir string, log *slog.Logger, opt Options) *Topology {
 
 // roles are the namespaces of this topology.
 func (t *Topology) roles() []string {
-	return []string{Victim, Router, Attacker, Legit}
+	r := []string{Victim, Router, Attacker, Legit}
+	if t.Opt.Container {
+		r = append(r, Container)
+	}
+	return r
+}
+
+// ServerRole is the namespace the victim's service runs in: the
+// container when there is one.
+func (t *Topology) ServerRole() string {
+	if t.Opt.Container {
+		return Container
+	}
+	return Victim
 }
 
 // Setup creates the namespaces, links, routes, sysctls and rulesets. On
@@ -277,6 +312,15 @@ func (t *Topology) Setup(ctx context.Context) error {
 		Attacker: {"net/ipv4/ip_local_port_range=1024 65535", "net/ipv6/ip_nonlocal_bind=1"},
 		Legit:    {"net/ipv4/ip_local_port_range=1024 65535", "net/ipv6/ip_nonlocal_bind=1"},
 	}
+	if t.Opt.Container {
+		// The service's socket limits go where the service runs; the victim
+		// forwards to it.
+		sysctls[Container] = sysctls[Victim]
+		sysctls[Victim] = append(slices.Clone(sysctls[Victim]), "net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1")
+		if err := t.setupContainer(ctx); err != nil {
+			return err
+		}
+	}
 	for role, kvs := range sysctls {
 		if err := t.sysctl(ctx, role, kvs); err != nil {
 			return err
@@ -300,25 +344,81 @@ func (t *Topology) sysctl(ctx context.Context, role string, kvs []string) error 
 	return t.Run(ctx, role, nil, "sh", "-ec", sb.String())
 }
 
-// victimFirewall loads the victim's stateful firewall in its flavour: an
-// iptables-legacy victim has no nftables ruleset at all.
+// victimFirewall loads the victim's stateful firewall in its flavour, and
+// the container's DNAT in the same flavour, so an iptables-legacy victim
+// has no nftables ruleset at all.
 func (t *Topology) victimFirewall(ctx context.Context) error {
 	switch t.Opt.Firewall {
 	case "", FirewallNFT:
-		return t.Run(ctx, Victim, strings.NewReader(VictimRuleset), "nft", "-f", "-")
+		rules := VictimRuleset
+		if t.Opt.Container {
+			rules += containerDNAT()
+		}
+		return t.Run(ctx, Victim, strings.NewReader(rules), "nft", "-f", "-")
 	case FirewallIPTablesLegacy:
 		for _, v6 := range []bool{false, true} {
 			prog := "iptables-legacy-restore"
 			if v6 {
 				prog = "ip6tables-legacy-restore"
 			}
-			if err := t.Run(ctx, Victim, strings.NewReader(victimIPTables(v6)), prog); err != nil {
+			rules := victimIPTables(v6)
+			if t.Opt.Container {
+				rules += containerDNATIPTables(v6)
+			}
+			if err := t.Run(ctx, Victim, strings.NewReader(rules), prog); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	return fmt.Errorf("topology: unknown victim firewall %q", t.Opt.Firewall)
+}
+
+// containerDNAT publishes the container's PublishedPort on the victim's
+// addresses, in nftables.
+func containerDNAT() string {
+	return fmt.Sprintf(`
+table inet nat {
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr %[1]s tcp dport %[5]d dnat ip to %[2]s:%[5]d
+		ip6 daddr %[3]s tcp dport %[5]d dnat ip6 to [%[4]s]:%[5]d
+	}
+}
+`, VictimV4, ContainerV4, VictimV6, ContainerV6, PublishedPort)
+}
+
+// containerDNATIPTables is containerDNAT for iptables-restore.
+func containerDNATIPTables(v6 bool) string {
+	from, to := VictimV4.String(), netip.AddrPortFrom(ContainerV4, PublishedPort).String()
+	if v6 {
+		from, to = VictimV6.String(), netip.AddrPortFrom(ContainerV6, PublishedPort).String()
+	}
+	return fmt.Sprintf("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d %s -p tcp --dport %d -j DNAT --to-destination %s\nCOMMIT\n",
+		from, PublishedPort, to)
+}
+
+// setupContainer joins the container to the victim by a veth pair; the
+// victim is its default route.
+func (t *Topology) setupContainer(ctx context.Context) error {
+	v, c := t.NS[Victim], t.NS[Container]
+	cmds := [][]string{
+		{"ip", "-n", v, "link", "add", "ctr0", "type", "veth", "peer", "name", "eth0", "netns", c},
+		{"ip", "-n", v, "addr", "add", ContainerGWV4.String() + "/30", "dev", "ctr0"},
+		{"ip", "-n", v, "-6", "addr", "add", ContainerGWV6.String() + "/64", "dev", "ctr0", "nodad"},
+		{"ip", "-n", c, "addr", "add", ContainerV4.String() + "/30", "dev", "eth0"},
+		{"ip", "-n", c, "-6", "addr", "add", ContainerV6.String() + "/64", "dev", "eth0", "nodad"},
+		{"ip", "-n", v, "link", "set", "dev", "ctr0", "up"},
+		{"ip", "-n", c, "link", "set", "dev", "eth0", "up"},
+		{"ip", "-n", c, "route", "add", "default", "via", ContainerGWV4.String()},
+		{"ip", "-n", c, "-6", "route", "add", "default", "via", ContainerGWV6.String()},
+	}
+	for _, cmd := range cmds {
+		if err := run(ctx, nil, cmd...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // waitPaths pings the victim from the attacker and legit namespaces over
@@ -328,8 +428,16 @@ func (t *Topology) victimFirewall(ctx context.Context) error {
 // entries.
 func (t *Topology) waitPaths(ctx context.Context) error {
 	deadline := time.Now().Add(10 * time.Second)
-	for _, role := range []string{Attacker, Legit} {
-		for _, dst := range []string{VictimV4.String(), VictimV6.String()} {
+	paths := map[string][]string{
+		Attacker: {VictimV4.String(), VictimV6.String()},
+		Legit:    {VictimV4.String(), VictimV6.String()},
+	}
+	if t.Opt.Container {
+		// The DNAT'ed connections' second leg.
+		paths[Victim] = []string{ContainerV4.String(), ContainerV6.String()}
+	}
+	for _, role := range []string{Attacker, Legit, Victim} {
+		for _, dst := range paths[role] {
 			for {
 				err := t.Run(ctx, role, nil, "ping", "-c", "1", "-W", "1", "-q", dst)
 				if err == nil {

@@ -1,6 +1,7 @@
 package topo
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,10 +34,20 @@ func TestCleanupIgnoresForeignNames(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	a, b := New(t.TempDir(), nil, Options{}), New(t.TempDir(), nil, Options{Firewall: FirewallIPTablesLegacy})
+	a, b := New(t.TempDir(), nil, Options{}), New(t.TempDir(), nil, Options{Container: true})
 	for _, r := range []string{Victim, Router, Attacker, Legit} {
 		if a.NS[r] == b.NS[r] || len(a.NS[r]) == 0 || a.NS[r][:len(NamePrefix)] != NamePrefix {
 			t.Fatalf("names %q / %q", a.NS[r], b.NS[r])
+		}
+	}
+	if _, ok := a.NS[Container]; ok || b.NS[Container] == "" || a.ServerRole() != Victim || b.ServerRole() != Container {
+		t.Fatalf("container namespace: without the option %q, with it %q", a.NS[Container], b.NS[Container])
+	}
+	// The container's link is neither a client range nor the prefilled
+	// forwarded entries' range.
+	for _, r := range append(append([]netip.Prefix{FwdV4}, AttackRanges...), LegitRanges...) {
+		if r.Contains(ContainerV4) || r.Contains(ContainerGWV4) || r.Contains(ContainerV6) || r.Contains(ContainerGWV6) {
+			t.Fatalf("the container's link overlaps %s", r)
 		}
 	}
 	for _, p := range AttackRanges {

@@ -313,6 +313,8 @@ func runPrefill(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&c.PerSource, "per-source", 0, "entries per source")
 	fs.BoolVar(&c.Forwarded, "forwarded", false, "forwarded entries: neither end (sources, dst) may be a local address")
 	fs.Var(addrPortFlag{&c.Dst}, "dst", "victim address:port (with --forwarded: a non-local address:port)")
+	fs.Var(addrPortFlag{&c.ReplySrc}, "reply-src", "DNAT'ed entries: the address:port the replies come from (a container's published port)")
+	fs.DurationVar(&c.Idle, "idle", 0, "entries silent this long already (0: fresh)")
 	fs.DurationVar(&c.Duration, "duration", 0, "hard time bound (required)")
 	if err := parse(fs, args); err != nil {
 		return err
