@@ -18,26 +18,8 @@ func startClient(t *testing.T, cfg Config, opts Options) *Client {
 	if opts.RetryMin == 0 {
 		opts.RetryMin, opts.RetryMax = 10*time.Millisecond, 80*time.Millisecond
 	}
-	c, err := New(cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := c.Run(ctx); err != nil {
-			t.Error(err)
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return after its context ended")
-		}
-	})
+	c, stop := runClient(t, cfg, opts)
+	t.Cleanup(func() { stop() })
 	return c
 }
 
@@ -488,7 +470,9 @@ func runClient(t *testing.T, cfg Config, opts Options) (*Client, func() time.Dur
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = c.Run(ctx)
+		if err := c.Run(ctx); err != nil {
+			t.Error(err)
+		}
 	}()
 	stop := func() time.Duration {
 		start := time.Now()
@@ -496,11 +480,11 @@ func runClient(t *testing.T, cfg Config, opts Options) (*Client, func() time.Dur
 		select {
 		case <-done:
 		case <-time.After(FlushTimeout + 5*time.Second):
-			t.Fatal("Run did not return")
+			t.Error("Run did not return after its context ended")
 		}
 		return time.Since(start)
 	}
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(cancel)
 	return c, stop
 }
 

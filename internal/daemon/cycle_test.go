@@ -74,8 +74,9 @@ type fakeDaemon struct {
 	log *bytes.Buffer
 }
 
-func newFakeDaemon(t *testing.T, h *fakeHost, mod func(*config.Config)) *fakeDaemon {
-	t.Helper()
+// fakeConfig is the defaults on the fake host's procfs, with the parts
+// that need root (sockets, closing, listeners) off, changed by mod.
+func fakeConfig(t *testing.T, h *fakeHost, mod func(*config.Config)) config.Config {
 	c := config.Default()
 	c.Daemon.Reader, c.Daemon.Procfs = "proc", h.procfs
 	c.Daemon.StateDir = t.TempDir()
@@ -84,6 +85,12 @@ func newFakeDaemon(t *testing.T, h *fakeHost, mod func(*config.Config)) *fakeDae
 	if mod != nil {
 		mod(&c)
 	}
+	return c
+}
+
+func newFakeDaemon(t *testing.T, h *fakeHost, mod func(*config.Config)) *fakeDaemon {
+	t.Helper()
+	c := fakeConfig(t, h, mod)
 	f := &fakeDaemon{fw: enforce.NewFake(nil), ct: &enforce.FakePurger{Entries: map[netip.Addr]int{}}, log: new(bytes.Buffer)}
 	for _, l := range h.lines {
 		src, _, _ := strings.Cut(strings.SplitN(l, "src=", 2)[1], " ")

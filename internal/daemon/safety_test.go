@@ -19,14 +19,7 @@ import (
 // entries one by one (enforce.FakeTable), so the valve can delete them.
 func tableDaemon(t *testing.T, h *fakeHost, mod func(*config.Config)) (*Daemon, *enforce.Fake, *enforce.FakeTable, *bytes.Buffer) {
 	t.Helper()
-	c := config.Default()
-	c.Daemon.Reader, c.Daemon.Procfs = "proc", h.procfs
-	c.Daemon.StateDir = t.TempDir()
-	c.Daemon.Sockets, c.Daemon.CloseSockets, c.Daemon.WatchListeners = false, false, false
-	c.Allow.ResolvConf = "/nonexistent"
-	if mod != nil {
-		mod(&c)
-	}
+	c := fakeConfig(t, h, mod)
 	tbl := &enforce.FakeTable{}
 	tbl.Entries = map[netip.Addr]int{}
 	for _, l := range h.lines {
