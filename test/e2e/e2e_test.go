@@ -92,6 +92,20 @@ func needLab(t *testing.T) {
 	testutil.RequireRoot(t, tools...)
 }
 
+// needFullLab is needLab for the checks of the lab itself rather than of
+// ctguard: how the kernel fails undefended, and what the cron-script
+// method does. They run with full-length scenarios in `make lab-test`
+// (CTGLAB_FULL=1) and are skipped in `make test`, which keeps one
+// undefended run and the cron-script checks that ctguard's tests compare
+// with, so that CI stays within its time budget.
+func needFullLab(t *testing.T) {
+	t.Helper()
+	needLab(t)
+	if !full() {
+		t.Skip("a check of the lab, not of ctguard: runs with full-length scenarios in make lab-test (CTGLAB_FULL=1)")
+	}
+}
+
 func logger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
@@ -246,7 +260,7 @@ func TestSilentBotsV4Undefended(t *testing.T) {
 }
 
 func TestSilentBotsV6Undefended(t *testing.T) {
-	needLab(t)
+	needFullLab(t)
 	s := runScenario(t, "bots-v6", "none")
 	needFull(t, s)
 	if r := rate(s.ProbesFullOK, s.ProbesFull); s.ProbesFull < 8 || r > 20 {
@@ -257,7 +271,7 @@ func TestSilentBotsV6Undefended(t *testing.T) {
 // Floods fill the table too, but their entries are not ASSURED: early_drop
 // makes room and legit connections keep working.
 func TestFloodsUndefended(t *testing.T) {
-	needLab(t)
+	needFullLab(t)
 	for _, name := range []string{"syn-flood", "udp-flood"} {
 		t.Run(name, func(t *testing.T) {
 			s := runScenario(t, name, "none")
@@ -291,7 +305,7 @@ func TestSilentBotsV4Baseline(t *testing.T) {
 // The cron-script method bans NAT gateways: 60 live users behind one address
 // are more than 30 entries. Undefended, the bots' entries never go away.
 func TestNATFalsePositives(t *testing.T) {
-	needLab(t)
+	needFullLab(t)
 	t.Run("none", func(t *testing.T) {
 		s := runScenario(t, "nat-false-positive", "none")
 		if s.Peak < 15000 {
@@ -348,7 +362,7 @@ func TestCtguardDefaults(t *testing.T) {
 // Distributed low-and-slow: every source stays under the threshold, so the
 // cron-script method bans nobody and the table fills as if undefended.
 func TestLowAndSlowBaseline(t *testing.T) {
-	needLab(t)
+	needFullLab(t)
 	s := runScenario(t, "low-and-slow", "baseline")
 	if s.AttackBans != 0 {
 		t.Fatalf("baseline banned %d low-and-slow sources; each holds only 28 entries", s.AttackBans)
