@@ -26,14 +26,18 @@ import (
 func init() {
 	register(&command{
 		name: "tune",
-		args: "[--json] [--observe DURATION] [--mem-budget PCT] [--apply | --rollback] [--yes]",
+		args: "[--json] [--observe DURATION] [--mem-budget PCT] [--nat-floor DURATION] [--apply | --rollback] [--yes]",
 		summary: "sizing and timeout advice for this kernel, RAM and traffic; --apply writes it, --rollback undoes it\n\n" +
 			"Reads the kernel version, RAM, nf_conntrack_max/buckets, the entry size and the timeouts,\n" +
 			"scans the table once (or for --observe DURATION) for idle times of ESTABLISHED entries, and\n" +
 			"prints current vs recommended values with reasons and memory costs. --apply writes\n" +
 			"/etc/sysctl.d/" + tune.SysctlFile + ", /etc/modprobe.d/" + tune.ModprobeFile + " and\n" +
 			"/etc/modules-load.d/" + tune.ModulesLoadFile + ", applies live values, and backs up what it\n" +
-			"replaces under /etc/ctguard/tune-backup; it shows the diff and asks first unless --yes.",
+			"replaces under /etc/ctguard/tune-backup; it shows the diff and asks first unless --yes.\n\n" +
+			"On a host that NATs (Docker, Kubernetes, MASQUERADE/DNAT rules or translated entries) the\n" +
+			"established timeout is never advised below --nat-floor. Where kube-proxy runs, --apply leaves\n" +
+			"nf_conntrack_max and the TCP established/close_wait timeouts alone (kube-proxy overwrites\n" +
+			"them) and tune lists the kube-proxy settings to change instead.",
 		flags:   tuneFlags,
 		example: "  ctguard tune\n  ctguard tune --observe 10m\n  ctguard tune --apply",
 	})
@@ -64,6 +68,8 @@ func tuneFlags(fs *pflag.FlagSet) action {
 	procfs := fs.String("procfs", "/proc", "procfs root")
 	sysfs := fs.String("sysfs", "/sys", "sysfs root")
 	etc := fs.String("etc", "/etc", "etc root")
+	natFloor := fs.Duration("nat-floor", tune.NATFloor*time.Second, "on a host that NATs, the shortest established timeout to advise, a `DURATION`: idle NAT'ed connections break when their entry expires (default: TCP keepalive's 2h + 9 x 75s probes, rounded up); 0: no floor")
+	rules := fs.String("rules", "", "read saved firewall rules from `DIR` (files iptables-save, ip6tables-save, nft: their output) instead of running those commands; with a --procfs other than /proc and no --rules, no rules are read")
 	reader := fs.String("reader", scan.Auto, "how to read the table: auto (netlink, else /proc), netlink, or proc; with a --procfs other than /proc always its net/nf_conntrack file")
 	return func(ctx context.Context, e *env, args []string) error {
 		switch {
@@ -77,9 +83,18 @@ func tuneFlags(fs *pflag.FlagSet) action {
 			return usagef("--yes only makes sense with --apply or --rollback")
 		case *reader != scan.Auto && *reader != scan.Netlink && *reader != scan.Proc:
 			return usagef("--reader %q: want auto, netlink or proc", *reader)
+		case *natFloor < 0 || *natFloor > 432000*time.Second || *natFloor%time.Second != 0:
+			return usagef("--nat-floor %s: want whole seconds from 0 to 120h", *natFloor)
 		}
-		roots := tune.Roots{Procfs: *procfs, Sysfs: *sysfs, Etc: *etc}
-		for flag, dir := range map[string]string{"--procfs": *procfs, "--sysfs": *sysfs, "--etc": *etc} {
+		roots := tune.Roots{Procfs: *procfs, Sysfs: *sysfs, Etc: *etc, Rules: *rules}
+		dirs := map[string]string{"--procfs": *procfs, "--sysfs": *sysfs, "--etc": *etc}
+		switch {
+		case *rules != "":
+			dirs["--rules"] = *rules
+		case filepath.Clean(*procfs) == "/proc":
+			roots.Rules = tune.LiveRules
+		}
+		for flag, dir := range dirs {
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return usagef("%s %s: not a directory", flag, dir)
 			}
@@ -102,7 +117,11 @@ func tuneFlags(fs *pflag.FlagSet) action {
 			fmt.Fprintf(e.stderr, "ctguard tune: no scan of the table (%v): recommending without observed idle times\n", scanErr)
 			obs = nil
 		}
-		plan := tune.Recommend(host, obs, tune.Budget{MemPercent: *budget})
+		floor := int64(*natFloor / time.Second)
+		if floor == 0 {
+			floor = -1 // off
+		}
+		plan := tune.Recommend(host, obs, tune.Budget{MemPercent: *budget, NATFloor: floor})
 
 		out := tuneJSON{envelope: newEnvelope("tune"), Plan: plan, Notes: host.Notes}
 		if !*asJSON {
@@ -120,7 +139,20 @@ func tuneFlags(fs *pflag.FlagSet) action {
 			return fmt.Errorf("tune --apply: %w", err)
 		}
 		out.Change = &change
+		if len(change.Refused) > 0 {
+			fmt.Fprintf(e.stderr, "ctguard tune: %d recommended value(s) not applied: kube-proxy sets them when it starts; change its configuration instead (see \"kube-proxy settings\")\n", len(change.Refused))
+		}
 		if change.Empty() {
+			if len(change.Refused) > 0 {
+				fmt.Fprintln(e.stderr, "ctguard tune: nothing else to apply")
+				for _, r := range change.Refused {
+					fmt.Fprintf(e.stderr, "  not applied: %s\n", r)
+				}
+				if *asJSON {
+					return writeJSON(e.stdout, out)
+				}
+				return nil
+			}
 			fmt.Fprintln(e.stderr, "ctguard tune: nothing to apply: the recommended values are in place")
 			if *asJSON {
 				return writeJSON(e.stdout, out)
@@ -290,8 +322,12 @@ func observeTable(ctx context.Context, roots tune.Roots, reader string, h *tune.
 			if en.Proto != conntrack.ProtoTCP || !en.HasTCPState || en.TCPState != conntrack.TCPEstablished {
 				return nil
 			}
+			// An untranslated entry's reply tuple is its original reversed;
+			// DNAT changes the reply source, SNAT/MASQUERADE its destination.
+			nat := en.Reply.Src != en.Orig.Dst || en.Reply.Dst != en.Orig.Src ||
+				en.Reply.SrcPort != en.Orig.DstPort || en.Reply.DstPort != en.Orig.SrcPort
 			o.Add(tune.Flow{Proto: en.Proto, Src: en.Orig.Src, Dst: en.Orig.Dst, SrcPort: en.Orig.SrcPort, DstPort: en.Orig.DstPort,
-				Zone: en.Zone, Outbound: local[en.Orig.Src.Unmap()], Remaining: en.Timeout})
+				Zone: en.Zone, Outbound: local[en.Orig.Src.Unmap()], Remaining: en.Timeout, NAT: nat})
 			return nil
 		})
 		if err != nil {

@@ -152,3 +152,59 @@ nft add rule inet t in ct state established,related accept`)
 		t.Errorf("files left in the temp etc after rollback: %v", ents)
 	}
 }
+
+// TestRootTuneKubeProxyRefusal: in a namespace whose firewall has
+// kube-proxy's nftables table (a masquerade rule in table ip kube-proxy),
+// tune reads the live rules, leaves the established timeout to kube-proxy
+// (not applied, its setting named instead) and still applies the other
+// per-namespace timeouts; --rollback restores them. The root namespace must
+// not change.
+func TestRootTuneKubeProxyRefusal(t *testing.T) {
+	testutil.RequireRoot(t, "ip", "nft")
+	const est, synRecv = "nf_conntrack_tcp_timeout_established", "nf_conntrack_tcp_timeout_syn_recv"
+	rootBefore := map[string]int64{est: readSysctl(t, est), synRecv: readSysctl(t, synRecv), "nf_conntrack_max": readSysctl(t, "nf_conntrack_max")}
+
+	victim := testutil.NewNS(t)
+	victim.Script(t, `nft add table ip kube-proxy
+nft add chain ip kube-proxy nat-postrouting '{type nat hook postrouting priority srcnat;}'
+nft add rule ip kube-proxy nat-postrouting masquerade`)
+	etc, sysfs := t.TempDir(), t.TempDir()
+	roots := []string{"--procfs", "/proc", "--sysfs", sysfs, "--etc", etc}
+	victim.Do(t, func() {
+		estBefore, synBefore := readSysctl(t, est), readSysctl(t, synRecv)
+		if synBefore <= 30 {
+			t.Skipf("syn_recv already %d s here: nothing else to apply", synBefore)
+		}
+		out, errOut, code := runCLI(t, append([]string{"tune", "--apply", "--yes"}, roots...)...)
+		if code != 0 {
+			t.Fatalf("tune --apply: exit %d: %s\n%s", code, errOut, out)
+		}
+		for _, want := range []string{"nft list ruleset: table ip kube-proxy",
+			"not applied: net.netfilter.nf_conntrack_tcp_timeout_established = ",
+			"(flag --conntrack-tcp-timeout-established=", "established timeout floor 8400 s"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+		if got := readSysctl(t, est); got != estBefore {
+			t.Errorf("established %d -> %d: kube-proxy's value was changed", estBefore, got)
+		}
+		if got := readSysctl(t, synRecv); got != 30 {
+			t.Errorf("syn_recv %d, want 30 (the rest is applied)", got)
+		}
+		if sys, _ := os.ReadFile(filepath.Join(etc, "sysctl.d", "90-ctguard-conntrack.conf")); strings.Contains(string(sys), est) || strings.Contains(string(sys), "nf_conntrack_max") {
+			t.Errorf("owned keys in ctguard's file:\n%s", sys)
+		}
+		if _, errOut, code := runCLI(t, append([]string{"tune", "--rollback", "--yes"}, roots...)...); code != 0 {
+			t.Fatalf("tune --rollback: exit %d: %s", code, errOut)
+		}
+		if got := readSysctl(t, synRecv); got != synBefore {
+			t.Errorf("syn_recv %d after rollback, want %d", got, synBefore)
+		}
+	})
+	for k, v := range rootBefore {
+		if got := readSysctl(t, k); got != v {
+			t.Errorf("root namespace %s changed: %d -> %d", k, v, got)
+		}
+	}
+}

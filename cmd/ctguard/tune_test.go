@@ -13,7 +13,8 @@ import (
 )
 
 // tuneFixture copies internal/tune/testdata/<name> to a temp dir and
-// returns the --procfs/--sysfs/--etc flags for it.
+// returns the --procfs/--sysfs/--etc flags for it, and last --rules when
+// the fixture has saved firewall rules.
 func tuneFixture(t *testing.T, name string) (string, []string) {
 	t.Helper()
 	src := filepath.Join("..", "..", "internal", "tune", "testdata", name)
@@ -43,7 +44,11 @@ func tuneFixture(t *testing.T, name string) (string, []string) {
 	for _, d := range []string{"proc", "sys", "etc"} {
 		os.MkdirAll(filepath.Join(dst, d), 0o755)
 	}
-	return dst, []string{"--procfs", filepath.Join(dst, "proc"), "--sysfs", filepath.Join(dst, "sys"), "--etc", filepath.Join(dst, "etc")}
+	args := []string{"--procfs", filepath.Join(dst, "proc"), "--sysfs", filepath.Join(dst, "sys"), "--etc", filepath.Join(dst, "etc")}
+	if st, err := os.Stat(filepath.Join(dst, "rules")); err == nil && st.IsDir() {
+		args = append(args, "--rules", filepath.Join(dst, "rules"))
+	}
+	return dst, args
 }
 
 // snapshotTree maps every file under dir to its content.
@@ -226,7 +231,9 @@ func TestTuneKubeWarnings(t *testing.T) {
 	}
 	for _, want := range []string{
 		"WARNING kube-proxy (process kube-proxy (pid 4242))",
-		"WARNING /etc/sysctl.d/95-k8s-conntrack.conf:2: sets net.netfilter.nf_conntrack_tcp_timeout_established = 86400 and is applied after ctguard's file",
+		// kube-proxy owns the established timeout: a file setting it is
+		// overwritten by kube-proxy, not by boot order against ctguard's.
+		"/etc/sysctl.d/95-k8s-conntrack.conf:2 sets net.netfilter.nf_conntrack_tcp_timeout_established = 86400; kube-proxy overwrites it",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -234,6 +241,103 @@ func TestTuneKubeWarnings(t *testing.T) {
 	}
 	if !strings.Contains(errOut, "warning(s) above") {
 		t.Errorf("apply did not point at the warnings: %q", errOut)
+	}
+}
+
+// On a kube-proxy host --apply refuses the values kube-proxy sets at start,
+// names the kube-proxy settings to change instead, and applies the rest.
+func TestTuneKubeProxyRefuses(t *testing.T) {
+	dir, roots := tuneFixture(t, "kube")
+	out, errOut, code := runCLI(t, append([]string{"tune", "--apply", "--yes"}, roots...)...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s\n%s", code, errOut, out)
+	}
+	for _, want := range []string{
+		"kube-proxy settings (kube-proxy overwrites these sysctls when it starts; tune --apply leaves them to it):",
+		"(flag --conntrack-max-per-core=104448)", "(flag --conntrack-min=417792)",
+		"(flag --conntrack-tcp-timeout-established=2h20m0s)", "(flag --conntrack-tcp-timeout-close-wait=1h0m0s)",
+		"not applied: net.netfilter.nf_conntrack_max = 417792: kube-proxy sets it when it starts",
+		"not applied: net.netfilter.nf_conntrack_tcp_timeout_established = 8400: kube-proxy sets it when it starts",
+		"live /proc/sys/net/netfilter/nf_conntrack_buckets: 32768 -> 417792",
+		"applied: 2 file(s) written, 3 live value(s) set",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if !hasRow(out, "net.netfilter.nf_conntrack_max", "131072", "417792", "entries", "(set", "by", "kube-proxy)") {
+		t.Error("max row does not say kube-proxy sets it")
+	}
+	if !strings.Contains(errOut, "2 recommended value(s) not applied: kube-proxy sets them") {
+		t.Errorf("stderr %q", errOut)
+	}
+	for name, want := range map[string]string{"nf_conntrack_max": "131072", "nf_conntrack_tcp_timeout_established": "86400", "nf_conntrack_tcp_timeout_syn_recv": "30"} {
+		got, _ := os.ReadFile(filepath.Join(dir, "proc/sys/net/netfilter", name))
+		if strings.TrimSpace(string(got)) != want {
+			t.Errorf("live %s = %q, want %s", name, got, want)
+		}
+	}
+	// Again: only the refused items are left, and nothing changes.
+	before := snapshotTree(t, dir)
+	out, errOut, code = runCLI(t, append([]string{"tune", "--apply", "--yes"}, roots...)...)
+	if code != 0 || !strings.Contains(errOut, "nothing else to apply") || strings.Contains(out, "applied:") {
+		t.Errorf("second apply: exit %d\n%s\n%s", code, errOut, out)
+	}
+	sameTree(t, before, snapshotTree(t, dir))
+}
+
+// A Docker host (MASQUERADE and DNAT rules, DNAT'ed entries) whose own
+// tcp_keepalive_time is 600 s: the established advice stays at the NAT floor,
+// found from the rules or, without them, from the table's entries; a plain
+// host with the same keepalive gets the lower value, and --nat-floor 0 is
+// the operator's explicit way down.
+func TestTuneDockerNATFloor(t *testing.T) {
+	_, roots := tuneFixture(t, "docker")
+	if roots[len(roots)-2] != "--rules" {
+		t.Fatalf("docker fixture without rules: %v", roots)
+	}
+	noRules := roots[:len(roots)-2]
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		want  string
+		finds []string
+	}{
+		{"rules", roots, "8400", []string{"NAT: NAT rule iptables-save: -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE; established timeout floor 8400 s",
+			"NAT floor: this host translates addresses", "fib daddr type local tcp dport"}},
+		{"entries", noRules, "8400", []string{"NAT: 2 ESTABLISHED entries in the table have their address translated; established timeout floor 8400 s"}},
+		{"floor off", append([]string{"--nat-floor", "0"}, roots...), "3600", []string{"NAT floor off (--nat-floor 0)"}},
+		{"floor 1h", append([]string{"--nat-floor", "1h"}, roots...), "3600", []string{"established timeout floor 3600 s"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runCLI(t, append([]string{"tune"}, tc.args...)...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			if !hasRow(out, "net.netfilter.nf_conntrack_tcp_timeout_established", "432000", tc.want, "s") {
+				t.Errorf("established row: want %s", tc.want)
+			}
+			for _, s := range tc.finds {
+				if !strings.Contains(out, s) {
+					t.Errorf("output lacks %q", s)
+				}
+			}
+			if t.Failed() {
+				t.Log(out)
+			}
+		})
+	}
+	_, errOut, code := runCLI(t, append([]string{"tune", "--nat-floor", "-1s"}, roots...)...)
+	if code != 2 || !strings.Contains(errOut, "--nat-floor") {
+		t.Errorf("--nat-floor -1s: exit %d %q", code, errOut)
+	}
+
+	plain, plainRoots := tuneFixture(t, "incident-5.15")
+	os.WriteFile(filepath.Join(plain, "proc/sys/net/ipv4/tcp_keepalive_time"), []byte("600\n"), 0o644)
+	out, errOut, code := runCLI(t, append([]string{"tune"}, plainRoots...)...)
+	if code != 0 || !hasRow(out, "net.netfilter.nf_conntrack_tcp_timeout_established", "432000", "3600", "s") ||
+		strings.Contains(out, "\nNAT: ") || strings.Contains(out, "NAT floor") || strings.Contains(out, "fib daddr") {
+		t.Errorf("plain host: exit %d %s\n%s", code, errOut, out)
 	}
 }
 

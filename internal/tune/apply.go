@@ -57,9 +57,12 @@ type Change struct {
 	Live  []LiveChange `json:"live"`
 	// NotLive lists changes that only the files carry, and why.
 	NotLive []string `json:"not_live,omitempty"`
+	// Refused lists recommended changes left out because another agent
+	// owns the value (kube-proxy), and what to do instead.
+	Refused []string `json:"refused,omitempty"`
 }
 
-// Empty reports whether the change does nothing.
+// Empty reports whether the change does nothing (Refused changes nothing).
 func (c Change) Empty() bool { return len(c.Files) == 0 && len(c.Live) == 0 }
 
 func (r Roots) root(name string) string {
@@ -110,6 +113,15 @@ func Prepare(r Roots, p Plan) (Change, error) {
 	mod.WriteString("# Written by ctguard tune. Undo: ctguard tune --rollback\n")
 	nSysctl, nMod := 0, 0
 	for _, it := range items {
+		// An agent that sets the value at start would overwrite it: leave it
+		// out, files included (an earlier apply's line goes too).
+		if it.Owner != "" {
+			if it.Change {
+				c.Refused = append(c.Refused, fmt.Sprintf("%s = %d: %s sets it when it starts and would overwrite it; change %s's configuration instead",
+					it.Key, it.Recommended, it.Owner, it.Owner))
+			}
+			continue
+		}
 		// Keys written by an earlier apply stay in the file even when the
 		// live value already matches, or a reboot would undo them.
 		if !it.Change && !inOwn[it.Key] {

@@ -26,7 +26,11 @@ func WritePlan(w io.Writer, p Plan) {
 		if !it.Change {
 			rec = "(keep)"
 		}
-		fmt.Fprintf(w, "%-52s %10d %12s %s\n", it.Key, it.Current, rec, it.Unit)
+		owner := ""
+		if it.Owner != "" {
+			owner = " (set by " + it.Owner + ")"
+		}
+		fmt.Fprintf(w, "%-52s %10d %12s %s%s\n", it.Key, it.Current, rec, it.Unit, owner)
 	}
 	for _, it := range p.Items {
 		fmt.Fprintf(w, "\n%s:\n", it.Key)
@@ -34,6 +38,23 @@ func WritePlan(w io.Writer, p Plan) {
 			fmt.Fprintf(w, "  now:         %s\n  recommended: %s\n", it.MemoryNow, it.Memory)
 		}
 		fmt.Fprintf(w, "  %s\n", it.Reason)
+	}
+	if p.NAT != "" {
+		if p.NATFloor > 0 {
+			fmt.Fprintf(w, "\nNAT: %s; established timeout floor %d s (idle NAT'ed connections break when their entry expires)\n", p.NAT, p.NATFloor)
+		} else {
+			fmt.Fprintf(w, "\nNAT: %s; NAT floor off (--nat-floor 0): idle NAT'ed connections break when their entry expires\n", p.NAT)
+		}
+	}
+	if len(p.KubeProxy) > 0 {
+		fmt.Fprintln(w, "\nkube-proxy settings (kube-proxy overwrites these sysctls when it starts; tune --apply leaves them to it):")
+		for _, k := range p.KubeProxy {
+			fmt.Fprintf(w, "  %-33s %-12s (flag %s=%s)", k.Field+":", k.Value, k.Flag, k.Value)
+			if k.Note != "" {
+				fmt.Fprintf(w, "  # %s", k.Note)
+			}
+			fmt.Fprintln(w)
+		}
 	}
 	if len(p.Warnings) > 0 {
 		fmt.Fprintln(w, "\nwarnings:")
@@ -88,6 +109,9 @@ func WriteDiff(w io.Writer, c Change) {
 	}
 	for _, n := range c.NotLive {
 		fmt.Fprintf(w, "not live (files only): %s\n", n)
+	}
+	for _, n := range c.Refused {
+		fmt.Fprintf(w, "not applied: %s\n", n)
 	}
 }
 

@@ -30,11 +30,16 @@ type Roots struct {
 	Procfs string
 	Sysfs  string
 	Etc    string
+	// Rules is where the firewall's rule sets come from: LiveRules runs
+	// iptables-save, ip6tables-save and nft list ruleset; a directory
+	// holds their saved output (files iptables-save, ip6tables-save, nft,
+	// each optional); "" reads none.
+	Rules string
 }
 
 // DefaultRoots are the real host's.
 func DefaultRoots() Roots {
-	return Roots{Procfs: host.DefaultProcRoot, Sysfs: host.DefaultSysRoot, Etc: "/etc"}
+	return Roots{Procfs: host.DefaultProcRoot, Sysfs: host.DefaultSysRoot, Etc: "/etc", Rules: LiveRules}
 }
 
 // facts is where package host reads the facts under /proc and /sys.
@@ -106,8 +111,13 @@ type Host struct {
 	SysctlFiles   []ConfFile `json:"sysctl_files,omitempty"`
 	ModprobeFiles []ConfFile `json:"modprobe_files,omitempty"`
 	Agents        []Agent    `json:"agents,omitempty"`
-	ListenPorts   []uint16   `json:"listen_ports,omitempty"` // TCP, on a non-loopback address
-	Notes         []string   `json:"notes,omitempty"`        // what could not be read
+	// NAT lists address-translating firewall rules (a few, as evidence).
+	NAT []string `json:"nat_rules,omitempty"`
+	// CPUs is the number of online CPUs (0: unknown): kube-proxy sizes
+	// nf_conntrack_max per core.
+	CPUs        int      `json:"cpus,omitempty"`
+	ListenPorts []uint16 `json:"listen_ports,omitempty"` // TCP, on a non-loopback address
+	Notes       []string `json:"notes,omitempty"`        // what could not be read
 }
 
 // SysctlPath is where a short sysctl name lives under the procfs root.
@@ -178,6 +188,8 @@ func ReadHost(r Roots) (*Host, error) {
 	}
 	h.ModprobeFiles = readConfDir(r, "modprobe.d", func(d []byte, f *ConfFile) { f.Options = parseModprobeConf(d) })
 	h.Agents = findAgents(r)
+	readRules(r, h)
+	h.CPUs = onlineCPUs(r)
 	// Errors leave the list empty: it only refines the advice.
 	_ = hf.TCPSockets(func(s host.Socket) {
 		if p := s.Local.Port(); s.State == host.TCPListen && p != 0 &&
@@ -187,6 +199,31 @@ func ReadHost(r Roots) (*Host, error) {
 	})
 	sort.Slice(h.ListenPorts, func(i, j int) bool { return h.ListenPorts[i] < h.ListenPorts[j] })
 	return h, nil
+}
+
+// onlineCPUs counts the CPUs in <sysfs>/devices/system/cpu/online ("0-3,8"),
+// 0 when unreadable.
+func onlineCPUs(r Roots) int {
+	data, err := host.ReadSmall(filepath.Join(r.Sysfs, "devices/system/cpu/online"))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, part := range strings.Split(strings.TrimSpace(string(data)), ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			return 0
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return 0
+			}
+		}
+		n += b - a + 1
+	}
+	return n
 }
 
 func containsPort(ps []uint16, p uint16) bool {

@@ -18,6 +18,10 @@ type Flow struct {
 	Outbound bool
 	// Remaining is the entry's remaining timeout in seconds.
 	Remaining uint32
+	// NAT: the reply tuple is not the original one reversed (DNAT,
+	// SNAT/MASQUERADE, REDIRECT): the connection breaks when the entry
+	// expires.
+	NAT bool
 }
 
 // IdleStats summarizes idle times (seconds) of one direction in one scan.
@@ -61,6 +65,9 @@ type Observation struct {
 	// above the reference (set before a sysctl change, or by a ct timeout
 	// policy).
 	Skipped int `json:"skipped"`
+	// NATed is the most ESTABLISHED entries with translated addresses or
+	// ports seen in one scan.
+	NATed int `json:"nat_entries,omitempty"`
 	// inbound is the last scan's inbound idle times, sorted, so that
 	// Recommend can say how many would expire under a new timeout.
 	inbound []float32
@@ -123,6 +130,7 @@ type Observer struct {
 	scan         int
 	scanAt       []time.Time
 	in, out      []float32
+	nated        int
 	obs          Observation
 	inScan       bool
 	lastInbound  []float32
@@ -141,6 +149,7 @@ func (o *Observer) BeginScan(t time.Time) {
 	o.prev, o.cur = o.cur, make(map[uint64]seen, len(o.cur))
 	o.scanAt = append(o.scanAt, t)
 	o.in, o.out = o.in[:0], o.out[:0]
+	o.nated = 0
 	o.inScan = true
 }
 
@@ -148,6 +157,9 @@ func (o *Observer) BeginScan(t time.Time) {
 func (o *Observer) Add(f Flow) {
 	if !o.inScan {
 		return
+	}
+	if f.NAT {
+		o.nated++
 	}
 	r := int64(f.Remaining)
 	if (o.ref > o.cap && r <= o.cap) || r > o.ref {
@@ -194,6 +206,7 @@ func (o *Observer) EndScan(count int) {
 	o.scan++
 	o.obs.Scans = o.scan
 	o.obs.PeakCount = max(o.obs.PeakCount, count)
+	o.obs.NATed = max(o.obs.NATed, o.nated)
 	if o.scan == 1 {
 		o.obs.FirstCount = count
 	}

@@ -6,12 +6,17 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
-// Budget is how much memory a completely full table may take.
+// Budget is how much memory a completely full table may take, and the
+// operator's other limits on the advice.
 type Budget struct {
 	// MemPercent of MemTotal (0 < MemPercent <= 50); DefaultBudgetPercent if 0.
 	MemPercent float64
+	// NATFloor is the shortest established timeout (s) advised on a host
+	// that NATs: 0 means the default NATFloor, a negative value none.
+	NATFloor int64
 }
 
 // DefaultBudgetPercent: 2 % of RAM lets a 0.5 GiB host hold about 20k
@@ -52,7 +57,11 @@ type Item struct {
 	PerNamespace bool   `json:"per_namespace"` // settable inside a network namespace
 	// NotLive says why the value cannot be set live here (empty: it can);
 	// the files are still written, for the next boot.
-	NotLive   string `json:"not_live,omitempty"`
+	NotLive string `json:"not_live,omitempty"`
+	// Owner is the agent that sets this value itself and would overwrite
+	// it (kube-proxy): --apply leaves the item out, and the plan says which
+	// of the agent's settings to change instead.
+	Owner     string `json:"owner,omitempty"`
 	Reason    string `json:"reason"`
 	Memory    string `json:"memory,omitempty"`         // cost of Recommended
 	MemoryNow string `json:"memory_current,omitempty"` // cost of Current
@@ -88,6 +97,23 @@ type Plan struct {
 	Notes          []string       `json:"notes,omitempty"`
 	Policy         *TimeoutPolicy `json:"ct_timeout_policy,omitempty"`
 	Observation    *Observation   `json:"observation,omitempty"`
+	// NAT says why the host counts as NAT'ing (empty: it does not), and
+	// NATFloor is the floor that put on the established timeout (0: none).
+	NAT      string `json:"nat,omitempty"`
+	NATFloor int64  `json:"nat_floor,omitempty"`
+	// KubeProxy is what to set in kube-proxy's configuration instead of
+	// the items it owns (nil without kube-proxy).
+	KubeProxy []KubeProxySetting `json:"kube_proxy,omitempty"`
+}
+
+// KubeProxySetting is one kube-proxy setting tune advises in place of a
+// sysctl that kube-proxy overwrites when it starts.
+type KubeProxySetting struct {
+	Field string `json:"field"` // KubeProxyConfiguration field, e.g. conntrack.maxPerCore
+	Flag  string `json:"flag"`  // the command-line flag, e.g. --conntrack-max-per-core
+	Value string `json:"value"` // as the config file and the flag take it
+	Key   string `json:"key"`   // the sysctl it sets
+	Note  string `json:"note,omitempty"`
 }
 
 // Item returns the plan's item with the given short name.
@@ -222,9 +248,20 @@ func Recommend(h *Host, obs *Observation, b Budget) Plan {
 		EntryBytes: entry, EntrySource: src, Observation: obs}
 	p.DefaultBuckets, p.DefaultMax = DefaultTable(h.Kernel, h.MemTotal)
 
+	p.NAT = natEvidence(h, obs)
+	if p.NAT != "" {
+		switch {
+		case b.NATFloor == 0:
+			p.NATFloor = NATFloor
+		case b.NATFloor > 0:
+			p.NATFloor = b.NATFloor
+		}
+	}
+
 	p.sizing(h, obs, b, entry)
 	p.timeouts(h, obs)
 	p.policy(h, obs)
+	p.kubeProxy(h)
 	p.conflicts(h)
 	return p
 }
@@ -340,7 +377,7 @@ func daemonMemoryNote(max int64) string {
 func (p *Plan) timeouts(h *Host, obs *Observation) {
 	if cur, ok := h.Sysctl[Established]; ok {
 		mx, _ := p.Item(Max)
-		p.Items = append(p.Items, established(h, obs, cur, mx.Recommended))
+		p.Items = append(p.Items, established(h, obs, cur, mx.Recommended, p.NATFloor))
 	}
 	simple := []struct {
 		name   string
@@ -379,15 +416,18 @@ func (p *Plan) timeouts(h *Host, obs *Observation) {
 //     default): a connection kept open by keepalive refreshes its entry only
 //     when a probe goes out, and a NATed one whose entry expired cannot be
 //     picked up again mid-stream,
+//   - on a host that NATs, natFloor (NATFloor, 8400 s, unless the operator
+//     changed it): the NAT'ed connections' ends are containers and remote
+//     hosts whose keepalive is the 2 h default whatever this host's is,
 //
 // rounded up to 10 minutes, never above max(current, 432000).
-func established(h *Host, obs *Observation, cur int64, maxRec int64) Item {
+func established(h *Host, obs *Observation, cur int64, maxRec int64, natFloor int64) Item {
 	legit := obs.LegitIdleMax()
 	ka := int64(0)
 	if h.KeepaliveTime > 0 {
 		ka = h.KeepaliveTime + max(h.KeepaliveIntvl, 0)*max(h.KeepaliveProbes, 0)
 	}
-	target := roundUp(max(pooledFloor, int64(2*legit+0.999), ka), 600)
+	target := roundUp(max(pooledFloor, int64(2*legit+0.999), ka, natFloor), 600)
 	rec := min(target, max(cur, 432000))
 
 	var why strings.Builder
@@ -407,7 +447,13 @@ func established(h *Host, obs *Observation, cur int64, maxRec int64) Item {
 	if ka > 0 {
 		fmt.Fprintf(&why, ", tcp keepalive time + probes %d s", ka)
 	}
+	if natFloor > 0 {
+		fmt.Fprintf(&why, ", NAT floor %d s", natFloor)
+	}
 	why.WriteString("), rounded up to 10 min")
+	if natFloor > 0 {
+		fmt.Fprintf(&why, ". NAT floor: this host translates addresses (Docker, Kubernetes services, MASQUERADE/DNAT), and a NAT'ed connection whose entry expires breaks (its translation is lost) where a local one is picked up again by its next packet; idle ones live on TCP keepalive, first probe after 2 h by default (7200 + 9 x 75 s = 7875 s); --nat-floor changes it")
+	}
 	if obs != nil && obs.Inbound.N > 0 {
 		fmt.Fprintf(&why, "; %d of %d inbound ESTABLISHED entries in the last scan are idle longer than that",
 			obs.InboundIdleOver(float64(rec)), obs.Inbound.N)
@@ -460,21 +506,77 @@ func (p *Plan) policy(h *Host, obs *Observation) {
 	if obs != nil && obs.CompletedInboundGapMax > 0 {
 		why += fmt.Sprintf("; longest completed inbound idle gap seen: %.0f s", obs.CompletedInboundGapMax)
 	}
+	// After dstnat (priority -100) a DNAT'ed flow's destination is the
+	// container's, and a container's outbound flow is forwarded: neither is
+	// local, so both keep the global timeout and its NAT floor.
+	match := ""
+	if p.NAT != "" {
+		match = "fib daddr type local "
+		why += "; this host NATs, so the rules only match flows to its own addresses (fib daddr type local): DNAT'ed and forwarded container flows keep the global timeout"
+	}
 	var nft strings.Builder
 	fmt.Fprintf(&nft, "table inet ctguard_timeouts {\n")
 	for _, fam := range []string{"ip", "ip6"} {
 		fmt.Fprintf(&nft, "\tct timeout tcp_public_%s {\n\t\tprotocol tcp\n\t\tl3proto %s\n\t\tpolicy = { established: %d }\n\t}\n", fam, fam, est)
 	}
 	fmt.Fprintf(&nft, "\tchain pre {\n\t\ttype filter hook prerouting priority filter; policy accept;\n")
-	fmt.Fprintf(&nft, "\t\tmeta nfproto ipv4 tcp dport { %s } ct timeout set \"tcp_public_ip\"\n", list)
-	fmt.Fprintf(&nft, "\t\tmeta nfproto ipv6 tcp dport { %s } ct timeout set \"tcp_public_ip6\"\n\t}\n}\n", list)
+	fmt.Fprintf(&nft, "\t\tmeta nfproto ipv4 %stcp dport { %s } ct timeout set \"tcp_public_ip\"\n", match, list)
+	fmt.Fprintf(&nft, "\t\tmeta nfproto ipv6 %stcp dport { %s } ct timeout set \"tcp_public_ip6\"\n\t}\n}\n", match, list)
 	p.Policy = &TimeoutPolicy{Ports: ports, Established: est, Reason: why, Nft: nft.String()}
+}
+
+// kubeProxy hands the values kube-proxy sets at start (nf_conntrack_max
+// from conntrack.maxPerCore x CPUs, at least conntrack.min; the established
+// and close_wait timeouts) over to its configuration: the items are marked
+// as owned, so --apply leaves them out, and the plan lists the settings that
+// give the same values. It raises hashsize to max/4 only when it is smaller,
+// so the recommended buckets (one per entry) stay and are applied.
+func (p *Plan) kubeProxy(h *Host) {
+	if !h.HasAgent("kube-proxy") {
+		return
+	}
+	const own = "; kube-proxy sets this at start and would overwrite it: tune --apply leaves it alone, set it in kube-proxy's configuration (below)"
+	for i := range p.Items {
+		it := &p.Items[i]
+		switch it.Name {
+		case Max, Established, CloseWait:
+			it.Owner = "kube-proxy"
+			it.Reason += own
+		}
+	}
+	if mx, ok := p.Item(Max); ok {
+		perCore, note := "", ""
+		if h.CPUs > 0 {
+			pc := (mx.Recommended + int64(h.CPUs) - 1) / int64(h.CPUs)
+			perCore = strconv.FormatInt(pc, 10)
+			note = fmt.Sprintf("kube-proxy sets nf_conntrack_max = max(maxPerCore x %d CPUs, min) = %d", h.CPUs, max(pc*int64(h.CPUs), mx.Recommended))
+		} else {
+			perCore = fmt.Sprintf("%d/CPUs", mx.Recommended)
+			note = "the CPU count is unknown here: divide by it and round up; kube-proxy sets nf_conntrack_max = max(maxPerCore x CPUs, min)"
+		}
+		p.KubeProxy = append(p.KubeProxy,
+			KubeProxySetting{Field: "conntrack.maxPerCore", Flag: "--conntrack-max-per-core", Value: perCore, Key: mx.Key, Note: note},
+			KubeProxySetting{Field: "conntrack.min", Flag: "--conntrack-min", Value: strconv.FormatInt(mx.Recommended, 10), Key: mx.Key})
+	}
+	if est, ok := p.Item(Established); ok {
+		p.KubeProxy = append(p.KubeProxy, KubeProxySetting{Field: "conntrack.tcpEstablishedTimeout", Flag: "--conntrack-tcp-timeout-established",
+			Value: (time.Duration(est.Recommended) * time.Second).String(), Key: est.Key, Note: fmt.Sprintf("%d s; kube-proxy's default is 24h", est.Recommended)})
+	}
+	if cw, ok := h.Sysctl[CloseWait]; ok {
+		p.KubeProxy = append(p.KubeProxy, KubeProxySetting{Field: "conntrack.tcpCloseWaitTimeout", Flag: "--conntrack-tcp-timeout-close-wait",
+			Value: (time.Duration(cw) * time.Second).String(), Key: keyPrefix + CloseWait,
+			Note: fmt.Sprintf("keep the current %d s (kube-proxy's default is 1h): tune does not change it; half-closed NAT'ed connections need it", cw)})
+	}
 }
 
 // conflicts finds other files and agents that set what the plan changes.
 func (p *Plan) conflicts(h *Host) {
-	changed := map[string]bool{}
+	changed, owned := map[string]bool{}, map[string]string{}
 	for _, it := range p.Changes() {
+		if it.Owner != "" {
+			owned[it.Key] = it.Owner
+			continue
+		}
 		changed[it.Key] = true
 	}
 	for _, f := range h.SysctlFiles {
@@ -486,10 +588,14 @@ func (p *Plan) conflicts(h *Host) {
 		// sysctl --system (Debian links it as 99-sysctl.conf).
 		after := f.Path == "/etc/sysctl.conf" || path.Base(f.Path) > SysctlFile
 		for _, s := range f.Settings {
+			src := fmt.Sprintf("%s:%d", f.Path, s.Line)
+			if o := owned[s.Key]; o != "" {
+				p.Notes = append(p.Notes, fmt.Sprintf("%s sets %s = %s; %s overwrites it when it starts", src, s.Key, s.Value, o))
+				continue
+			}
 			if !changed[s.Key] {
 				continue
 			}
-			src := fmt.Sprintf("%s:%d", f.Path, s.Line)
 			if after {
 				p.Warnings = append(p.Warnings, Warning{Key: s.Key, Source: src,
 					Message: fmt.Sprintf("sets %s = %s and is applied after ctguard's file: its value wins at boot", s.Key, s.Value)})
@@ -510,7 +616,11 @@ func (p *Plan) conflicts(h *Host) {
 				src := fmt.Sprintf("%s:%d", f.Path, o.Line)
 				if changed[keyPrefix+Buckets] {
 					v, _ := strconv.ParseInt(o.Value, 10, 64)
-					p.Notes = append(p.Notes, fmt.Sprintf("%s sets hashsize=%s at module load (boot default max 8 x = %d); ctguard's sysctl file resizes the table and sets nf_conntrack_max afterwards", src, o.Value, HashsizeMax(v)))
+					then := "resizes the table and sets nf_conntrack_max afterwards"
+					if owned[keyPrefix+Max] != "" {
+						then = "resizes the table afterwards, and " + owned[keyPrefix+Max] + " sets nf_conntrack_max"
+					}
+					p.Notes = append(p.Notes, fmt.Sprintf("%s sets hashsize=%s at module load (boot default max 8 x = %d); ctguard's sysctl file %s", src, o.Value, HashsizeMax(v), then))
 					continue
 				}
 				if path.Base(f.Path) > ModprobeFile {
@@ -525,19 +635,22 @@ func (p *Plan) conflicts(h *Host) {
 	for _, a := range h.Agents {
 		switch a.Name {
 		case "kube-proxy":
-			keys := []string{keyPrefix + Max, keyPrefix + Buckets, "nf_conntrack." + Hashsize, keyPrefix + Established}
 			var hit []string
-			for _, k := range keys {
-				if changed[k] {
-					hit = append(hit, k)
+			for _, it := range p.Items {
+				if it.Owner == "kube-proxy" && it.Change {
+					hit = append(hit, it.Key)
 				}
 			}
 			p.Warnings = append(p.Warnings, Warning{Source: "kube-proxy (" + a.Evidence + ")",
-				Message: "kube-proxy sets nf_conntrack_max (conntrack.maxPerCore x CPUs, at least conntrack.min, 32768 and 131072 by default), hashsize (max/4), tcp_timeout_established (conntrack.tcpEstablishedTimeout, 24h) and tcp_timeout_close_wait (1h) when it starts, after sysctl.d: it overrides " +
-					listOr(hit, "them") + ". Put the values in its KubeProxyConfiguration conntrack section instead (maxPerCore: 0 and tcpEstablishedTimeout: 0s leave them to sysctl)"})
+				Message: "kube-proxy sets nf_conntrack_max (conntrack.maxPerCore x CPUs, at least conntrack.min, 32768 and 131072 by default), tcp_timeout_established (conntrack.tcpEstablishedTimeout, 24h) and tcp_timeout_close_wait (conntrack.tcpCloseWaitTimeout, 1h) when it starts, after sysctl.d, and raises hashsize to max/4 when it is smaller. " +
+					"tune --apply does not set " + listOr(hit, "these") + ": change kube-proxy's configuration as listed under \"kube-proxy settings\" (a node's kube-proxy ConfigMap or flags)"})
 		case "docker":
+			floorNote := " (tune keeps it at or above the NAT floor)"
+			if p.NATFloor == 0 {
+				floorNote = " (the NAT floor is off: --nat-floor 0)"
+			}
 			p.Warnings = append(p.Warnings, Warning{Source: "docker (" + a.Evidence + ")",
-				Message: "dockerd loads nf_conntrack and masquerades container traffic: a NATed connection whose entry expired cannot be picked up again mid-stream, so idle container connections break at the established timeout; containers' own network namespaces have their own per-namespace timeouts, which these host values do not change"})
+				Message: "dockerd loads nf_conntrack and masquerades container traffic: a NATed connection whose entry expired cannot be picked up again mid-stream, so idle container connections break at the established timeout" + floorNote + "; containers' own network namespaces have their own per-namespace timeouts, which these host values do not change"})
 		}
 	}
 	slices.SortStableFunc(p.Warnings, func(a, b Warning) int { return strings.Compare(a.Key, b.Key) })

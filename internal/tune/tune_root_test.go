@@ -329,3 +329,83 @@ func writeTemp(t *testing.T, content string) string {
 	}
 	return p
 }
+
+// TestRootPolicySnippetNAT: on a host that NATs, the policy tune prints
+// matches only flows to the host's own addresses. A client's flow to the
+// host's :443 gets the short timeout; its flow to :9443, DNAT'ed to a
+// "container" namespace's :443, keeps the global one (its tcp dport is 443
+// after DNAT: without fib daddr type local it would match and break when
+// idle).
+func TestRootPolicySnippetNAT(t *testing.T) {
+	testutil.RequireRoot(t, "ip", "nft")
+	victim, client, ctr := testutil.NewNS(t), testutil.NewNS(t), testutil.NewNS(t)
+	testutil.Veth(t, victim, "v0", "192.0.2.10/24", client, "c0", "192.0.2.20/24")
+	testutil.Veth(t, victim, "d0", "172.17.0.1/24", ctr, "e0", "172.17.0.2/24")
+	ctr.MustRun(t, "ip", "route", "add", "default", "via", "172.17.0.1")
+	victim.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	victim.Script(t, statefulRules+`
+nft add table ip nat
+nft add chain ip nat pre '{type nat hook prerouting priority dstnat;}'
+nft add rule ip nat pre tcp dport 9443 dnat to 172.17.0.2:443`)
+
+	h := &Host{Kernel: Kernel{Release: "6.18", Major: 6, Minor: 18}, MemTotal: 1 << 30, PageSize: 4096,
+		Sysctl: map[string]int64{Max: 65536, Buckets: 65536, Established: 432000, Unacked: 300}, ListenPorts: []uint16{443},
+		NAT: []string{"nft: tcp dport 9443 dnat to 172.17.0.2:443"}}
+	p := Recommend(h, nil, Budget{})
+	if p.Policy == nil || !strings.Contains(p.Policy.Nft, "fib daddr type local") {
+		t.Fatalf("policy %+v", p.Policy)
+	}
+	victim.MustRun(t, "nft", "-f", writeTemp(t, p.Policy.Nft))
+
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	serve := func(ns *testutil.NS, addr string) {
+		ns.Do(t, func() {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					conns = append(conns, c)
+					mu.Unlock()
+				}
+			}()
+		})
+	}
+	serve(victim, "192.0.2.10:443")
+	serve(ctr, "172.17.0.2:443")
+	client.Do(t, func() {
+		for _, port := range []string{"443", "9443"} {
+			c, err := net.DialTimeout("tcp", "192.0.2.10:"+port, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	})
+	time.Sleep(200 * time.Millisecond) // the final ACK of each handshake
+	victim.Do(t, func() {
+		local, nated := remaining(t, 443), remaining(t, 9443)
+		t.Logf("established timeout with the policy: local :443 %d s, DNAT'ed :9443 %d s", local, nated)
+		if local > 600 || local < 590 {
+			t.Errorf("local :443 entry has %d s left, want the policy's 600", local)
+		}
+		if nated < 431990 {
+			t.Errorf("DNAT'ed :9443 entry has %d s left, want the global 432000", nated)
+		}
+	})
+}

@@ -49,7 +49,12 @@ func fixture(t *testing.T, name string) Roots {
 			t.Fatal(err)
 		}
 	}
-	return Roots{Procfs: filepath.Join(dst, "proc"), Sysfs: filepath.Join(dst, "sys"), Etc: filepath.Join(dst, "etc")}
+	r := Roots{Procfs: filepath.Join(dst, "proc"), Sysfs: filepath.Join(dst, "sys"), Etc: filepath.Join(dst, "etc")}
+	// Saved iptables-save / nft output, when the fixture has some.
+	if st, err := os.Stat(filepath.Join(dst, "rules")); err == nil && st.IsDir() {
+		r.Rules = filepath.Join(dst, "rules")
+	}
+	return r
 }
 
 func readHost(t *testing.T, r Roots) *Host {
@@ -207,9 +212,13 @@ func TestRecommendFixtures(t *testing.T) {
 		}},
 		{"kube", nil, want{
 			max: 417792, hash: 417792, hashKey: "net.netfilter.nf_conntrack_buckets", established: 8400, defaultMax: 262144, entryBytes: 384,
-			warnings: []string{"kube-proxy sets nf_conntrack_max", "pid 4242",
-				"/etc/sysctl.d/95-k8s-conntrack.conf:2", "/etc/sysctl.d/95-k8s-conntrack.conf:3"},
-			notes: []string{"/etc/modprobe.d/nf_conntrack.conf:1 sets hashsize=32768"},
+			// kube-proxy owns max and the established timeout: the k8s
+			// sysctl file setting them is a note, not a boot-order warning
+			// (tune does not write them).
+			warnings: []string{"kube-proxy sets nf_conntrack_max", "pid 4242", "tune --apply does not set"},
+			notes: []string{"/etc/modprobe.d/nf_conntrack.conf:1 sets hashsize=32768",
+				"/etc/sysctl.d/95-k8s-conntrack.conf:2 sets net.netfilter.nf_conntrack_tcp_timeout_established = 86400; kube-proxy overwrites it",
+				"/etc/sysctl.d/95-k8s-conntrack.conf:3 sets net.netfilter.nf_conntrack_max = 131072; kube-proxy overwrites it"},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
