@@ -85,10 +85,17 @@ func newLab(t *testing.T, sshPorts ...uint16) *lab {
 
 func newLabOn(t *testing.T, be labBackend, sshPorts ...uint16) *lab {
 	t.Helper()
+	return newLabLoaded(t, be, (*lab).loadStateful, sshPorts...)
+}
+
+// newLabLoaded is newLabOn with the victim's firewall loaded by load
+// (instead of the lab's stateful rule) before ctguard sets up its own.
+func newLabLoaded(t *testing.T, be labBackend, load func(*lab), sshPorts ...uint16) *lab {
+	t.Helper()
 	testutil.RequireRoot(t, be.tools()...)
 	l := &lab{t: t, att: testutil.NewNS(t), vic: testutil.NewNS(t), now: time.Now, be: be}
 	testutil.Veth(t, l.att, "att0", attAddrs, l.vic, "vic0", vic4+"/24 "+vic6+"/64")
-	l.loadStateful()
+	load(l)
 
 	h, err := netns.GetFromName(l.vic.Name)
 	if err != nil {
