@@ -340,10 +340,15 @@ func TestRootWhyWithoutDaemon(t *testing.T) {
 
 // A real scrape of a daemon that banned: promtool check metrics has no
 // complaint, and every metric the dashboard and the alert rules use is in it.
+// The CrowdSec link is on, towards a port where no LAPI listens, so that its
+// series (failures, queued alerts) are there too.
 func TestRootMetricsScrape(t *testing.T) {
 	ns, _ := daemonLab(t)
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, "[metrics]\nlisten = \"127.0.0.1:9777\"\n")
+	os.WriteFile(filepath.Join(dir, "password"), []byte("pw\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "key"), []byte("key\n"), 0o600)
+	cfg := writeConfig(t, dir, fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:9777\"\n\n[crowdsec]\nurl = \"http://127.0.0.1:9/\"\npush = true\npassword_file = %q\npull = true\napi_key_file = %q\n",
+		filepath.Join(dir, "password"), filepath.Join(dir, "key")))
 	log, _ := startDaemon(t, ns, "--config", cfg)
 	waitFor(t, "the bot's ban", 10*time.Second, func() bool { return strings.Contains(log.String(), "action=ban target=203.0.113.110/32") })
 	var body string
@@ -351,7 +356,8 @@ func TestRootMetricsScrape(t *testing.T) {
 		var err error
 		body, err = ns.Output("bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9777 && printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3")
 		// Growth appears once two count samples are known.
-		return err == nil && strings.Contains(body, "ctguard_bans_total") && strings.Contains(body, "ctguard_conntrack_growth_per_second")
+		return err == nil && strings.Contains(body, "ctguard_bans_total") && strings.Contains(body, "ctguard_conntrack_growth_per_second") &&
+			strings.Contains(body, `ctguard_crowdsec_failures{direction="push"} `)
 	})
 	_, metrics, _ := strings.Cut(body, "\r\n\r\n")
 	for _, want := range []string{"ctguard_build_info{", "ctguard_scan_duration_seconds_bucket", "ctguard_pressure_state{level=\"calm\"}",
