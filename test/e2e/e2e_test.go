@@ -931,3 +931,117 @@ func setDrops(save string) uint64 {
 	}
 	return n
 }
+
+// needLAPI fails under CI and skips elsewhere when CrowdSec's Local API
+// cannot run (Debian: crowdsec, which .ci/run installs).
+func needLAPI(t *testing.T) {
+	t.Helper()
+	if err := lab.LAPIAvailable(); err != nil {
+		if testutil.InCI() {
+			t.Fatalf("%v (CI=true: refusing to skip)", err)
+		}
+		t.Skip(err)
+	}
+}
+
+// runFleet runs the fleet scenario under one of its defenses; both
+// ctguards' logs are shown when the test fails.
+func runFleet(t *testing.T, defense string) lab.FleetSummary {
+	t.Helper()
+	sc, err := lab.Find("fleet", !full())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ctguardBin := build(t)
+	def, err := lab.NewDefense(context.Background(), defense, sc, ctguardBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logA, logB lockedBuffer
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("CTGLAB_DEFENSE_LOG") != "" {
+			t.Logf("victim A's ctguard's log (last 12,000 bytes):\n%s", logA.Tail(12000))
+			t.Logf("victim B's ctguard's log (last 12,000 bytes):\n%s", logB.Tail(12000))
+		}
+	})
+	opt := lab.Options{LabBin: labBin(t), Log: logger(t), DefenseLog: &logA, DefenseLogB: &logB}
+	ctx, cancel := context.WithTimeout(context.Background(), sc.Total()+120*time.Second)
+	defer cancel()
+	started := time.Now()
+	res, err := lab.RunFleet(ctx, sc, def, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := res.Summary
+	t.Logf("%s (run %.0fs)", f.Line(), time.Since(started).Seconds())
+	if t.Failed() || os.Getenv("CTGLAB_DEFENSE_LOG") != "" {
+		t.Logf("LAPI log:\n%s", res.LAPILog)
+	}
+	if !f.A.Tracked || !f.B.Tracked {
+		t.Fatal("conntrack held no entries in a victim: its stateful ruleset did not switch tracking on")
+	}
+	if f.Sources == 0 || f.Uncovered > 0 {
+		t.Fatalf("%d of the attack's %d sources were not in A's bans at the turn (the bots tried %d of their %d connections on A): the machine was too loaded to run this attack in time, so B met sources A never saw; result inconclusive",
+			f.Uncovered, f.Sources, f.AttemptsA, f.Planned)
+	}
+	return f
+}
+
+// Two victims behind one router, each with ctguard on its defaults, share
+// one CrowdSec Local API (Debian's crowdsec 1.4, run in the router):
+// silent bots attack victim A, which bans them and pushes its bans; then
+// the same sources turn to victim B, whose ctguard pulled A's bans every
+// second and so drops the bots before they hold a single bot's worth of
+// entries (300). Every one of A's bans is in B's sets within the pull
+// interval plus a second, before the attack reaches B; nobody legit is
+// banned on either victim and every probe to either is answered. Without
+// the LAPI (ctguard-isolated) B meets the attack as A did: it holds
+// thousands of the bots' entries before its own bans.
+func TestFleet(t *testing.T) {
+	needLab(t)
+	t.Run("fleet", func(t *testing.T) {
+		needLAPI(t)
+		f := runFleet(t, "ctguard-fleet")
+		if f.AOwn == 0 {
+			t.Fatalf("victim A's ctguard banned none of the bots itself (%d attack bans)", f.A.AttackBans)
+		}
+		if f.B.PeakAttackHeld < 0 || f.B.PeakAttackHeld > 300 {
+			t.Errorf("victim B held up to %d entries of the attack's sources, want at most one bot's 300", f.B.PeakAttackHeld)
+		}
+		if f.BeforeTurn != f.AOwn || f.EnforcedB != f.AOwn {
+			t.Errorf("of A's %d own bans, B's sets held %d at the turn and %d at all, want every one", f.AOwn, f.BeforeTurn, f.EnforcedB)
+		}
+		if bound := lab.FleetPullInterval + time.Second; f.LagMax < 0 || f.LagMax > bound {
+			t.Errorf("from A's ban to B's set: at most %s (median %s), want within %s (the pull interval plus a second)", f.LagMax, f.LagP50, bound)
+		}
+		if f.B.AttackSent+f.B.AttackFailed == 0 {
+			t.Error("the bots never turned to victim B")
+		}
+		if f.BDrops == 0 || f.BFirstDrop < 0 || f.BFirstDrop > 2*time.Second {
+			t.Errorf("B's ctguard dropped %d packets after the turn, the first %s after it: want drops from the turn on", f.BDrops, f.BFirstDrop)
+		}
+		checkFleetLegit(t, f)
+	})
+	t.Run("isolated", func(t *testing.T) {
+		f := runFleet(t, "ctguard-isolated")
+		if f.B.PeakAttackHeld <= 300 || f.BeforeTurn != 0 || f.BOwn == 0 {
+			t.Errorf("without the LAPI B held up to %d of the bots' entries, had %d of A's bans at the turn and banned %d itself: want more than 300, none and some",
+				f.B.PeakAttackHeld, f.BeforeTurn, f.BOwn)
+		}
+		checkFleetLegit(t, f)
+	})
+}
+
+// checkFleetLegit: no false ban and (nearly) every probe answered, on
+// both victims.
+func checkFleetLegit(t *testing.T, f lab.FleetSummary) {
+	t.Helper()
+	if f.A.FalseBans != 0 || f.B.FalseBans != 0 {
+		t.Errorf("false bans: A %v, B %v", f.A.FalseBanList, f.B.FalseBanList)
+	}
+	for name, s := range map[string]lab.Summary{"A": f.A, "B": f.B} {
+		if s.Probes == 0 || s.ProbesOK*100 < s.Probes*98 {
+			t.Errorf("victim %s answered %d of %d probes, want at least 98%%; failed: %v", name, s.ProbesOK, s.Probes, s.ProbeFailures)
+		}
+	}
+}

@@ -45,6 +45,9 @@ type Defense struct {
 	// environment variables for a Native Proc (ctguard-ipset: a PATH that
 	// finds the legacy iptables tools under their plain names).
 	Env func(dir string) []string
+	// LAPI (the fleet scenario's ctguard-fleet) runs CrowdSec's Local API
+	// in the router and links each victim's ctguard to it, push and pull.
+	LAPI bool
 }
 
 // MeterLimit is the per-source limit of the "meter" defense: the
@@ -86,7 +89,10 @@ var OptionalDefenses = []string{"ctguard-ipset"}
 
 // DefensesFor is the defenses sc runs under.
 func DefensesFor(sc Scenario) []string {
-	if sc.Apache {
+	switch {
+	case sc.Fleet:
+		return FleetDefenses
+	case sc.Apache:
 		return ApacheDefenses
 	}
 	return DefenseNames
@@ -105,7 +111,7 @@ func DefensesAsked(sc Scenario, asked []string) []string {
 			out = append(out, d)
 		}
 	}
-	if sc.Apache {
+	if sc.Apache || sc.Fleet {
 		return out
 	}
 	for _, d := range OptionalDefenses {
@@ -158,8 +164,13 @@ func NewDefense(ctx context.Context, name string, sc Scenario, ctguardBin string
 		}, nil
 	case "ctguard-ipset":
 		return ctguardIPSet(ctx, ctguardBin)
+	case "ctguard-isolated", "ctguard-fleet":
+		if !sc.Fleet {
+			return Defense{}, fmt.Errorf("defense %s is for the fleet scenario only", name)
+		}
+		return fleetDefense(ctx, name, ctguardBin)
 	}
-	return Defense{}, fmt.Errorf("unknown defense %q (have %v, %v, %v)", name, DefenseNames, ApacheDefenses[1:3], OptionalDefenses)
+	return Defense{}, fmt.Errorf("unknown defense %q (have %v, %v, %v, %v)", name, DefenseNames, ApacheDefenses[1:3], OptionalDefenses, FleetDefenses)
 }
 
 // ctguardIPSet is ctguard run with enforce.backend = "ipset" on a victim

@@ -39,6 +39,8 @@ type Options struct {
 	// DefenseLog, if set, receives the whole log of a native defense
 	// (ctguard's decisions), not just the tail kept for errors.
 	DefenseLog io.Writer
+	// DefenseLogB is DefenseLog for victim B's ctguard (RunFleet).
+	DefenseLogB io.Writer
 }
 
 // Records is everything the processes reported.
@@ -105,6 +107,9 @@ type run struct {
 	trees []int    // pids whose descendants are killed at the end (sshd)
 	// apacheLog is the path of Apache's error log, if it runs.
 	apacheLog string
+	// sinks route the records of the named processes elsewhere than rec
+	// (the fleet's victim B has its own monitor and probes).
+	sinks map[string]*Records
 }
 
 // Run runs one scenario under one defense in a fresh topology and always
@@ -112,6 +117,9 @@ type run struct {
 func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, error) {
 	if opt.LabBin == "" {
 		return nil, errors.New("lab: no lab binary")
+	}
+	if sc.Fleet {
+		return nil, fmt.Errorf("lab: %s has two victims: run it with RunFleet", sc.Name)
 	}
 	if opt.StateDir == "" {
 		opt.StateDir = topo.DefaultStateDir
@@ -399,9 +407,7 @@ func (r *run) startDefense(ctx context.Context, def Defense, total time.Duration
 // CTGUARD chain in the raw table of iptables and ip6tables.
 func (r *run) defenseReady(ctx context.Context, def Defense) error {
 	if def.NFTTable != "" {
-		args := append([]string{"nft", "list", "table"}, strings.Fields(def.NFTTable)...)
-		_, err := r.topo.Output(ctx, topo.Victim, args...)
-		return err
+		return r.tableReady(ctx, def, topo.Victim)
 	}
 	names, err := r.topo.Output(ctx, topo.Victim, "ipset", "list", "-n")
 	if err != nil {
@@ -426,6 +432,14 @@ func (r *run) defenseReady(ctx context.Context, def Defense) error {
 		}
 	}
 	return nil
+}
+
+// tableReady says whether the defense's nftables table is in role's
+// namespace.
+func (r *run) tableReady(ctx context.Context, def Defense, role string) error {
+	args := append([]string{"nft", "list", "table"}, strings.Fields(def.NFTTable)...)
+	_, err := r.topo.Output(ctx, role, args...)
+	return err
 }
 
 // startNative runs a program that is not a lab role (ctguard, sshd): no
@@ -504,19 +518,23 @@ func (r *run) read(name string, out io.Reader) {
 			continue
 		}
 		r.mu.Lock()
+		dst := &r.rec
+		if s := r.sinks[name]; s != nil {
+			dst = s
+		}
 		switch rec.Kind {
 		case "ready":
 			r.ready[name] = true
 		case "sample":
-			r.rec.Samples = append(r.rec.Samples, rec)
+			dst.Samples = append(dst.Samples, rec)
 		case "probe":
-			r.rec.Probes = append(r.rec.Probes, rec)
+			dst.Probes = append(dst.Probes, rec)
 		case "ban":
-			r.rec.Bans = append(r.rec.Bans, rec)
+			dst.Bans = append(dst.Bans, rec)
 		case "scan":
-			r.rec.Scans = append(r.rec.Scans, rec)
+			dst.Scans = append(dst.Scans, rec)
 		case "op":
-			r.rec.Ops = append(r.rec.Ops, rec)
+			dst.Ops = append(dst.Ops, rec)
 		case "progress":
 			if rec.Progress != nil {
 				r.rec.Progress[name] = rec.Progress

@@ -72,6 +72,13 @@ type Scenario struct {
 	// client still connects to the victim's address, and the victim's
 	// table holds the entries.
 	Container bool
+	// Fleet runs the scenario on two victims behind the router (RunFleet,
+	// topo.Options.Fleet): the Attack processes hit victim A; Turn after
+	// the attack started they are started again, the same sources, against
+	// victim B for the rest of AttackFor. The legit background runs against
+	// both victims, and a monitor samples each.
+	Fleet bool
+	Turn  time.Duration
 }
 
 // Total is the scenario's wall-clock length.
@@ -281,6 +288,16 @@ func Scenarios(short bool) []Scenario {
 			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(15*time.Second, 75*time.Second), BaselineEvery: 10 * time.Second,
 			Attack:  []Proc{botProc("low-and-slow", topo.SlowV4.String(), "spread24", 60, 14400, 28, 2000, 15000, victim443v4)},
 			Prefill: prefill(prefillProc("198.19.64.0/18", "spread24", 60, 8220, 28, victim443v4)),
+		},
+		{
+			Name: "fleet",
+			Desc: fmt.Sprintf("two victims behind one router: silent established bots (as bots-v4: %d rotating IPv4 sources x 300 connections, 64 active, up to 30k conn/s, dealt over %d /24s) attack victim A; %s after, the same sources turn to victim B; "+
+				"ctguard runs on both, alone (ctguard-isolated) or sharing its bans through one CrowdSec Local API (ctguard-fleet: push and pull every %s)",
+				fleetBots(short), fleetNets(short), pick(13*time.Second, 40*time.Second), FleetPullInterval),
+			Family: 4, Warmup: warm, Tail: tail, AttackFor: pick(21*time.Second, 80*time.Second), Turn: pick(13*time.Second, 40*time.Second),
+			BaselineEvery: 5 * time.Second, StatesEvery: time.Second,
+			Attack: []Proc{botProc("bots", topo.BotV4.String(), "spread24", fleetNets(short), fleetBots(short), 300, 64, 30000, victim443v4)},
+			Fleet:  true,
 		},
 		{
 			Name: "container",

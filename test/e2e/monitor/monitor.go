@@ -140,11 +140,14 @@ func Run(ctx context.Context, cfg Config, w *wire.Writer, log *slog.Logger) erro
 		}
 		mu.Unlock()
 		if len(cfg.IPSets) > 0 || cfg.NFTTable != "" {
-			bans, scoped, err := readBans(ctx, cfg)
+			bans, scoped, drops, err := readBans(ctx, cfg)
 			if err != nil && ctx.Err() == nil {
 				log.Warn("bans", "err", err)
-			} else if err == nil && (!slices.Equal(bans, lastBans) || !slices.Equal(scoped, lastScoped)) {
-				s.Bans, s.ScopedBans, s.BansChanged, lastBans, lastScoped = bans, scoped, true, bans, scoped
+			} else if err == nil {
+				s.DefenseDrops = drops
+				if !slices.Equal(bans, lastBans) || !slices.Equal(scoped, lastScoped) {
+					s.Bans, s.ScopedBans, s.BansChanged, lastBans, lastScoped = bans, scoped, true, bans, scoped
+				}
 			}
 		}
 		if err := w.Write(wire.Record{Kind: "sample", Sample: s}); err != nil {
@@ -242,12 +245,13 @@ func scopedIPSet(name string) bool {
 	return strings.HasPrefix(name, enforce.IPSetPrefix) && strings.HasSuffix(name, enforce.IPSetScopedSuffix)
 }
 
-// readBans returns every ban, and separately the scoped ones.
-func readBans(ctx context.Context, cfg Config) (bans, scoped []string, err error) {
+// readBans returns every ban, and separately the scoped ones, and the
+// packets the nftables table's drop rules dropped.
+func readBans(ctx context.Context, cfg Config) (bans, scoped []string, drops int64, err error) {
 	if len(cfg.IPSets) > 0 {
 		bySet, err := readIPSets(ctx, cfg.IPSets)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, 0, err
 		}
 		for set, b := range bySet {
 			bans = append(bans, b...)
@@ -257,9 +261,10 @@ func readBans(ctx context.Context, cfg Config) (bans, scoped []string, err error
 		}
 	}
 	if cfg.NFTTable != "" {
-		bySet, err := readNFTTable(ctx, cfg.NFTTable)
+		var bySet map[string][]string
+		bySet, drops, err = readNFTTable(ctx, cfg.NFTTable)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, 0, err
 		}
 		for set, b := range bySet {
 			bans = append(bans, b...)
@@ -270,7 +275,7 @@ func readBans(ctx context.Context, cfg Config) (bans, scoped []string, err error
 	}
 	slices.Sort(bans)
 	slices.Sort(scoped)
-	return bans, scoped, nil
+	return bans, scoped, drops, nil
 }
 
 func readIPSets(ctx context.Context, sets []string) (map[string][]string, error) {

@@ -32,6 +32,13 @@ func ParseNFTSets(r io.Reader) ([]string, error) {
 
 // ParseNFTSetElems is ParseNFTSets per set name.
 func ParseNFTSetElems(r io.Reader) (map[string][]string, error) {
+	out, _, err := ParseNFTTable(r)
+	return out, err
+}
+
+// ParseNFTTable is ParseNFTSetElems plus the packets dropped by the
+// table's rules that count and drop (ctguard's `... @ban4 counter drop`).
+func ParseNFTTable(r io.Reader) (map[string][]string, int64, error) {
 	var doc struct {
 		Nftables []struct {
 			Set *struct {
@@ -39,13 +46,20 @@ func ParseNFTSetElems(r io.Reader) (map[string][]string, error) {
 				Type json.RawMessage   `json:"type"`
 				Elem []json.RawMessage `json:"elem"`
 			} `json:"set"`
+			Rule *struct {
+				Expr []map[string]json.RawMessage `json:"expr"`
+			} `json:"rule"`
 		} `json:"nftables"`
 	}
 	if err := json.NewDecoder(r).Decode(&doc); err != nil {
-		return nil, fmt.Errorf("nft json: %w", err)
+		return nil, 0, fmt.Errorf("nft json: %w", err)
 	}
 	out := map[string][]string{}
+	var drops int64
 	for _, o := range doc.Nftables {
+		if o.Rule != nil {
+			drops += ruleDrops(o.Rule.Expr)
+		}
 		if o.Set == nil {
 			continue
 		}
@@ -58,12 +72,35 @@ func ParseNFTSetElems(r io.Reader) (map[string][]string, error) {
 		for _, raw := range o.Set.Elem {
 			v, err := nftValue(raw)
 			if err != nil {
-				return nil, fmt.Errorf("set %s: %w", o.Set.Name, err)
+				return nil, 0, fmt.Errorf("set %s: %w", o.Set.Name, err)
 			}
 			out[o.Set.Name] = append(out[o.Set.Name], v)
 		}
 	}
-	return out, nil
+	return out, drops, nil
+}
+
+// ruleDrops is the packet counter of a rule that drops, 0 for any other.
+func ruleDrops(exprs []map[string]json.RawMessage) int64 {
+	var packets int64
+	counted, drops := false, false
+	for _, e := range exprs {
+		if c, ok := e["counter"]; ok {
+			var v struct {
+				Packets int64 `json:"packets"`
+			}
+			if json.Unmarshal(c, &v) == nil {
+				packets, counted = v.Packets, true
+			}
+		}
+		if _, ok := e["drop"]; ok {
+			drops = true
+		}
+	}
+	if counted && drops {
+		return packets
+	}
+	return 0
 }
 
 func nftValue(raw json.RawMessage) (string, error) {
@@ -103,18 +140,19 @@ func nftValue(raw json.RawMessage) (string, error) {
 	return "", fmt.Errorf("element %s: unknown shape", raw)
 }
 
-// readNFTTable lists a table's address set elements per set; a missing
-// table (the defense has not set up yet) is an empty ban list.
-func readNFTTable(ctx context.Context, table string) (map[string][]string, error) {
+// readNFTTable lists a table's address set elements per set and the
+// packets its drop rules dropped; a missing table (the defense has not set
+// up yet) is an empty ban list.
+func readNFTTable(ctx context.Context, table string) (map[string][]string, int64, error) {
 	args := append([]string{"-j", "list", "table"}, strings.Fields(table)...)
 	cmd := exec.CommandContext(ctx, "nft", args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
 		if strings.Contains(errb.String(), "No such file or directory") {
-			return nil, nil
+			return nil, 0, nil
 		}
-		return nil, fmt.Errorf("nft list table %s: %w: %s", table, err, strings.TrimSpace(errb.String()))
+		return nil, 0, fmt.Errorf("nft list table %s: %w: %s", table, err, strings.TrimSpace(errb.String()))
 	}
-	return ParseNFTSetElems(&out)
+	return ParseNFTTable(&out)
 }

@@ -163,3 +163,20 @@ func TestParseNFTSets(t *testing.T) {
 		}
 	}
 }
+
+// The drop rules' counters of ctguard's table: rules that count and drop
+// add up; a counter without a drop, or a drop without a counter, does not.
+func TestParseNFTTableDrops(t *testing.T) {
+	in := `{"nftables": [{"table": {"family": "inet", "name": "ctguard", "handle": 1}}, {"set": {"family": "inet", "name": "net4", "table": "ctguard", "type": "ipv4_addr", "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "198.18.0.0", "len": 24}}, "timeout": 3600, "expires": 3599}}]}},
+{"rule": {"family": "inet", "table": "ctguard", "chain": "prerouting", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@ban4"}}, {"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}},
+{"rule": {"family": "inet", "table": "ctguard", "chain": "prerouting", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@net4"}}, {"counter": {"packets": 1200, "bytes": 72000}}, {"drop": null}]}},
+{"rule": {"family": "inet", "table": "ctguard", "chain": "prerouting", "handle": 7, "expr": [{"counter": {"packets": 99, "bytes": 1}}, {"accept": null}]}},
+{"rule": {"family": "inet", "table": "ctguard", "chain": "prerouting", "handle": 8, "expr": [{"drop": null}]}}]}`
+	bySet, drops, err := ParseNFTTable(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drops != 1207 || strings.Join(bySet["net4"], " ") != "198.18.0.0/24" {
+		t.Fatalf("drops %d, sets %v: want 1207 and net4 198.18.0.0/24", drops, bySet)
+	}
+}

@@ -3,7 +3,10 @@
 // veth pairs through the router, with AnyIP client ranges and the victim's
 // stateful firewall (nftables, or iptables-legacy). Optionally a fifth
 // namespace, a container behind the victim, serves the victim's port 443
-// through a DNAT rule in the victim, as Docker publishes a port.
+// through a DNAT rule in the victim, as Docker publishes a port. Or, for
+// the fleet scenario, a second victim (victim B) with its own link to the
+// router, and an address on the router where CrowdSec's Local API listens
+// for both victims.
 //
 // It must never touch the root namespace: every command runs with
 // `ip -n NS` or `ip netns exec NS`, and only namespaces whose names carry
@@ -42,6 +45,8 @@ const (
 	Legit    = "legit"
 	// Container is the optional namespace behind the victim (Options.Container).
 	Container = "container"
+	// VictimB is the fleet's second victim (Options.Fleet).
+	VictimB = "victim-b"
 )
 
 // Address plan. Attack and legit ranges never share a /24 (or a /64).
@@ -87,7 +92,19 @@ var (
 	ContainerV4   = netip.MustParseAddr("198.51.100.18")
 	ContainerGWV6 = netip.MustParseAddr("2001:db8:ff:4::1")
 	ContainerV6   = netip.MustParseAddr("2001:db8:ff:4::2")
+
+	// The fleet's second victim (Options.Fleet): a link of its own to the
+	// router, the same firewall and its own server.
+	VictimBV4 = netip.MustParseAddr("198.51.100.14")
+	VictimBV6 = netip.MustParseAddr("2001:db8:ff:5::2")
+	// LAPIV4 is an address of the router's own (on its loopback), where
+	// the fleet's CrowdSec Local API listens (port LAPIPort); both victims
+	// reach it through their default route.
+	LAPIV4 = netip.MustParseAddr("198.51.100.20")
 )
+
+// LAPIPort is the port of the fleet's Local API (CrowdSec's default).
+const LAPIPort = 8080
 
 // PublishedPort is the victim's port that the container option DNATs to
 // the same port of the container, like Docker's -p 443:443.
@@ -174,6 +191,9 @@ type Options struct {
 	// victim forwarding: a service published from a container. The lab
 	// server then runs in the container.
 	Container bool
+	// Fleet adds VictimB, a second victim behind the router with the same
+	// firewall, and LAPIV4 on the router's loopback.
+	Fleet bool
 }
 
 var seq atomic.Int64
@@ -209,6 +229,9 @@ func (t *Topology) roles() []string {
 	r := []string{Victim, Router, Attacker, Legit}
 	if t.Opt.Container {
 		r = append(r, Container)
+	}
+	if t.Opt.Fleet {
+		r = append(r, VictimB)
 	}
 	return r
 }
@@ -251,14 +274,18 @@ func (t *Topology) Setup(ctx context.Context) error {
 			return err
 		}
 	}
-	links := []struct {
+	type link struct {
 		role, ifc, rifc string
 		v4, rv4         string
 		v6, rv6         string
-	}{
+	}
+	links := []link{
 		{Victim, "eth0", "r-victim", "198.51.100.2/30", "198.51.100.1/30", "2001:db8:ff:1::2/64", "2001:db8:ff:1::1/64"},
 		{Attacker, "eth0", "r-attacker", "198.51.100.6/30", "198.51.100.5/30", "2001:db8:ff:2::2/64", "2001:db8:ff:2::1/64"},
 		{Legit, "eth0", "r-legit", "198.51.100.10/30", "198.51.100.9/30", "2001:db8:ff:3::2/64", "2001:db8:ff:3::1/64"},
+	}
+	if t.Opt.Fleet {
+		links = append(links, link{VictimB, "eth0", "r-victim-b", VictimBV4.String() + "/30", "198.51.100.13/30", VictimBV6.String() + "/64", "2001:db8:ff:5::1/64"})
 	}
 	r := t.NS[Router]
 	for _, l := range links {
@@ -297,6 +324,9 @@ func (t *Topology) Setup(ctx context.Context) error {
 		{"ip", "-n", lg, "-6", "route", "add", "local", CrowdV6.String(), "dev", "lo"},
 		{"ip", "-n", lg, "-6", "route", "add", "local", ProbeV6.String(), "dev", "lo"},
 	}
+	if t.Opt.Fleet {
+		routes = append(routes, []string{"ip", "-n", r, "addr", "add", LAPIV4.String() + "/32", "dev", "lo"})
+	}
 	for _, c := range routes {
 		if err := run(ctx, nil, c...); err != nil {
 			return err
@@ -321,13 +351,21 @@ func (t *Topology) Setup(ctx context.Context) error {
 			return err
 		}
 	}
+	if t.Opt.Fleet {
+		sysctls[VictimB] = sysctls[Victim]
+	}
 	for role, kvs := range sysctls {
 		if err := t.sysctl(ctx, role, kvs); err != nil {
 			return err
 		}
 	}
-	if err := t.victimFirewall(ctx); err != nil {
+	if err := t.victimFirewall(ctx, Victim, t.Opt.Container); err != nil {
 		return err
+	}
+	if t.Opt.Fleet {
+		if err := t.victimFirewall(ctx, VictimB, false); err != nil {
+			return err
+		}
 	}
 	if err := t.Run(ctx, Attacker, strings.NewReader(attackerRuleset()), "nft", "-f", "-"); err != nil {
 		return err
@@ -344,17 +382,17 @@ func (t *Topology) sysctl(ctx context.Context, role string, kvs []string) error 
 	return t.Run(ctx, role, nil, "sh", "-ec", sb.String())
 }
 
-// victimFirewall loads the victim's stateful firewall in its flavour, and
-// the container's DNAT in the same flavour, so an iptables-legacy victim
-// has no nftables ruleset at all.
-func (t *Topology) victimFirewall(ctx context.Context) error {
+// victimFirewall loads a victim's (role's) stateful firewall in its
+// flavour, and the container's DNAT (dnat) in the same flavour, so an
+// iptables-legacy victim has no nftables ruleset at all.
+func (t *Topology) victimFirewall(ctx context.Context, role string, dnat bool) error {
 	switch t.Opt.Firewall {
 	case "", FirewallNFT:
 		rules := VictimRuleset
-		if t.Opt.Container {
+		if dnat {
 			rules += containerDNAT()
 		}
-		return t.Run(ctx, Victim, strings.NewReader(rules), "nft", "-f", "-")
+		return t.Run(ctx, role, strings.NewReader(rules), "nft", "-f", "-")
 	case FirewallIPTablesLegacy:
 		for _, v6 := range []bool{false, true} {
 			prog := "iptables-legacy-restore"
@@ -362,10 +400,10 @@ func (t *Topology) victimFirewall(ctx context.Context) error {
 				prog = "ip6tables-legacy-restore"
 			}
 			rules := victimIPTables(v6)
-			if t.Opt.Container {
+			if dnat {
 				rules += containerDNATIPTables(v6)
 			}
-			if err := t.Run(ctx, Victim, strings.NewReader(rules), prog); err != nil {
+			if err := t.Run(ctx, role, strings.NewReader(rules), prog); err != nil {
 				return err
 			}
 		}
@@ -436,7 +474,15 @@ func (t *Topology) waitPaths(ctx context.Context) error {
 		// The DNAT'ed connections' second leg.
 		paths[Victim] = []string{ContainerV4.String(), ContainerV6.String()}
 	}
-	for _, role := range []string{Attacker, Legit, Victim} {
+	if t.Opt.Fleet {
+		for _, role := range []string{Attacker, Legit} {
+			paths[role] = append(paths[role], VictimBV4.String(), VictimBV6.String())
+		}
+		// Both victims reach the Local API's address.
+		paths[Victim] = append(paths[Victim], LAPIV4.String())
+		paths[VictimB] = []string{LAPIV4.String()}
+	}
+	for _, role := range []string{Attacker, Legit, Victim, VictimB} {
 		for _, dst := range paths[role] {
 			for {
 				err := t.Run(ctx, role, nil, "ping", "-c", "1", "-W", "1", "-q", dst)

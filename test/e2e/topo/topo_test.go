@@ -43,12 +43,27 @@ func TestNames(t *testing.T) {
 	if _, ok := a.NS[Container]; ok || b.NS[Container] == "" || a.ServerRole() != Victim || b.ServerRole() != Container {
 		t.Fatalf("container namespace: without the option %q, with it %q", a.NS[Container], b.NS[Container])
 	}
-	// The container's link is neither a client range nor the prefilled
-	// forwarded entries' range.
+	// The container's link, victim B's and the LAPI's address are neither a
+	// client range nor the prefilled forwarded entries' range, nor another
+	// link.
 	for _, r := range append(append([]netip.Prefix{FwdV4}, AttackRanges...), LegitRanges...) {
 		if r.Contains(ContainerV4) || r.Contains(ContainerGWV4) || r.Contains(ContainerV6) || r.Contains(ContainerGWV6) {
 			t.Fatalf("the container's link overlaps %s", r)
 		}
+		if r.Contains(VictimBV4) || r.Contains(VictimBV6) || r.Contains(LAPIV4) {
+			t.Fatalf("victim B or the LAPI overlaps %s", r)
+		}
+	}
+	links := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/30"), netip.MustParsePrefix("198.51.100.4/30"),
+		netip.MustParsePrefix("198.51.100.8/30"), netip.MustParsePrefix("198.51.100.16/30")}
+	for _, l := range links {
+		if l.Contains(VictimBV4) || l.Contains(LAPIV4) {
+			t.Fatalf("victim B (%s) or the LAPI (%s) is on the link %s", VictimBV4, LAPIV4, l)
+		}
+	}
+	f := New(t.TempDir(), nil, Options{Fleet: true})
+	if f.NS[VictimB] == "" || a.NS[VictimB] != "" || f.ServerRole() != Victim {
+		t.Fatalf("victim B's namespace: with the fleet option %q, without it %q", f.NS[VictimB], a.NS[VictimB])
 	}
 	for _, p := range AttackRanges {
 		for _, l := range LegitRanges {

@@ -47,6 +47,10 @@ type Sample struct {
 	// after a watch walk (WatchSampled) only.
 	Watch        []int64 `json:"watch,omitempty"`
 	WatchSampled bool    `json:"watch_sampled,omitempty"`
+	// DefenseDrops is the packets the defense's own drop rules have dropped
+	// (the counters of the rules that drop in its nftables table),
+	// cumulative; only with a table to read.
+	DefenseDrops int64 `json:"defense_drops,omitempty"`
 }
 
 // Probe is the outcome of one legit connection attempt.

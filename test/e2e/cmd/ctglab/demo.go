@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ctguard/ctguard/test/e2e/lab"
+	"github.com/ctguard/ctguard/test/e2e/plot"
 )
 
 func init() {
@@ -27,6 +28,9 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	defs := fs.String("defenses", "none,baseline,ctguard", "defenses to run, in order")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if sc, err := lab.Find(*name, *short); err == nil && sc.Fleet {
+		return usagef("%s has two victims: run it with ctglab run or ctglab results", sc.Name)
 	}
 	var sums []lab.Summary
 	var runs []*lab.Result
@@ -55,6 +59,10 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 }
 
 func writeChart(path string, runs []*lab.Result) error {
+	return writeSVG(path, lab.Chart(runs))
+}
+
+func writeSVG(path string, c plot.Chart) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
@@ -62,7 +70,7 @@ func writeChart(path string, runs []*lab.Result) error {
 	if err != nil {
 		return err
 	}
-	err = lab.Chart(runs).WriteSVG(f)
+	err = c.WriteSVG(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -79,7 +87,7 @@ func runResults(ctx context.Context, e *env, args []string) error {
 	short := fs.Bool("short", false, "short (CI) versions")
 	only := fs.String("scenarios", "", "comma-separated subset (default: all)")
 	defs := fs.String("defenses", "", "comma-separated subset of "+strings.Join(lab.DefenseNames, ", ")+
-		" (Apache variants: "+strings.Join(lab.ApacheDefenses[1:3], ", ")+"), or "+strings.Join(lab.OptionalDefenses, ", ")+
+		" (Apache variants: "+strings.Join(lab.ApacheDefenses[1:3], ", ")+"; fleet: "+strings.Join(lab.FleetDefenses, ", ")+"), or "+strings.Join(lab.OptionalDefenses, ", ")+
 		", which runs only when named (default: every scenario's own set)")
 	ctg := fs.String("ctguard", "bin/ctguard", "ctguard binary")
 	step := fs.Int("csv-step", 4, "keep every n-th 250 ms sample in the CSVs (4: one per second)")
@@ -87,7 +95,8 @@ func runResults(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	for _, d := range strings.Split(*defs, ",") {
-		known := slices.Contains(lab.DefenseNames, d) || slices.Contains(lab.ApacheDefenses, d) || slices.Contains(lab.OptionalDefenses, d)
+		known := slices.Contains(lab.DefenseNames, d) || slices.Contains(lab.ApacheDefenses, d) || slices.Contains(lab.OptionalDefenses, d) ||
+			slices.Contains(lab.FleetDefenses, d)
 		if d != "" && !known {
 			return usagef("--defenses: unknown defense %q", d)
 		}
@@ -100,6 +109,7 @@ func runResults(ctx context.Context, e *env, args []string) error {
 	}
 	started := time.Now()
 	var sums []lab.Summary
+	var fleet []lab.FleetSummary
 	for _, sc := range lab.All(*short) {
 		if len(want) > 0 && !want[sc.Name] {
 			continue
@@ -108,6 +118,26 @@ func runResults(ctx context.Context, e *env, args []string) error {
 		var asked []string
 		if *defs != "" {
 			asked = strings.Split(*defs, ",")
+		}
+		if sc.Fleet {
+			var fruns []*lab.FleetResult
+			for _, d := range lab.DefensesAsked(sc, asked) {
+				f, res, err := runFleetOne(ctx, e, sc, d, *ctg, *out, *step)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(e.stdout, f.Line())
+				fleet = append(fleet, f)
+				if res != nil {
+					fruns = append(fruns, res)
+				}
+			}
+			if len(fruns) > 0 {
+				if err := writeSVG(filepath.Join(*out, sc.Name+".svg"), lab.FleetChart(fruns)); err != nil {
+					return err
+				}
+			}
+			continue
 		}
 		for _, d := range lab.DefensesAsked(sc, asked) {
 			s, res, err := runOne(ctx, e, sc.Name, d, *ctg, *out, *short, *step)
@@ -154,6 +184,11 @@ func runResults(ctx context.Context, e *env, args []string) error {
 		b.WriteString(apacheIntro)
 		b.WriteString(lab.MarkdownTable(apache))
 	}
+	if len(fleet) > 0 {
+		b.WriteString("\n## Two victims, one Local API (fleet)\n\n")
+		b.WriteString(fleetIntro)
+		b.WriteString(lab.FleetTable(fleet))
+	}
 	b.WriteString("\nScenarios:\n\n")
 	for _, sc := range lab.All(*short) {
 		if len(want) > 0 && !want[sc.Name] {
@@ -167,12 +202,27 @@ func runResults(ctx context.Context, e *env, args []string) error {
 			break
 		}
 	}
+	for _, f := range fleet {
+		if f.A.Unavailable != "" {
+			fmt.Fprintf(&b, "\n`%s` row: %s.\n", f.Defense, f.A.Unavailable)
+		}
+	}
 	if err := os.WriteFile(*md, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "wrote %s\n", *md)
 	return nil
 }
+
+// fleetIntro explains the fleet table.
+const fleetIntro = "A second victim (B: 198.51.100.14, 2001:db8:ff:5::2) sits behind the same router with the same firewall, its own lab server, " +
+	"probes, crowd and NAT gateways. The silent bots attack victim A; at the turn the same sources attack victim B. " +
+	"ctguard runs on both victims with its defaults: `ctguard-isolated` has nothing between them; under `ctguard-fleet` a CrowdSec 1.4 Local API " +
+	"runs in the router (its own database, from a copy of /etc/crowdsec/config.yaml) with a machine and a bouncer for each ctguard, " +
+	"and each ctguard pushes its bans there and pulls the other's every second (`[crowdsec]` push and pull, each with its own scenario). " +
+	"\"B peak attack entries\" is the most entries of the attack's sources in B's table at once (a table walk every second, from the turn); " +
+	"\"B first drop\" when B's ctguard's drop counters first grew after the turn; \"A's ban to B's set\" from A's set first holding " +
+	"one of A's own bans (or a prefix around it) to B's set first holding it, as the two monitors saw them (every 250 ms).\n\n"
 
 // apacheIntro explains the Apache table.
 const apacheIntro = "The victim also runs Apache (Debian's apache2 package, its default event MPM limits: 150 request workers; " +
@@ -209,8 +259,16 @@ func runPlot(ctx context.Context, e *env, args []string) error {
 	c := lab.Chart(nil)
 	c.Title, c.Subtitle, c.AttackTo = "ctguard lab: "+sc.Name, sc.Desc, sc.AttackFor.Seconds()
 	// Every defense that may have run it: the scenario's own and the
-	// optional ones (ctguard-ipset).
+	// optional ones (ctguard-ipset). The fleet's runs have a CSV per victim.
+	var names []string
 	for _, d := range append(slices.Clone(lab.DefensesFor(sc)), lab.OptionalDefenses...) {
+		if sc.Fleet {
+			names = append(names, d+"-a", d+"-b")
+			continue
+		}
+		names = append(names, d)
+	}
+	for _, d := range names {
 		f, err := os.Open(filepath.Join(*dir, fmt.Sprintf("%s-%s.csv", sc.Name, d)))
 		if err != nil {
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -45,6 +46,9 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 	sc, err := lab.Find(name, short)
 	if err != nil {
 		return lab.Summary{}, nil, usagef("%v", err)
+	}
+	if sc.Fleet {
+		return lab.Summary{}, nil, usagef("%s has two victims (runFleetOne)", sc.Name)
 	}
 	def, err := lab.NewDefense(ctx, defense, sc, ctguardBin)
 	if errors.Is(err, lab.ErrUnavailable) {
@@ -110,16 +114,87 @@ func runOne(ctx context.Context, e *env, name, defense, ctguardBin, outDir strin
 	return res.Summary, res, nil
 }
 
+// runFleetOne runs the fleet scenario under one defense and writes, per
+// victim (-a, -b), its CSV and its ctguard's log, plus the LAPI's log and
+// the summary; an unavailable defense is reported in the summary.
+func runFleetOne(ctx context.Context, e *env, sc lab.Scenario, defense, ctguardBin, outDir string, csvStep int) (lab.FleetSummary, *lab.FleetResult, error) {
+	def, err := lab.NewDefense(ctx, defense, sc, ctguardBin)
+	if errors.Is(err, lab.ErrUnavailable) {
+		return lab.FleetSummary{Scenario: sc.Name, Defense: defense, A: lab.Summary{Unavailable: err.Error()}}, nil, nil
+	}
+	if err != nil {
+		return lab.FleetSummary{}, nil, usagef("%v", err)
+	}
+	bin, err := selfBin()
+	if err != nil {
+		return lab.FleetSummary{}, nil, err
+	}
+	e.log.Info("running", "scenario", sc.Name, "defense", def.Name, "seconds", sc.Total().Seconds())
+	opt := lab.Options{LabBin: bin, Log: e.log}
+	base := filepath.Join(outDir, fmt.Sprintf("%s-%s", sc.Name, def.Name))
+	if outDir != "" {
+		if err := os.MkdirAll(outDir, 0o755); err != nil {
+			return lab.FleetSummary{}, nil, err
+		}
+		for _, v := range []struct {
+			suffix string
+			w      *io.Writer
+		}{{"-a.log", &opt.DefenseLog}, {"-b.log", &opt.DefenseLogB}} {
+			f, err := os.Create(base + v.suffix)
+			if err != nil {
+				return lab.FleetSummary{}, nil, err
+			}
+			defer f.Close()
+			*v.w = f
+		}
+	}
+	res, err := lab.RunFleet(ctx, sc, def, opt)
+	if err != nil {
+		return lab.FleetSummary{}, nil, fmt.Errorf("%s/%s: %w", sc.Name, def.Name, err)
+	}
+	if outDir == "" {
+		return res.Summary, res, nil
+	}
+	for suffix, v := range map[string]*lab.Result{"-a.csv": res.A, "-b.csv": res.B} {
+		f, err := os.Create(base + suffix)
+		if err != nil {
+			return res.Summary, res, err
+		}
+		err = lab.WriteCSV(f, v.Rows, csvStep)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return res.Summary, res, fmt.Errorf("write %s%s: %w", base, suffix, err)
+		}
+	}
+	if res.LAPILog != "" {
+		if err := os.WriteFile(base+"-lapi.log", []byte(res.LAPILog), 0o644); err != nil {
+			return res.Summary, res, err
+		}
+	}
+	note := lab.FleetNote(res.Summary, def.Note) + "\n" + res.Summary.Line() + "\n"
+	return res.Summary, res, os.WriteFile(base+".summary", []byte(note), 0o644)
+}
+
 func runRun(ctx context.Context, e *env, args []string) error {
 	fs := newFlags("run", e)
 	name := fs.String("scenario", "bots-v4", "scenario (see ctglab list)")
-	defense := fs.String("defense", "none", "none, baseline, meter, ctguard, ctguard-noclose, ctguard-nowatch or ctguard-ipset")
+	defense := fs.String("defense", "none", "none, baseline, meter, ctguard, ctguard-noclose, ctguard-nowatch or ctguard-ipset; for the fleet scenario ctguard-isolated or ctguard-fleet")
 	short := fs.Bool("short", false, "short (CI) version")
 	out := fs.String("out", "out/lab", "directory for the CSV")
 	step := fs.Int("csv-step", 1, "keep every n-th sample in the CSV")
 	ctg := fs.String("ctguard", "bin/ctguard", "ctguard binary (defense ctguard)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if sc, err := lab.Find(*name, *short); err == nil && sc.Fleet {
+		f, _, err := runFleetOne(ctx, e, sc, *defense, *ctg, *out, *step)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, f.Line())
+		return nil
 	}
 	s, _, err := runOne(ctx, e, *name, *defense, *ctg, *out, *short, *step)
 	if err != nil {
