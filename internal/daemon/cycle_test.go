@@ -96,9 +96,17 @@ func newFakeDaemon(t *testing.T, h *fakeHost, mod func(*config.Config)) *fakeDae
 		src, _, _ := strings.Cut(strings.SplitN(l, "src=", 2)[1], " ")
 		f.ct.Entries[netip.MustParseAddr(src)]++
 	}
+	f.d = startFake(t, c, f.fw, f.ct, f.log)
+	return f
+}
+
+// startFake makes a daemon on the given fakes, logging to log at debug
+// level, and restores its (empty) table.
+func startFake(t *testing.T, c config.Config, fw enforce.Firewall, purger enforce.Purger, log *bytes.Buffer) *Daemon {
+	t.Helper()
 	d, err := New(context.Background(), Options{
-		Log: slog.New(slog.NewTextHandler(f.log, &slog.HandlerOptions{Level: slog.LevelDebug})), Config: c,
-		Firewall: f.fw, Purger: f.ct,
+		Log: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})), Config: c,
+		Firewall: fw, Purger: purger,
 		Interfaces: func() ([]netip.Prefix, error) { return []netip.Prefix{netip.MustParsePrefix("192.0.2.10/24")}, nil },
 	})
 	if err != nil {
@@ -108,8 +116,7 @@ func newFakeDaemon(t *testing.T, h *fakeHost, mod func(*config.Config)) *fakeDae
 	if _, err := d.eng.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	f.d = d
-	return f
+	return d
 }
 
 func (f *fakeDaemon) banned() string {

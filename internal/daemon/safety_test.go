@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -40,19 +39,7 @@ func tableDaemon(t *testing.T, h *fakeHost, mod func(*config.Config)) (*Daemon, 
 	}
 	fw := enforce.NewFake(nil)
 	log := new(bytes.Buffer)
-	d, err := New(context.Background(), Options{
-		Log: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})), Config: c,
-		Firewall: fw, Purger: tbl,
-		Interfaces: func() ([]netip.Prefix, error) { return []netip.Prefix{netip.MustParsePrefix("192.0.2.10/24")}, nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	if _, err := d.eng.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return d, fw, tbl, log
+	return startFake(t, c, fw, tbl, log), fw, tbl, log
 }
 
 // The blast-radius breaker on a whole cycle: twenty silent bots in twenty

@@ -2,6 +2,7 @@ package tune
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -299,9 +300,17 @@ func TestRootPolicySnippet(t *testing.T) {
 			ln.Close()
 		}
 	})
+	checkPolicy(t, client, victim, 443, 8443)
+}
+
+// checkPolicy connects from client to the victim's port short (which the
+// policy's 600 s timeout covers) and port long (which it must not), and
+// checks the established timeouts of their entries.
+func checkPolicy(t *testing.T, client, victim *testutil.NS, short, long uint16) {
+	t.Helper()
 	client.Do(t, func() {
-		for _, port := range []string{"443", "8443"} {
-			c, err := net.DialTimeout("tcp", "192.0.2.10:"+port, 5*time.Second)
+		for _, port := range []uint16{short, long} {
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("192.0.2.10:%d", port), 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -310,13 +319,13 @@ func TestRootPolicySnippet(t *testing.T) {
 	})
 	time.Sleep(200 * time.Millisecond) // the final ACK of each handshake
 	victim.Do(t, func() {
-		short, long := remaining(t, 443), remaining(t, 8443)
-		t.Logf("established timeout with the policy: :443 %d s, :8443 %d s", short, long)
-		if short > 600 || short < 590 {
-			t.Errorf(":443 entry has %d s left, want the policy's 600", short)
+		s, l := remaining(t, short), remaining(t, long)
+		t.Logf("established timeout with the policy: :%d %d s, :%d %d s", short, s, long, l)
+		if s > 600 || s < 590 {
+			t.Errorf(":%d entry has %d s left, want the policy's 600", short, s)
 		}
-		if long < 431990 {
-			t.Errorf(":8443 entry has %d s left, want the global 432000", long)
+		if l < 431990 {
+			t.Errorf(":%d entry has %d s left, want the global 432000", long, l)
 		}
 	})
 }
@@ -388,24 +397,5 @@ nft add rule ip nat pre tcp dport 9443 dnat to 172.17.0.2:443`)
 	}
 	serve(victim, "192.0.2.10:443")
 	serve(ctr, "172.17.0.2:443")
-	client.Do(t, func() {
-		for _, port := range []string{"443", "9443"} {
-			c, err := net.DialTimeout("tcp", "192.0.2.10:"+port, 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { c.Close() })
-		}
-	})
-	time.Sleep(200 * time.Millisecond) // the final ACK of each handshake
-	victim.Do(t, func() {
-		local, nated := remaining(t, 443), remaining(t, 9443)
-		t.Logf("established timeout with the policy: local :443 %d s, DNAT'ed :9443 %d s", local, nated)
-		if local > 600 || local < 590 {
-			t.Errorf("local :443 entry has %d s left, want the policy's 600", local)
-		}
-		if nated < 431990 {
-			t.Errorf("DNAT'ed :9443 entry has %d s left, want the global 432000", nated)
-		}
-	})
+	checkPolicy(t, client, victim, 443, 9443) // local :443, DNAT'ed :9443
 }
