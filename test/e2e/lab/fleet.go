@@ -143,6 +143,10 @@ type FleetSummary struct {
 	// two monitors saw them (250 ms apart); negative without any.
 	AOwn, EnforcedB, BeforeTurn int
 	LagMax, LagP50              time.Duration
+	// PulledLagMax is the same from the two ctguards' own records: from
+	// A's ban to B's ban of the same prefix, or one around it, pulled from
+	// the LAPI (origin crowdsec), to the millisecond; negative without any.
+	PulledLagMax time.Duration
 	// BOwn is the attack prefixes B's own policy banned.
 	BOwn int
 	// BDrops is the packets B's ctguard dropped from the turn to the end;
@@ -167,13 +171,20 @@ func (f FleetSummary) Line() string {
 		return fmt.Sprintf("scenario=%s defense=%s unavailable: %s", f.Scenario, f.Defense, f.A.Unavailable)
 	}
 	return fmt.Sprintf("scenario=%s defense=%s a_peak=%.1f%% (%d/%d) a_peak_attack_held=%s a_first_ban=%s a_bans=%d a_own_bans=%d "+
-		"b_peak_attack_held=%s b_first_drop=%s b_drops=%d b_held_at_turn=%d/%d b_enforced=%d/%d lag_max=%s lag_p50=%s b_own_bans=%d b_peak=%.1f%% "+
+		"b_peak_attack_held=%s b_first_drop=%s b_drops=%d b_held_at_turn=%d/%d b_enforced=%d/%d lag_max=%s lag_p50=%s pulled_lag_max=%s b_own_bans=%d b_peak=%.1f%% "+
 		"false_bans=%d/%d%s probes_ok_a=%s probes_ok_b=%s legit_failed_a=%d/%d legit_failed_b=%d/%d attack_a=%d/%d attack_b_sent=%d uncovered_at_turn=%d/%d",
 		f.Scenario, f.Defense, f.A.PeakPct, f.A.Peak, f.A.Max, held(f.A.PeakAttackHeld), dur(f.A.FirstBan), f.A.AttackBans, f.AOwn,
-		held(f.B.PeakAttackHeld), dur(f.BFirstDrop), f.BDrops, f.BeforeTurn, f.AOwn, f.EnforcedB, f.AOwn, dur(f.LagMax), dur(f.LagP50), f.BOwn, f.B.PeakPct,
+		held(f.B.PeakAttackHeld), dur(f.BFirstDrop), f.BDrops, f.BeforeTurn, f.AOwn, f.EnforcedB, f.AOwn, dur(f.LagMax), dur(f.LagP50), msDur(f.PulledLagMax), f.BOwn, f.B.PeakPct,
 		f.A.FalseBans, f.B.FalseBans, falseList(f), pct(f.A.ProbesOK, f.A.Probes), pct(f.B.ProbesOK, f.B.Probes),
 		f.A.LegitFailed, f.A.LegitSent+f.A.LegitFailed, f.B.LegitFailed, f.B.LegitSent+f.B.LegitFailed, f.AttemptsA, f.Planned, f.B.AttackSent,
 		f.Uncovered, f.Sources)
+}
+
+func msDur(d time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return d.Round(time.Millisecond).String()
 }
 
 func falseList(f FleetSummary) string {
@@ -204,6 +215,7 @@ var fleetMetrics = []struct {
 		}
 		return fmt.Sprintf("%s / %s (%d of %d)", dur(f.LagMax), dur(f.LagP50), f.EnforcedB, f.AOwn)
 	}},
+	{"A's ban to B's pulled ban, records (max)", func(f FleetSummary) string { return msDur(f.PulledLagMax) }},
 	{"B's own attack bans", func(f FleetSummary) string { return fmt.Sprint(f.BOwn) }},
 	{"false bans A / B", func(f FleetSummary) string {
 		return fmt.Sprintf("%d / %d%s", f.A.FalseBans, f.B.FalseBans, falseList(f))
@@ -708,6 +720,22 @@ func bansAt(samples []wire.Record, t time.Time) []string {
 	return bans
 }
 
+// pulledAt is when a ctguard first banned p, or a prefix around it, from
+// the LAPI.
+func pulledAt(bans []CtguardBan, p netip.Prefix) (time.Time, bool) {
+	var at time.Time
+	for _, b := range bans {
+		q, ok := banPrefix(b.Prefix)
+		if !ok || b.Origin != "crowdsec" || q.Bits() > p.Bits() || !q.Contains(p.Addr()) {
+			continue
+		}
+		if at.IsZero() || b.First.Before(at) {
+			at = b.First
+		}
+	}
+	return at, !at.IsZero()
+}
+
 // ownAttackBans is the attack prefixes a ctguard's own policy banned, with
 // when it first banned each.
 func ownAttackBans(bans []CtguardBan) []CtguardBan {
@@ -725,7 +753,7 @@ func ownAttackBans(bans []CtguardBan) []CtguardBan {
 // summarized).
 func SummarizeFleet(res *FleetResult) FleetSummary {
 	f := FleetSummary{Scenario: res.Scenario.Name, Defense: res.Defense.Name, A: res.A.Summary, B: res.B.Summary,
-		Linked: res.Defense.LAPI, LagMax: -1, LagP50: -1, BFirstDrop: -1}
+		Linked: res.Defense.LAPI, LagMax: -1, LagP50: -1, BFirstDrop: -1, PulledLagMax: -1}
 	atTurn := bansAt(res.B.Records.Samples, res.Turn)
 	own := ownAttackBans(res.BansA)
 	f.AOwn, f.BOwn = len(own), len(ownAttackBans(res.BansB))
@@ -752,6 +780,9 @@ func SummarizeFleet(res *FleetResult) FleetSummary {
 			ta = b.First
 		}
 		lags = append(lags, max(tb.Sub(ta), 0))
+		if at, ok := pulledAt(res.BansB, p); ok {
+			f.PulledLagMax = max(f.PulledLagMax, at.Sub(b.First))
+		}
 	}
 	if len(lags) > 0 {
 		slices.Sort(lags)

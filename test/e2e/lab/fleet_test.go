@@ -78,6 +78,11 @@ func TestSummarizeFleet(t *testing.T) {
 	if f.LagMax != 1500*time.Millisecond || f.LagP50 != 1500*time.Millisecond {
 		t.Errorf("lag max %s, median %s: want 1.5 s, 1.5 s", f.LagMax, f.LagP50)
 	}
+	// The records: the address at 0.9 s, B's /24 at 2.4 s; the /24s 1.4 to
+	// 2.4 s and 2.9 to 4.4 s.
+	if f.PulledLagMax != 1500*time.Millisecond {
+		t.Errorf("pulled lag max %s from the records, want 1.5 s", f.PulledLagMax)
+	}
 	if f.BFirstDrop != 500*time.Millisecond || f.BDrops != 40+19*20 {
 		t.Errorf("B's first drop %s after the turn, %d drops: want 0.5 s, 420", f.BFirstDrop, f.BDrops)
 	}
@@ -89,7 +94,7 @@ func TestSummarizeFleet(t *testing.T) {
 		t.Errorf("%d sources, %d not covered by A's bans at the turn: want 400, 0", f.Sources, f.Uncovered)
 	}
 	line := f.Line()
-	for _, want := range []string{"b_peak_attack_held=12", "b_held_at_turn=3/3", "lag_max=1.5s", "b_own_bans=1", "false_bans=0/0", "attack_a=120000/120000", "uncovered_at_turn=0/400"} {
+	for _, want := range []string{"b_peak_attack_held=12", "b_held_at_turn=3/3", "lag_max=1.5s", "pulled_lag_max=1.5s", "b_own_bans=1", "false_bans=0/0", "attack_a=120000/120000", "uncovered_at_turn=0/400"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("line %q lacks %q", line, want)
 		}
@@ -113,7 +118,8 @@ func TestSummarizeFleet(t *testing.T) {
 	for _, r := range res.B.Records.Samples {
 		r.Sample.Bans, r.Sample.BansChanged = nil, false
 	}
-	if f := SummarizeFleet(res); f.EnforcedB != 0 || f.BeforeTurn != 0 || f.LagMax >= 0 || !strings.Contains(FleetTable([]FleetSummary{f}), "| never |") {
+	res.BansB = res.BansB[2:]
+	if f := SummarizeFleet(res); f.EnforcedB != 0 || f.BeforeTurn != 0 || f.LagMax >= 0 || f.PulledLagMax >= 0 || !strings.Contains(FleetTable([]FleetSummary{f}), "| never |") {
 		t.Errorf("without B's bans: %+v", f)
 	}
 }
