@@ -14,34 +14,21 @@ import (
 //	go test ./internal/conntrack -run '^$' -bench PrefixMatcher -benchmem -count 6
 func BenchmarkPrefixMatcher(b *testing.B) {
 	ps, srcs := purgeWorkload(100_000, 262_144)
-	b.Run("old", func(b *testing.B) {
-		m := newOldPrefixMatcher(ps)
+	run := func(b *testing.B, match func(netip.Addr) int) {
 		b.ReportAllocs()
 		hits := 0
 		for b.Loop() {
 			for _, a := range srcs {
-				if m.match(a) >= 0 {
+				if match(a) >= 0 {
 					hits++
 				}
 			}
 		}
 		benchSink = hits
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(srcs)), "ns/lookup")
-	})
-	b.Run("new", func(b *testing.B) {
-		m := newPrefixMatcher(ps)
-		b.ReportAllocs()
-		hits := 0
-		for b.Loop() {
-			for _, a := range srcs {
-				if m.match(a) >= 0 {
-					hits++
-				}
-			}
-		}
-		benchSink = hits
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(srcs)), "ns/lookup")
-	})
+	}
+	b.Run("old", func(b *testing.B) { run(b, newOldPrefixMatcher(ps).match) })
+	b.Run("new", func(b *testing.B) { run(b, newPrefixMatcher(ps).match) })
 }
 
 var benchSink int

@@ -467,15 +467,8 @@ func RunFleet(ctx context.Context, sc Scenario, def Defense, opt Options) (*Flee
 		if err := sleep(runCtx, ph.dur); err != nil {
 			return nil, err
 		}
-		for _, h := range hs {
-			select {
-			case err := <-h.done:
-				h.done <- err
-			case <-time.After(5 * time.Second):
-				return nil, fmt.Errorf("%s did not stop after its %s", h.p.Name, ph.dur)
-			case <-runCtx.Done():
-				return nil, runCtx.Err()
-			}
+		if err := waitStopped(runCtx, hs, ph.dur); err != nil {
+			return nil, err
 		}
 	}
 	res.AttackEnd = time.Now()

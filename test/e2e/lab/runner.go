@@ -279,15 +279,8 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	if err := sleep(runCtx, sc.AttackFor); err != nil {
 		return nil, err
 	}
-	for _, h := range attack {
-		select {
-		case err := <-h.done:
-			h.done <- err
-		case <-time.After(5 * time.Second):
-			return nil, fmt.Errorf("%s did not stop after its %s", h.p.Name, sc.AttackFor)
-		case <-runCtx.Done():
-			return nil, runCtx.Err()
-		}
+	if err := waitStopped(runCtx, attack, sc.AttackFor); err != nil {
+		return nil, err
 	}
 	res.AttackEnd = time.Now()
 	if inAttack != nil {
@@ -333,6 +326,22 @@ func Run(ctx context.Context, sc Scenario, def Defense, opt Options) (*Result, e
 	res.Rows = Rows(res)
 	res.Summary = Summarize(res)
 	return res, nil
+}
+
+// waitStopped waits for processes bounded to run for d, which the caller
+// has just waited out, to end: 5 s of grace each.
+func waitStopped(ctx context.Context, hs []*proc, d time.Duration) error {
+	for _, h := range hs {
+		select {
+		case err := <-h.done:
+			h.done <- err
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("%s did not stop after its %s", h.p.Name, d)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // prefillMax bounds a scenario's prefill.
