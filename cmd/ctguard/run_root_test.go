@@ -510,9 +510,9 @@ pull_interval = "1s"
 		set, _ := ns.Run("nft", "list", "set", "inet", "ctguard", "net4")
 		return strings.Contains(set, "198.51.100.0/24")
 	})
-	if n := count(t, c, "198.51.100.0/24"); n != 0 {
-		t.Errorf("the pulled range still holds %d entries (not purged)", n)
-	}
+	// The purge follows the kernel change: the set can hold the range a
+	// moment before its entries are gone.
+	waitFor(t, "the pulled range's entries purged", 5*time.Second, func() bool { return count(t, c, "198.51.100.0/24") == 0 })
 	waitFor(t, "the bot's ban pushed as an alert", 10*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()

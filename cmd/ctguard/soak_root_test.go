@@ -149,6 +149,13 @@ func TestRootSoak(t *testing.T) {
 		}
 		peakRSS = max(peakRSS, statusKiB(t, cur.cmd.Process.Pid, "VmHWM")/1024)
 	}
+	// A flush in the last seconds leaves the table to the daemon's next
+	// check, up to a calm scan interval (30 s) away: the bans must be back
+	// before the final count.
+	waitFor(t, "the table rebuilt after the last flush", 40*time.Second, func() bool {
+		_, err := ns.Run("nft", "list", "table", "inet", "ctguard")
+		return err == nil
+	})
 	stop(cur)
 	if code := cur.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("final stop: exit status %d\n%s", code, cur.log.String())
